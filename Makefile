@@ -1,0 +1,26 @@
+# Two commands a newcomer needs: `make run` and `make test`. Everything else is optional.
+.PHONY: run test setup lint check stack-start stack-stop stack-status bench clean
+
+PY := .venv/bin/python
+
+run: setup ## install what is missing, start the stack and every service (Ctrl-C stops all)
+	$(PY) scripts/run.py
+
+test: setup ## the same set-up, then lint, types and the whole test suite
+	bash scripts/test.sh
+
+setup: ## virtualenv + locked packages, local stack, migrations and Kafka topics (idempotent)
+	bash scripts/setup.sh
+
+lint: ## ruff + mypy --strict only
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+stack-start:
+	python3 scripts/stack.py start
+stack-stop:
+	python3 scripts/stack.py stop
+stack-status:
+	python3 scripts/stack.py status
+
+clean: stack-stop ## stop the stack and delete its data and the virtualenv
+	rm -rf .stack .venv

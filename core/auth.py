@@ -1,0 +1,78 @@
+"""Bearer tokens signed by the server (HMAC-SHA256) and shared by the API and the gateway.
+
+A token is `base64url(claims).base64url(signature)`; claims hold the user id (as a
+string, so any JSON reader keeps it exact), issue time and expiry. The gateway checks
+tokens without a database round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+import orjson
+
+MAX_TOKEN_LENGTH = 512  # anything longer is hostile; refuse before doing any work
+
+
+class TokenError(ValueError):
+    """Token is malformed, forged or expired; `code` is the API error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    issued_at: int
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._key = hashlib.sha256(b"feed-token-v1:" + secret.encode()).digest()
+        self._ttl = ttl_seconds
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def issue(self, user_id: int, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        claims = {"sub": str(user_id), "iat": issued, "exp": issued + self._ttl}
+        payload = orjson.dumps(claims)
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def verify(self, token: str, now: float | None = None) -> TokenClaims:
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+            raise TokenError("invalid_token", "token is malformed")
+        payload_part, signature_part = token.split(".")
+        try:
+            payload = _unb64(payload_part)
+            signature = _unb64(signature_part)
+        except (binascii.Error, ValueError):
+            raise TokenError("invalid_token", "token is malformed") from None
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise TokenError("invalid_token", "token signature is not valid")
+        try:
+            claims = orjson.loads(payload)
+            user_id = int(claims["sub"])
+            issued, expires = int(claims["iat"]), int(claims["exp"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise TokenError("invalid_token", "token claims are malformed") from None
+        if (time.time() if now is None else now) >= expires:
+            raise TokenError("token_expired", "token has expired; sign in again")
+        return TokenClaims(user_id, issued, expires)

@@ -1,0 +1,60 @@
+"""Prepares shared infrastructure before services start: schema migrations and Kafka topics.
+
+python -m core.bootstrap     # idempotent; run by `make run` and `make test`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import asyncpg
+
+from core.clients import DependencyUnavailable, create_admin, ensure_topics
+from core.migrate import MigrationError, migrate
+from core.settings import Settings, SettingsError, mask_url
+from core.topics import Topics
+
+
+async def _bootstrap(settings: Settings) -> None:
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise DependencyUnavailable(
+            f"cannot reach PostgreSQL at {mask_url(settings.database_url)}: {exc}"
+        ) from None
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(
+        f"bootstrap: migrations applied: {', '.join(applied)}"
+        if applied
+        else "bootstrap: schema is up to date",
+        flush=True,
+    )
+    admin = await create_admin(settings)
+    try:
+        created = await ensure_topics(
+            admin, Topics.for_settings(settings).all(), settings.kafka_partitions
+        )
+    finally:
+        await admin.close()
+    print(
+        f"bootstrap: topics created: {', '.join(created)}"
+        if created
+        else "bootstrap: Kafka topics exist",
+        flush=True,
+    )
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+        asyncio.run(_bootstrap(settings))
+    except (SettingsError, DependencyUnavailable, MigrationError) as exc:
+        sys.exit(f"bootstrap: error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

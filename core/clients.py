@@ -1,0 +1,207 @@
+"""Factories for the Postgres pool, the Redis client and Kafka clients, from Settings.
+
+They only build clients; callers own them (create in a cleanup_ctx, close on exit).
+`connect_with_retry` turns "the dependency is not there yet" into a bounded wait and
+then one clear error line instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from core.settings import Settings, mask_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What "cannot reach a dependency" looks like from each client library.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    KafkaError,
+)
+
+
+class DependencyUnavailable(RuntimeError):
+    """A dependency did not answer within the start-up timeout (message names it)."""
+
+
+async def connect_with_retry(
+    what: str, where: str, factory: Callable[[], Awaitable[T]], wait_seconds: float
+) -> T:
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.2
+    while True:
+        try:
+            return await factory()
+        except CONNECT_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                reason = str(exc) or type(exc).__name__
+                raise DependencyUnavailable(f"cannot reach {what} at {where}: {reason}") from None
+            log.warning("waiting for %s at %s: %s", what, where, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_db_pool(settings: Settings) -> asyncpg.Pool:
+    async def factory() -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=30,
+            timeout=5,
+            init=_init_connection,
+        )
+        assert pool is not None
+        return pool
+
+    return await connect_with_retry(
+        "PostgreSQL", mask_url(settings.database_url), factory, settings.startup_timeout
+    )
+
+
+def build_redis(settings: Settings, **overrides: Any) -> aioredis.Redis:
+    options: dict[str, Any] = {
+        "max_connections": settings.redis_max_connections,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 15,
+        "retry_on_timeout": False,
+    }
+    options.update(overrides)
+    client: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, **options)
+    return client
+
+
+async def create_redis(settings: Settings) -> aioredis.Redis:
+    client = build_redis(settings)
+
+    async def factory() -> aioredis.Redis:
+        await client.ping()
+        return client
+
+    try:
+        return await connect_with_retry(
+            "Redis", mask_url(settings.redis_url), factory, settings.startup_timeout
+        )
+    except DependencyUnavailable:
+        await client.aclose()
+        raise
+
+
+def kafka_common(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "request_timeout_ms": 15_000,
+        "metadata_max_age_ms": 60_000,
+        "connections_max_idle_ms": 9 * 60_000,
+    }
+
+
+def producer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Defaults favour durability: every in-sync replica acks, and retries cannot
+    duplicate or reorder messages (idempotent producer)."""
+    options: dict[str, Any] = {
+        **kafka_common(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "client_id": "feed-producer",
+    }
+    options.update(overrides)
+    return options
+
+
+async def create_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A started producer (bounded wait for Kafka, then a clear error)."""
+    options = producer_options(settings, **overrides)
+
+    async def factory() -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**options)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    return await connect_with_retry(
+        "Kafka", settings.kafka_bootstrap, factory, settings.startup_timeout
+    )
+
+
+def build_consumer(
+    settings: Settings, group_id: str, *topics: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer in a group with manual commits: callers commit only what they finished."""
+    options: dict[str, Any] = {
+        **kafka_common(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_poll_records": 500,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 3_000,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def create_admin(settings: Settings) -> AIOKafkaAdminClient:
+    async def factory() -> AIOKafkaAdminClient:
+        admin = AIOKafkaAdminClient(**kafka_common(settings), client_id="feed-admin")
+        try:
+            await admin.start()
+        except BaseException:
+            await admin.close()
+            raise
+        return admin
+
+    return await connect_with_retry(
+        "Kafka", settings.kafka_bootstrap, factory, settings.startup_timeout
+    )
+
+
+async def ensure_topics(
+    admin: AIOKafkaAdminClient, names: tuple[str, ...] | list[str], partitions: int
+) -> list[str]:
+    """Create missing topics (replication 1: the local stack is a single broker)."""
+    existing = set(await admin.list_topics())
+    missing = [name for name in names if name not in existing]
+    if missing:
+        response = await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing]
+        )
+        for topic, code, *detail in response.topic_errors:
+            # Another process may create the topic between list and create: same outcome.
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise KafkaError(f"cannot create topic {topic}: error {code} {detail}")
+    return missing

@@ -1,0 +1,80 @@
+"""Every Redis key and pub/sub channel name. Nothing else spells a key by hand.
+
+Per-user keys put the user id in a hash tag ({...}) so that, on Redis Cluster, all of one
+user's keys live in one slot and a script touching them stays single-slot.
+"""
+
+from __future__ import annotations
+
+# Home timeline of a user: ZSET capped at TIMELINE_CAP entries (DESIGN.md).
+# A Redis score is a double, which cannot hold a 64-bit id exactly. Members are the
+# post id as a fixed-width 19-digit decimal string and every score is 0: with equal
+# scores a ZSET orders members lexicographically, which for fixed-width digits is
+# exactly numeric order, and re-adding the same post is a no-op (idempotent replays).
+TIMELINE_ID_WIDTH = 19
+
+
+def timeline(user_id: int) -> str:
+    return f"tl:{{{user_id}}}"
+
+
+def timeline_member(post_id: int) -> bytes:
+    return str(post_id).zfill(TIMELINE_ID_WIDTH).encode()
+
+
+def post_id_from_member(member: bytes | str) -> int:
+    return int(member)
+
+
+def presence(user_id: int) -> str:
+    """String with a TTL, set while the user has a live connection on some gateway."""
+    return f"online:{{{user_id}}}"
+
+
+def post_cache(post_id: int) -> str:
+    """Serialized post body (without counters), used to hydrate timelines."""
+    return f"post:{post_id}"
+
+
+def post_counters(post_id: int) -> str:
+    """HASH of likes/reposts/replies counts for a post."""
+    return f"postc:{post_id}"
+
+
+def author_recent(author_id: int) -> str:
+    """Recent post ids of an author, merged into feeds at read time (celebrity tier)."""
+    return f"ap:{{{author_id}}}"
+
+
+def idempotency(user_id: int, key: str) -> str:
+    return f"idem:{{{user_id}}}:{key}"
+
+
+def post_rate(user_id: int) -> str:
+    return f"rl:post:{{{user_id}}}"
+
+
+def fanout_checkpoint(post_id: int) -> str:
+    """Last follower id written for a post being fanned out (resume after a crash)."""
+    return f"fo:ck:{post_id}"
+
+
+FANOUT_TIER_OVERRIDES = "fo:tiers"  # HASH author_id -> push|throttle|pull
+
+
+def service_health(service: str, node: str) -> str:
+    """Health heartbeat of one process, with a TTL (read by the ops dashboard)."""
+    return f"health:{service}:{node}"
+
+
+def node_stats(service: str, node: str) -> str:
+    return f"stats:{service}:{node}"
+
+
+# Pub/sub channels (not keys: no slot, no TTL).
+def user_channel(user_id: int) -> str:
+    return f"u:{user_id}"
+
+
+def author_channel(author_id: int) -> str:
+    return f"a:{author_id}"

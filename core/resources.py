@@ -1,0 +1,146 @@
+"""Typed app state and cleanup contexts for the clients services hold for their lifetime.
+
+A service lists the contexts it needs in `app.cleanup_ctx`; each creates its client at
+start-up (bounded wait, clear error) and closes it on shutdown, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from core.clients import (
+    build_redis,
+    create_db_pool,
+    create_producer,
+    create_redis,
+    producer_options,
+)
+from core.service import OPS, SETTINGS, Check
+from core.settings import Settings, mask_url
+
+log = logging.getLogger(__name__)
+
+DB = web.AppKey("db", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+async def _db_probe(pool: asyncpg.Pool) -> None:
+    await pool.fetchval("SELECT 1")
+
+
+def postgres_ctx(critical: bool = True) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_db_pool(app[SETTINGS])
+        app[DB] = pool
+        app[OPS].checks.append(Check("postgres", lambda: _db_probe(pool), critical))
+        yield
+        await pool.close()
+
+    return ctx
+
+
+def redis_ctx(critical: bool = True) -> CleanupCtx:
+    """critical=False: start even when Redis is down (the service degrades, it does not fail)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        if critical:
+            client = await create_redis(settings)
+        else:
+            client = build_redis(settings)
+            try:
+                await client.ping()
+            except (OSError, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning(
+                    "Redis at %s is unreachable (%s); running degraded until it returns",
+                    mask_url(settings.redis_url),
+                    exc,
+                )
+        app[REDIS] = client
+        app[OPS].checks.append(Check("redis", client.ping, critical))
+        yield
+        await client.aclose()
+
+    return ctx
+
+
+def producer_ctx() -> CleanupCtx:
+    """A started producer; the service cannot start without Kafka."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        producer = await create_producer(app[SETTINGS])
+        app[PRODUCER] = producer
+        app[OPS].checks.append(Check("kafka", producer.client.fetch_all_metadata))
+        yield
+        await producer.stop()
+
+    return ctx
+
+
+class KafkaLink:
+    """A producer that is connected in the background, for services that must keep
+    working while Kafka is down (the API server: Kafka down delays fan-out, it never
+    fails a request). `producer` is None until the first successful connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.producer: AIOKafkaProducer | None = None
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = 0.5
+        while self.producer is None:
+            candidate = AIOKafkaProducer(**producer_options(self._settings))
+            try:
+                await candidate.start()
+            except KafkaError as exc:
+                await candidate.stop()
+                log.warning(
+                    "Kafka at %s unreachable (%s); retrying in %.1f s",
+                    self._settings.kafka_bootstrap,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.producer = candidate
+            self.connected.set()
+            log.info("connected to Kafka at %s", self._settings.kafka_bootstrap)
+
+    async def probe(self) -> None:
+        if self.producer is None:
+            raise KafkaError("not connected yet")
+        await self.producer.client.fetch_all_metadata()
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+
+KAFKA_LINK = web.AppKey("kafka_link", KafkaLink)
+
+
+def kafka_link_ctx() -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        link = KafkaLink(app[SETTINGS])
+        app[KAFKA_LINK] = link
+        app[OPS].checks.append(Check("kafka", link.probe, critical=False))
+        task = asyncio.create_task(link.run(), name="kafka-link")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await link.close()
+
+    return ctx

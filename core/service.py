@@ -1,0 +1,182 @@
+"""What every service process shares: ops routes, metrics registry, and the process runner.
+
+The runner owns the process lifecycle: settings parsed once, logging configured, uvloop,
+the HTTP site bound, SIGTERM/SIGINT turned into a bounded graceful shutdown, and start-up
+failures (port taken, dependency unreachable, bad setting) reported as one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+import uvloop
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
+)
+
+from core.clients import CONNECT_ERRORS, DependencyUnavailable
+from core.logs import configure_logging
+from core.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+READY_CHECK_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One dependency probe for /readyz. A non-critical failure is reported, not fatal."""
+
+    name: str
+    probe: Callable[[], Awaitable[object]]
+    critical: bool = True
+
+
+@dataclass(slots=True)
+class Ops:
+    service: str
+    node: str
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+    checks: list[Check] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        ProcessCollector(registry=self.registry)
+        info = Gauge(
+            "feed_service_info", "Service identity", ["service", "node"], registry=self.registry
+        )
+        info.labels(self.service, self.node).set(1)
+
+
+OPS = web.AppKey("ops", Ops)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ops = request.app[OPS]
+    return json_response(
+        {
+            "status": "ok",
+            "service": ops.service,
+            "node": ops.node,
+            "uptime_s": round(time.time() - ops.started_at, 1),
+        }
+    )
+
+
+async def _run_check(check: Check) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(check.probe(), READY_CHECK_TIMEOUT)
+    except TimeoutError:
+        return check.name, "timeout"
+    except CONNECT_ERRORS as exc:
+        return check.name, f"down: {exc or type(exc).__name__}"
+    return check.name, "ok"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ops = request.app[OPS]
+    results = await asyncio.gather(*(_run_check(c) for c in ops.checks))
+    status = dict(results)
+    critical = {c.name for c in ops.checks if c.critical}
+    ready = all(state == "ok" for name, state in results if name in critical)
+    return json_response({"ready": ready, "checks": status}, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[OPS].registry)
+    response = web.Response(body=payload)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+def add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+class StartupError(RuntimeError):
+    """Reported as one line on stderr; the process exits 1."""
+
+
+async def serve(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down in a bounded, fixed order.
+
+    Order: stop accepting, let in-flight requests finish (bounded by shutdown_timeout),
+    run on_shutdown (services tell long-lived clients to go) and cleanup_ctx (close pools).
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
+    )
+    try:
+        try:
+            await runner.setup()
+        except DependencyUnavailable as exc:
+            raise StartupError(str(exc)) from None
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} on {host} is already in use") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        log.info("listening on http://%s:%d", host, port)
+        await stop.wait()
+        log.info("shutting down (bounded by %.0f s)", shutdown_timeout)
+    finally:
+        started = time.monotonic()
+        await runner.cleanup()
+        log.info("stopped in %.2f s", time.monotonic() - started)
+
+
+def run(
+    service: str,
+    build_app: Callable[[Settings], web.Application],
+    port_of: Callable[[Settings], int],
+    reuse_port: bool = False,
+) -> None:
+    """Entry point shared by `python -m <service>`."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"{service}: configuration error: {exc}")
+    configure_logging(settings.log_level, service)
+    log.info("starting %s with %r", service, settings)
+    app = build_app(settings)
+    try:
+        uvloop.run(
+            serve(app, settings.host, port_of(settings), settings.shutdown_timeout, reuse_port)
+        )
+    except StartupError as exc:
+        sys.exit(f"{service}: error: {exc}")
+
+
+def node_name(service: str, port: int) -> str:
+    return f"{socket.gethostname()}:{service}:{port}"

@@ -1,0 +1,137 @@
+"""Settings: parsed once from the environment at an entry point, then passed down.
+
+Nothing below an entry point reads os.environ. Secrets and URL passwords never appear
+in repr() or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Local development defaults point at the stack that scripts/stack.py starts.
+DEFAULT_DATABASE_URL = "postgresql://feed:feed@127.0.0.1:55432/feed"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/0"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:59092"
+DEV_SECRET = "dev-only-secret-change-me"  # noqa: S105 - documented development default
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a URL so it can be logged."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+def _secret(default: str) -> Any:
+    return field(default=default, metadata={"secret": True})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, its environment variable and default are documented in README.md."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
+    kafka_topic_prefix: str = ""
+    kafka_partitions: int = 6
+
+    host: str = "127.0.0.1"
+    server_port: int = 8080
+    gateway_port: int = 8081
+    fanout_port: int = 8082
+    push_port: int = 8083
+
+    secret_key: str = _secret(DEV_SECRET)
+    operator_token: str = _secret("dev-operator-token")
+    token_ttl_seconds: int = 7 * 24 * 3600
+
+    db_pool_min: int = 1
+    db_pool_max: int = 20
+    redis_max_connections: int = 200
+    startup_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    fanout_push_max: int = 100_000
+    fanout_throttle_max: int = 1_000_000
+    fanout_batch_size: int = 10_000
+    fanout_active_days: int = 30
+    timeline_cap: int = 800
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                shown = "'***'"
+            elif isinstance(value, str) and "://" in value:
+                shown = repr(mask_url(value))
+            else:
+                shown = repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables named after the fields in upper case."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.name.upper()
+            raw = source.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, f.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("server_port", "gateway_port", "fanout_port", "push_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{name.upper()} must be a TCP port (0-65535), got {port}")
+        if self.fanout_push_max > self.fanout_throttle_max:
+            raise SettingsError("FANOUT_PUSH_MAX must not exceed FANOUT_THROTTLE_MAX")
+        if len(self.secret_key) < 16:
+            raise SettingsError("SECRET_KEY must be at least 16 characters")
+        positive = ("kafka_partitions", "fanout_batch_size", "timeline_cap", "token_ttl_seconds")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive")
+        if self.db_pool_min > self.db_pool_max:
+            raise SettingsError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    expected = {"int": "an integer", "float": "a number", "bool": "true or false"}
+    try:
+        if kind_name == "int":
+            return int(raw.replace("_", ""))
+        if kind_name == "float":
+            return float(raw)
+        if kind_name == "bool":
+            return _parse_bool(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be {expected[kind_name]}, got {raw!r}") from None
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)

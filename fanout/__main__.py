@@ -1,0 +1,3 @@
+from fanout.app import main
+
+main()

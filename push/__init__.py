@@ -1,0 +1,1 @@
+"""Push workers: APNs and Web Push notifications for offline users."""

@@ -1,0 +1,3 @@
+from push.app import main
+
+main()

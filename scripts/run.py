@@ -1,0 +1,201 @@
+"""Runs the whole system in the foreground: local stack, migrations, topics, and every
+service under one supervisor with prefixed logs. Ctrl-C stops everything cleanly.
+
+    make run                       # or: .venv/bin/python scripts/run.py
+    python scripts/run.py --keep-stack    # leave Postgres/Redis/Kafka running on exit
+
+Settings: every service setting in README.md, plus GATEWAY_PROCESSES (default: number of
+cores) and READY_TIMEOUT (seconds to wait for every /readyz, default 90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = [sys.executable, str(ROOT / "scripts" / "stack.py")]
+COLORS = ["36", "35", "33", "32", "34", "31"]
+STOP_GRACE_SECONDS = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    module: str
+    port: int
+    color: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/readyz"
+
+
+def say(message: str) -> None:
+    print(f"run: {message}", flush=True)
+
+
+def stack_env() -> dict[str, str]:
+    """URLs of the local stack (for variables the user did not set)."""
+    out = subprocess.run([*STACK, "env"], check=True, capture_output=True, text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export ") :].partition("=")
+            env[key] = value.strip().strip("'\"")
+    return env
+
+
+def children(env: dict[str, str]) -> list[Child]:
+    port = lambda key, default: int(env.get(key, default))  # noqa: E731
+    gateways = int(env.get("GATEWAY_PROCESSES", os.cpu_count() or 1))
+    found = [Child("server", "server", port("SERVER_PORT", 8080), COLORS[0])]
+    # Gateway processes share one port (SO_REUSEPORT); the kernel spreads connections.
+    for index in range(gateways):
+        found.append(Child(f"gateway{index + 1}", "gateway", port("GATEWAY_PORT", 8081), COLORS[1]))
+    found.append(Child("fanout", "fanout", port("FANOUT_PORT", 8082), COLORS[2]))
+    found.append(Child("push", "push", port("PUSH_PORT", 8083), COLORS[3]))
+    return found
+
+
+async def pump(child: Child, width: int) -> None:
+    assert child.proc is not None and child.proc.stdout is not None
+    prefix = f"\033[{child.color}m{child.name:<{width}} |\033[0m " if sys.stdout.isatty() else (
+        f"{child.name:<{width}} | "
+    )
+    async for line in child.proc.stdout:
+        sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+def is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def wait_ready(kids: list[Child], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = {kid.ready_url: kid.name for kid in kids}
+    while pending:
+        for url in list(pending):
+            if await asyncio.to_thread(is_ready, url):
+                del pending[url]
+        dead = [kid.name for kid in kids if kid.proc and kid.proc.returncode is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited during start-up (see its log above)")
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(pending.values())}")
+        await asyncio.sleep(0.3)
+
+
+async def stop_all(kids: list[Child]) -> None:
+    live = [k.proc for k in kids if k.proc and k.proc.returncode is None]
+    for proc in live:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), STOP_GRACE_SECONDS)
+    except TimeoutError:
+        for proc in live:
+            if proc.returncode is None:
+                say(f"pid {proc.pid} did not stop in {STOP_GRACE_SECONDS:.0f} s; killing it")
+                proc.kill()
+        await asyncio.gather(*(p.wait() for p in live))
+
+
+async def supervise(env: dict[str, str], ready_timeout: float) -> int:
+    kids = children(env)
+    width = max(len(k.name) for k in kids)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    pumps = []
+    started = time.monotonic()
+    try:
+        for kid in kids:
+            # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
+            kid.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", kid.module, cwd=ROOT, env=env, start_new_session=True,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            pumps.append(asyncio.create_task(pump(kid, width)))
+        ready = asyncio.create_task(wait_ready(kids, ready_timeout))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            return 130
+        ready.result()  # raises when a child died or timed out
+        print_urls(env, time.monotonic() - started)
+        waits = {asyncio.create_task(k.proc.wait()): k for k in kids if k.proc}
+        done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in waits:
+                say(f"{waits[task].name} exited unexpectedly (code {task.result()}); stopping")
+                return 1
+        return 0
+    except RuntimeError as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        say("stopping services...")
+        await stop_all(kids)
+        for task in pumps:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def print_urls(env: dict[str, str], took: float) -> None:
+    host = "127.0.0.1"
+    server, gateway = env.get("SERVER_PORT", "8080"), env.get("GATEWAY_PORT", "8081")
+    say(f"all services ready in {took:.1f} s")
+    print(
+        f"""
+  API + web client   http://{host}:{server}/
+  live stream        ws://{host}:{gateway}/v1/stream   (SSE: http://{host}:{gateway}/v1/stream/sse)
+  health / metrics   http://{host}:{server}/readyz  http://{host}:{server}/metrics
+  fan-out worker     http://{host}:{env.get("FANOUT_PORT", "8082")}/metrics
+  push worker        http://{host}:{env.get("PUSH_PORT", "8083")}/metrics
+  Press Ctrl-C to stop everything.
+""",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-stack", action="store_true",
+                        help="leave the local Postgres, Redis and Kafka running on exit")
+    args = parser.parse_args()
+    if subprocess.run([*STACK, "start"], check=False).returncode != 0:
+        return 1
+    env = {**stack_env(), **os.environ}
+    env["PYTHONUNBUFFERED"] = "1"
+    if subprocess.run([sys.executable, "-m", "core.bootstrap"], cwd=ROOT, env=env,
+                      check=False).returncode != 0:
+        return 1
+    try:
+        code = asyncio.run(supervise(env, float(env.get("READY_TIMEOUT", "90"))))
+    finally:
+        if not args.keep_stack:
+            subprocess.run([*STACK, "stop"], check=False)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

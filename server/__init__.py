@@ -1,0 +1,1 @@
+"""The HTTP API server: accounts, posts, follows, likes, feeds (DESIGN.md "HTTP API")."""

@@ -1,0 +1,58 @@
+"""Start our services as real processes on free ports, the way `make run` does."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from core.settings import Settings
+from tests.support.env import ROOT, free_port, settings_env
+
+PORT_FIELD = {
+    "server": "server_port",
+    "gateway": "gateway_port",
+    "fanout": "fanout_port",
+    "push": "push_port",
+}
+
+
+def start_service(
+    name: str, settings: Settings, **env_overrides: str
+) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    settings = dataclasses.replace(settings, **{PORT_FIELD[name]: port})
+    env = settings_env(settings)
+    env.update(env_overrides)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", name], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    return proc, port
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, timeout: float = 30.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited early:\n{proc.communicate()[0]}")
+        try:
+            status, body = get(f"http://127.0.0.1:{port}/readyz")
+        except (urllib.error.URLError, OSError):
+            status, body = 0, b""
+        if status == 200:
+            return body
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"not ready in {timeout} s:\n{proc.communicate()[0]}")

@@ -1,0 +1,44 @@
+import pytest
+
+from core.auth import TokenError, TokenSigner
+
+SIGNER = TokenSigner("a-test-secret-of-some-length", ttl_seconds=3600)
+
+
+def test_issued_token_verifies_to_its_user() -> None:
+    token = SIGNER.issue(2**62 + 5, now=1000)
+    claims = SIGNER.verify(token, now=1001)
+    assert claims.user_id == 2**62 + 5
+    assert claims.expires_at == 4600
+
+
+def test_expired_token_is_refused() -> None:
+    token = SIGNER.issue(1, now=1000)
+    with pytest.raises(TokenError) as info:
+        SIGNER.verify(token, now=4600)
+    assert info.value.code == "token_expired"
+
+
+def test_token_from_another_secret_is_refused() -> None:
+    other = TokenSigner("another-secret-entirely!", ttl_seconds=3600).issue(1)
+    with pytest.raises(TokenError, match="signature"):
+        SIGNER.verify(other)
+
+
+def test_tampered_claims_are_refused() -> None:
+    token = SIGNER.issue(1)
+    payload, signature = token.split(".")
+    forged = SIGNER.issue(2).split(".")[0]
+    with pytest.raises(TokenError):
+        SIGNER.verify(f"{forged}.{signature}")
+    with pytest.raises(TokenError):
+        SIGNER.verify(f"{payload}.{signature[:-2]}")
+
+
+@pytest.mark.parametrize(
+    "garbage", ["", ".", "a.b.c", "x" * 600, "not base64!.@@@", "é.é", "\x00.\x00"]
+)
+def test_garbage_is_refused_cleanly(garbage: str) -> None:
+    with pytest.raises(TokenError) as info:
+        SIGNER.verify(garbage)
+    assert info.value.code == "invalid_token"
