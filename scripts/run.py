@@ -72,8 +72,10 @@ def children(env: dict[str, str]) -> list[Child]:
 
 async def pump(child: Child, width: int) -> None:
     assert child.proc is not None and child.proc.stdout is not None
-    prefix = f"\033[{child.color}m{child.name:<{width}} |\033[0m " if sys.stdout.isatty() else (
-        f"{child.name:<{width}} | "
+    prefix = (
+        f"\033[{child.color}m{child.name:<{width}} |\033[0m "
+        if sys.stdout.isatty()
+        else (f"{child.name:<{width}} | ")
     )
     async for line in child.proc.stdout:
         sys.stdout.write(prefix + line.decode(errors="replace"))
@@ -88,8 +90,8 @@ def is_ready(url: str) -> bool:
         return False
 
 
-async def wait_ready(kids: list[Child], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_ready(kids: list[Child], limit_seconds: float) -> None:
+    deadline = time.monotonic() + limit_seconds
     pending = {kid.ready_url: kid.name for kid in kids}
     while pending:
         for url in list(pending):
@@ -99,7 +101,9 @@ async def wait_ready(kids: list[Child], timeout: float) -> None:
         if dead:
             raise RuntimeError(f"{', '.join(dead)} exited during start-up (see its log above)")
         if pending and time.monotonic() > deadline:
-            raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(pending.values())}")
+            raise RuntimeError(
+                f"not ready after {limit_seconds:.0f} s: {', '.join(pending.values())}"
+            )
         await asyncio.sleep(0.3)
 
 
@@ -130,8 +134,14 @@ async def supervise(env: dict[str, str], ready_timeout: float) -> int:
         for kid in kids:
             # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
             kid.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", kid.module, cwd=ROOT, env=env, start_new_session=True,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                kid.module,
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
             )
             pumps.append(asyncio.create_task(pump(kid, width)))
         ready = asyncio.create_task(wait_ready(kids, ready_timeout))
@@ -179,15 +189,22 @@ def print_urls(env: dict[str, str], took: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-stack", action="store_true",
-                        help="leave the local Postgres, Redis and Kafka running on exit")
+    parser.add_argument(
+        "--keep-stack",
+        action="store_true",
+        help="leave the local Postgres, Redis and Kafka running on exit",
+    )
     args = parser.parse_args()
     if subprocess.run([*STACK, "start"], check=False).returncode != 0:
         return 1
     env = {**stack_env(), **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
-    if subprocess.run([sys.executable, "-m", "core.bootstrap"], cwd=ROOT, env=env,
-                      check=False).returncode != 0:
+    if (
+        subprocess.run(
+            [sys.executable, "-m", "core.bootstrap"], cwd=ROOT, env=env, check=False
+        ).returncode
+        != 0
+    ):
         return 1
     try:
         code = asyncio.run(supervise(env, float(env.get("READY_TIMEOUT", "90"))))

@@ -117,9 +117,16 @@ def test_ids_from_concurrent_processes_are_unique_and_time_ordered(settings: Set
     per_process, processes = 20_000, 4
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.support.idgen_worker", settings.database_url,
-             str(per_process)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.support.idgen_worker",
+                settings.database_url,
+                str(per_process),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(processes)
     ]

@@ -35,7 +35,9 @@ async def produce(producer: AIOKafkaProducer, topic: str, values: range) -> None
     await producer.flush()
 
 
-async def consume(settings: Settings, topic: str, group: str, count: int, commit: bool) -> list[int]:
+async def consume(
+    settings: Settings, topic: str, group: str, count: int, commit: bool
+) -> list[int]:
     consumer = build_consumer(settings, group, topic)
     await consumer.start()
     got: list[int] = []

@@ -56,9 +56,7 @@ async def test_an_edited_applied_migration_is_an_error(empty_db: str) -> None:
     conn = await asyncpg.connect(empty_db)
     try:
         await migrate(conn)
-        edited = [
-            Migration(m.version, m.name, m.sql + "\n-- edited") for m in load_migrations()
-        ]
+        edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in load_migrations()]
         with pytest.raises(MigrationError, match="changed after it was applied"):
             await migrate(conn, edited)
     finally:
@@ -79,7 +77,7 @@ async def test_a_failing_migration_leaves_nothing_half_applied(empty_db: str) ->
 
 def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "initial.sql").write_text("SELECT 1")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
 
 
@@ -90,7 +88,9 @@ async def test_schema_enforces_its_invariants(db: asyncpg.Pool) -> None:
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.execute("INSERT INTO users (id, handle, password_hash) VALUES (3, 'ALICE', 'x')")
     with pytest.raises(asyncpg.CheckViolationError):
-        await db.execute("INSERT INTO users (id, handle, password_hash) VALUES (4, 'no spaces', 'x')")
+        await db.execute(
+            "INSERT INTO users (id, handle, password_hash) VALUES (4, 'no spaces', 'x')"
+        )
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("INSERT INTO follows (follower_id, followee_id) VALUES (1, 1)")
     await db.execute("INSERT INTO posts (id, author_id, text) VALUES (10, 1, 'Hello brave world')")

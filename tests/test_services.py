@@ -37,7 +37,7 @@ def test_service_is_ready_serves_ops_endpoints_and_stops_on_sigterm(
         assert status == 200
         text = body.decode()
         assert "# TYPE process_resident_memory_bytes gauge" in text
-        assert f'feed_service_info{{node="' in text and f'service="{service}"' in text
+        assert 'feed_service_info{node="' in text and f'service="{service}"' in text
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=15)[0]

@@ -28,8 +28,12 @@ def start_service(
     env = settings_env(settings)
     env.update(env_overrides)
     proc = subprocess.Popen(
-        [sys.executable, "-m", name], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", name],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     return proc, port
 

@@ -1,0 +1,75 @@
+"""The local stack script: status of the running stack, and one-line errors."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.support.env import ROOT, stack
+
+pytestmark = pytest.mark.slow
+
+
+def test_status_reports_every_service_running() -> None:
+    result = stack("status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("postgres", "redis", "kafka"):
+        assert any(line.startswith(name) and "running" in line for line in lines), lines
+
+
+def test_start_is_idempotent_and_quick_when_running() -> None:
+    result = stack("start")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already running") == 3
+
+
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STACK_DIR", str(tmp_path / "stack"))
+    for name in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_port_taken_by_someone_else_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    isolated(monkeypatch, tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        monkeypatch.setenv("STACK_REDIS_PORT", str(port))
+        result = stack("start", "redis")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"stack: error: redis: port {port} on 127.0.0.1 is in use by another process; "
+        "set STACK_REDIS_PORT to a free port"
+    )
+
+
+def test_external_url_that_does_not_answer_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    isolated(monkeypatch, tmp_path)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    result = stack("start", "redis")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stack: error: REDIS_URL points at 127.0.0.1:1")
+
+
+def test_external_server_is_used_not_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    isolated(monkeypatch, tmp_path)
+    running = stack("env").stdout
+    redis_url = next(line.split("=", 1)[1] for line in running.splitlines() if "REDIS_URL" in line)
+    monkeypatch.setenv("REDIS_URL", redis_url.strip("'\""))
+    result = stack("start", "redis")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "stack" / "redis").exists(), "started a local redis anyway"
+    assert os.path.isdir(ROOT / "scripts")
