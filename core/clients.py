@@ -193,15 +193,19 @@ async def create_admin(settings: Settings) -> AIOKafkaAdminClient:
 async def ensure_topics(
     admin: AIOKafkaAdminClient, names: tuple[str, ...] | list[str], partitions: int
 ) -> list[str]:
-    """Create missing topics (replication 1: the local stack is a single broker)."""
+    """Create missing topics (replication 1: the local stack is a single broker).
+    Returns the topics this call created."""
     existing = set(await admin.list_topics())
     missing = [name for name in names if name not in existing]
+    created: list[str] = []
     if missing:
         response = await admin.create_topics(
             [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing]
         )
         for topic, code, *detail in response.topic_errors:
+            if code == 0:
+                created.append(topic)
             # Another process may create the topic between list and create: same outcome.
-            if code not in (0, TopicAlreadyExistsError.errno):
+            elif code != TopicAlreadyExistsError.errno:
                 raise KafkaError(f"cannot create topic {topic}: error {code} {detail}")
-    return missing
+    return created

@@ -1511,6 +1511,11 @@ class Kafka(LocalService):
 
 
 def build_service(name: str, settings: Settings) -> Service:
+    local = {"postgres": Postgres, "redis": Redis, "kafka": Kafka}[name](settings)
+    variable = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "kafka": "KAFKA_BOOTSTRAP"}[name]
+    # A URL naming our own local server (e.g. exported by `stack.py env`) is not external.
+    if os.environ.get(variable, "").strip() in ("", local.url()):
+        return local
     if name == "postgres" and os.environ.get("DATABASE_URL", "").strip():
         value = os.environ["DATABASE_URL"].strip()
         return ExternalService(
@@ -1532,7 +1537,7 @@ def build_service(name: str, settings: Settings) -> Service:
         return ExternalService(
             name, "KAFKA_BOOTSTRAP", value, ParsedUrl(endpoints, value), probe_kafka
         )
-    return {"postgres": Postgres, "redis": Redis, "kafka": Kafka}[name](settings)
+    return local
 
 
 COMMANDS = ("start", "stop", "restart", "status", "env")

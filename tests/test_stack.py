@@ -1,12 +1,11 @@
 """The local stack script: status of the running stack, and one-line errors."""
 
-import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from tests.support.env import ROOT, stack
+from tests.support.env import stack
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +67,9 @@ def test_external_server_is_used_not_started(
     isolated(monkeypatch, tmp_path)
     running = stack("env").stdout
     redis_url = next(line.split("=", 1)[1] for line in running.splitlines() if "REDIS_URL" in line)
-    monkeypatch.setenv("REDIS_URL", redis_url.strip("'\""))
+    # Same server under another name: `localhost` is not our local stack's exact URL.
+    monkeypatch.setenv("REDIS_URL", redis_url.strip("'\"").replace("127.0.0.1", "localhost"))
     result = stack("start", "redis")
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "stack" / "redis").exists(), "started a local redis anyway"
-    assert os.path.isdir(ROOT / "scripts")
+    assert "external" in result.stdout
