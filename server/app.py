@@ -4,24 +4,96 @@ not (the feed falls back to Postgres, and posts wait in the outbox until Kafka r
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from core.resources import kafka_link_ctx, postgres_ctx, redis_ctx
+from core.auth import TokenSigner
+from core.ids import IdLease
+from core.resources import DB, KAFKA_LINK, REDIS, kafka_link_ctx, postgres_ctx, redis_ctx
 from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run
 from core.settings import Settings
+from core.topics import Topics
+from server import auth
+from server.context import CTX, ServerContext
+from server.errors import error_middleware
+from server.feed import FEED, CelebrityDirectory, HomeFeed
+from server.handlers import feed, posts, users
+from server.openapi import openapi
+from server.outbox import OutboxRelay
 from web import STATIC_DIR
+
+MAX_BODY = 16 * 1024  # a post is 280 characters; nothing we accept needs more
 
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+async def server_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Per-process state built on the clients: id lease, handler context, outbox relay."""
+    settings = app[SETTINGS]
+    lease = IdLease(app[DB], holder=f"{socket.gethostname()}:server:{os.getpid()}")
+    ids = await lease.acquire()
+    hasher = auth.build_hasher()
+    c = ServerContext(
+        settings=settings,
+        db=app[DB],
+        redis=app[REDIS],
+        kafka=app[KAFKA_LINK],
+        ids=ids,
+        signer=TokenSigner(settings.secret_key, settings.token_ttl_seconds),
+        hasher=hasher,
+        dummy_hash=await asyncio.to_thread(hasher.hash, "unknown-user-placeholder"),
+        topics=Topics.for_settings(settings),
+    )
+    app[CTX] = c
+    app[FEED] = HomeFeed(c, CelebrityDirectory(c.db, settings.fanout_throttle_max))
+    relay = OutboxRelay(settings.database_url, c.kafka, c.topics)
+    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+    yield
+    relay_task.cancel()
+    await asyncio.gather(relay_task, return_exceptions=True)
+    await lease.release()
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/users", auth.sign_up)
+    r.add_post("/v1/sessions", auth.sign_in)
+    r.add_get("/v1/users/{handle}", users.profile)
+    r.add_get("/v1/users/{handle}/posts", users.profile_posts)
+    r.add_get("/v1/users/{handle}/followers", users.followers)
+    r.add_get("/v1/users/{handle}/following", users.following)
+    r.add_post("/v1/users/{user_id}/follow", users.follow)
+    r.add_delete("/v1/users/{user_id}/follow", users.unfollow)
+    r.add_post("/v1/posts", posts.create_post)
+    r.add_get("/v1/posts/{id}", posts.get_post)
+    r.add_delete("/v1/posts/{id}", posts.delete_post)
+    r.add_post("/v1/posts/{id}/like", posts.like)
+    r.add_delete("/v1/posts/{id}/like", posts.unlike)
+    r.add_get("/v1/posts/{id}/replies", posts.replies)
+    r.add_get("/v1/feed", feed.home)
+    r.add_get("/v1/feed/delta", feed.delta)
+    r.add_get("/v1/search", feed.search)
+    r.add_get("/v1/notifications", feed.notifications)
+    r.add_get("/v1/openapi.json", openapi)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[error_middleware, auth.auth_middleware]
+    )
     app[SETTINGS] = settings
     app[OPS] = Ops("server", node_name("server", settings.server_port))
-    app.cleanup_ctx.extend([postgres_ctx(), redis_ctx(critical=False), kafka_link_ctx()])
+    app.cleanup_ctx.extend(
+        [postgres_ctx(), redis_ctx(critical=False), kafka_link_ctx(), server_ctx]
+    )
     add_ops_routes(app)
+    add_routes(app)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR)
     return app

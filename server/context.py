@@ -1,0 +1,46 @@
+"""Everything a request handler may use, built once at start-up (typed app state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+from argon2 import PasswordHasher
+from asyncpg.pool import PoolConnectionProxy
+
+from core.auth import TokenSigner
+from core.ids import IdGenerator
+from core.resources import KafkaLink
+from core.settings import Settings
+from core.topics import Topics
+
+
+@dataclass(frozen=True, slots=True)
+class ServerContext:
+    settings: Settings
+    db: asyncpg.Pool
+    redis: aioredis.Redis
+    kafka: KafkaLink
+    ids: IdGenerator
+    signer: TokenSigner
+    hasher: PasswordHasher
+    dummy_hash: str  # verified against for unknown handles, so timing reveals nothing
+    topics: Topics
+
+
+# A connection checked out of the pool, or a plain one (same query API).
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+CTX = web.AppKey("server_ctx", ServerContext)
+USER_ID = web.RequestKey("user_id", int)  # set by the auth middleware
+
+
+def ctx(request: web.Request) -> ServerContext:
+    return request.app[CTX]
+
+
+def user_id(request: web.Request) -> int:
+    uid: int = request[USER_ID]
+    return uid

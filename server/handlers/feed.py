@@ -1,0 +1,95 @@
+"""Home feed, feed delta, search and notifications."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server import validation as v
+from server.context import ctx, user_id
+from server.errors import invalid
+from server.feed import FEED, FeedPage
+from server.handlers.posts import post_list
+from server.hydrate import iso
+from server.service_json import json
+
+MAX_QUERY = 200
+
+
+def _feed_json(page: FeedPage) -> dict[str, object]:
+    return {
+        "posts": page.posts,
+        "next_cursor": v.encode_cursor("feed", page.next_cursor) if page.next_cursor else None,
+        "has_more": page.has_more,
+    }
+
+
+async def home(request: web.Request) -> web.Response:
+    limit = v.limit(request)
+    before = v.decode_cursor(request, "feed")
+    page = await request.app[FEED].page(user_id(request), before[0] if before else None, limit)
+    return json(_feed_json(page))
+
+
+async def delta(request: web.Request) -> web.Response:
+    raw = request.query.get("since")
+    if raw is None:
+        raise invalid("since", "since is required (a post id)", "missing_field")
+    since = v.parse_id(raw, "since")
+    limit = v.limit(request, default=100, maximum=200)
+    page = await request.app[FEED].newer(user_id(request), since, limit)
+    return json({"posts": page.posts, "has_more": page.has_more})
+
+
+async def search(request: web.Request) -> web.Response:
+    query = (request.query.get("q") or "").strip()
+    if not query:
+        raise invalid("q", "q is required", "missing_field")
+    if len(query) > MAX_QUERY or v.has_bad_characters(query, allow_newlines=False):
+        raise invalid("q", f"q must be at most {MAX_QUERY} printable characters")
+    limit = v.limit(request)
+    before = v.decode_cursor(request, "search")
+    c = ctx(request)
+    rows = await c.db.fetch(
+        "SELECT id FROM posts WHERE search @@ websearch_to_tsquery('simple', $1) "
+        "AND deleted_at IS NULL AND id < $2 ORDER BY id DESC LIMIT $3",
+        query,
+        before[0] if before else v.MAX_ID,
+        limit + 1,
+    )
+    return json(await post_list(c, [r["id"] for r in rows], limit, "search"))
+
+
+async def notifications(request: web.Request) -> web.Response:
+    c, me = ctx(request), user_id(request)
+    limit = v.limit(request)
+    before = v.decode_cursor(request, "notifications")
+    rows = await c.db.fetch(
+        "SELECT n.id, n.kind, n.post_id, n.created_at, u.id AS actor_id, u.handle, u.display_name "
+        "  FROM notifications n JOIN users u ON u.id = n.actor_id "
+        " WHERE n.user_id = $1 AND n.id < $2 ORDER BY n.id DESC LIMIT $3",
+        me,
+        before[0] if before else v.MAX_ID,
+        limit + 1,
+    )
+    page = rows[:limit]
+    has_more = len(rows) > limit
+    return json(
+        {
+            "notifications": [
+                {
+                    "id": str(r["id"]),
+                    "kind": r["kind"],
+                    "actor": {
+                        "id": str(r["actor_id"]),
+                        "handle": r["handle"],
+                        "display_name": r["display_name"],
+                    },
+                    "post_id": None if r["post_id"] is None else str(r["post_id"]),
+                    "created_at": iso(r["created_at"]),
+                }
+                for r in page
+            ],
+            "next_cursor": v.encode_cursor("notifications", page[-1]["id"]) if has_more else None,
+            "has_more": has_more,
+        }
+    )

@@ -1,0 +1,146 @@
+"""Turns post ids into API post objects: post bodies from the Redis cache (one MGET,
+misses from Postgres, then cached) plus counters (cached separately, so a like never
+invalidates a post body or anyone's timeline). Redis down: everything from Postgres.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from core import keys
+
+log = logging.getLogger(__name__)
+
+POST_TTL = 24 * 3600
+COUNTER_TTL = 3600
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+POST_COLUMNS = """
+    p.id, p.author_id, u.handle, u.display_name, p.text, p.created_at, p.reply_to,
+    p.repost_of, p.media_ids, p.deleted_at, p.like_count, p.repost_count, p.reply_count
+"""
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def post_body(row: asyncpg.Record) -> dict[str, Any]:
+    """The cacheable part of a post (everything but counters)."""
+    return {
+        "id": str(row["id"]),
+        "author": {
+            "id": str(row["author_id"]),
+            "handle": row["handle"],
+            "display_name": row["display_name"],
+        },
+        "text": row["text"],
+        "created_at": iso(row["created_at"]),
+        "reply_to": None if row["reply_to"] is None else str(row["reply_to"]),
+        "repost_of": None if row["repost_of"] is None else str(row["repost_of"]),
+        "media_ids": [str(m) for m in row["media_ids"]],
+    }
+
+
+def counts(row: asyncpg.Record) -> dict[str, int]:
+    return {
+        "likes": row["like_count"],
+        "reposts": row["repost_count"],
+        "replies": row["reply_count"],
+    }
+
+
+async def fetch_rows(db: asyncpg.Pool | asyncpg.Connection, ids: list[int]) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"SELECT {POST_COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
+        "WHERE p.id = ANY($1::bigint[])",
+        ids,
+    )
+    return rows
+
+
+class Hydrator:
+    def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
+        self._db = db
+        self._redis = redis_client
+
+    async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Live (not deleted) posts by id; unknown and deleted ids are simply absent."""
+        if not ids:
+            return {}
+        try:
+            return await self._from_cache(ids)
+        except REDIS_ERRORS as exc:
+            log.warning("hydrating from Postgres, Redis unavailable: %s", exc)
+            rows = await fetch_rows(self._db, ids)
+            return {
+                r["id"]: {**post_body(r), "counts": counts(r)}
+                for r in rows
+                if r["deleted_at"] is None
+            }
+
+    async def _from_cache(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.mget([keys.post_cache(i) for i in ids])
+        for i in ids:
+            pipe.hgetall(keys.post_counters(i))
+        bodies, *counters = await pipe.execute()
+        result: dict[int, dict[str, Any]] = {}
+        missing: set[int] = set()
+        for post_id, raw, counter in zip(ids, bodies, counters, strict=True):
+            if raw is None or not counter:
+                missing.add(post_id)
+                continue
+            if raw == b"-":  # tombstone: deleted
+                continue
+            post = orjson.loads(raw)
+            post["counts"] = {k.decode(): int(n) for k, n in counter.items()}
+            result[post_id] = post
+        if missing:
+            await self._fill(sorted(missing), result)
+        return result
+
+    async def _fill(self, ids: list[int], result: dict[int, dict[str, Any]]) -> None:
+        rows = await fetch_rows(self._db, ids)
+        pipe = self._redis.pipeline(transaction=False)
+        for row in rows:
+            if row["deleted_at"] is not None:
+                pipe.set(keys.post_cache(row["id"]), b"-", ex=POST_TTL)
+                continue
+            body = post_body(row)
+            pipe.set(keys.post_cache(row["id"]), orjson.dumps(body), ex=POST_TTL)
+            pipe.hset(keys.post_counters(row["id"]), mapping=dict(counts(row).items()))
+            pipe.expire(keys.post_counters(row["id"]), COUNTER_TTL)
+            result[row["id"]] = {**body, "counts": counts(row)}
+        await pipe.execute()
+
+
+# Adjusts a cached counter only when it is cached (HINCRBY would create a partial hash);
+# Postgres is the truth and the TTL heals any drift.
+BUMP_COUNTER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+end
+return false
+"""
+
+
+async def bump_counter(redis_client: aioredis.Redis, post_id: int, name: str, by: int) -> None:
+    try:
+        await redis_client.eval(BUMP_COUNTER, 1, keys.post_counters(post_id), name, by)
+    except REDIS_ERRORS as exc:
+        log.warning("counter of post %d not updated in Redis: %s", post_id, exc)
+
+
+async def forget_post(redis_client: aioredis.Redis, post_id: int) -> None:
+    try:
+        await redis_client.set(keys.post_cache(post_id), b"-", ex=POST_TTL)
+    except REDIS_ERRORS as exc:
+        log.warning("post %d not tombstoned in Redis: %s", post_id, exc)
