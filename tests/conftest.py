@@ -13,6 +13,11 @@ from core.topics import Topics
 from tests.support.env import base_settings, isolated_settings, new_run_id
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop and restart shared servers run last, so nothing else sees the gap."""
+    items.sort(key=lambda item: item.get_closest_marker("outage") is not None)
+
+
 @pytest.fixture(scope="session")
 def run_id() -> str:
     return new_run_id()
