@@ -22,6 +22,7 @@ from server.context import CTX, ServerContext
 from server.errors import error_middleware
 from server.feed import FEED, CelebrityDirectory, HomeFeed
 from server.handlers import feed, posts, users
+from server.metrics import METRICS, ServerMetrics, metrics_middleware
 from server.openapi import openapi
 from server.outbox import OutboxRelay
 from web import STATIC_DIR
@@ -51,8 +52,11 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
         topics=Topics.for_settings(settings),
     )
     app[CTX] = c
-    app[FEED] = HomeFeed(c, CelebrityDirectory(c.db, settings.fanout_throttle_max))
-    relay = OutboxRelay(settings.database_url, c.kafka, c.topics)
+    metrics = app[METRICS]
+    app[FEED] = HomeFeed(
+        c, CelebrityDirectory(c.db, settings.fanout_throttle_max), metrics.timeline_reads
+    )
+    relay = OutboxRelay(settings.database_url, c.kafka, c.topics, metrics.outbox_published)
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
     relay_task.cancel()
@@ -85,10 +89,12 @@ def add_routes(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[error_middleware, auth.auth_middleware]
+        client_max_size=MAX_BODY,
+        middlewares=[metrics_middleware, error_middleware, auth.auth_middleware],
     )
     app[SETTINGS] = settings
     app[OPS] = Ops("server", node_name("server", settings.server_port))
+    app[METRICS] = ServerMetrics.create(app[OPS].registry)
     app.cleanup_ctx.extend(
         [postgres_ctx(), redis_ctx(critical=False), kafka_link_ctx(), server_ctx]
     )

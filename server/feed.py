@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter
 
 from server import timeline_store as store
 from server.context import ServerContext
@@ -74,7 +75,8 @@ class CelebrityDirectory:
 
 
 class HomeFeed:
-    def __init__(self, c: ServerContext, celebs: CelebrityDirectory) -> None:
+    def __init__(self, c: ServerContext, celebs: CelebrityDirectory, reads: Counter) -> None:
+        self._reads = reads
         self._c = c
         self._celebs = celebs
         self._hydrator = Hydrator(c.db, c.redis)
@@ -85,6 +87,7 @@ class HomeFeed:
             sources = [await self._timeline_source(user_id, followed_celebs)]
         except REDIS_ERRORS as exc:
             log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
+            self._reads.labels("postgres").inc()
             sources = [self._postgres_source(user_id, [])]
         else:
             if followed_celebs:
@@ -93,6 +96,7 @@ class HomeFeed:
             return await self._merge(user_id, sources, before, limit)
         except REDIS_ERRORS as exc:
             log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
+            self._reads.labels("postgres").inc()
             return await self._merge(user_id, [self._postgres_source(user_id, [])], before, limit)
 
     async def newer(self, user_id: int, since: int, limit: int) -> FeedPage:
@@ -117,6 +121,9 @@ class HomeFeed:
         redis_client = self._c.redis
         if await store.page(redis_client, user_id, None, 1) is None:
             await self._rebuild(user_id, celebs)
+            self._reads.labels("rebuild").inc()
+        else:
+            self._reads.labels("redis").inc()
         postgres = self._postgres_source(user_id, celebs)
 
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:

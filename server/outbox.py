@@ -15,6 +15,7 @@ import time
 
 import asyncpg
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from core.events import Event, encode
 from core.resources import KafkaLink
@@ -42,7 +43,9 @@ async def enqueue(conn: Conn, topic: str, key: int, event: Event) -> None:
 
 
 class OutboxRelay:
-    def __init__(self, database_url: str, link: KafkaLink, topics: Topics) -> None:
+    def __init__(
+        self, database_url: str, link: KafkaLink, topics: Topics, published: Counter
+    ) -> None:
         self._database_url = database_url
         self._link = link
         self._topics = {
@@ -50,7 +53,7 @@ class OutboxRelay:
             for name in ("posts", "follows", "engagements", "push")
         }
         self._wake = asyncio.Event()
-        self.published = 0
+        self._published = published
 
     async def run(self) -> None:
         """Supervise forever: (re)connect, take the relay lock, relay; back off on errors."""
@@ -78,9 +81,7 @@ class OutboxRelay:
                 await self._link.connected.wait()
                 sent = await self._relay_batch(conn)
                 if time.monotonic() - last_purge > 600:
-                    await conn.execute(
-                        f"DELETE FROM outbox WHERE sent_at < now() - interval '{KEEP_SENT}'"
-                    )
+                    await self._purge(conn)
                     last_purge = time.monotonic()
                 if sent < BATCH:
                     self._wake.clear()
@@ -88,6 +89,14 @@ class OutboxRelay:
                         await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
         finally:
             await conn.close(timeout=2)
+
+    async def _purge(self, conn: Conn) -> None:
+        """Housekeeping done by the one active relay: sent events and expired
+        idempotency keys (kept 24 h) are deleted."""
+        await conn.execute(f"DELETE FROM outbox WHERE sent_at < now() - interval '{KEEP_SENT}'")
+        await conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
+        )
 
     async def _relay_batch(self, conn: Conn) -> int:
         rows = await conn.fetch(
@@ -115,7 +124,7 @@ class OutboxRelay:
             "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
             [r["id"] for r in rows],
         )
-        self.published += len(rows)
+        self._published.inc(len(rows))
         log.info(
             "outbox relay: published %d events in %.1f ms",
             len(rows),

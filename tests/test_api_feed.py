@@ -100,7 +100,8 @@ async def test_celebrity_posts_are_merged_at_read_time_not_stored(
     assert ids == sorted([*star_posts, friend_post], key=int, reverse=True)
     stored = await redis_client.zrange(keys.timeline(int(reader.id)), 0, -1)
     stored_ids = {str(keys.post_id_from_member(m)) for m in stored}
-    assert friend_post in stored_ids and not stored_ids & set(star_posts)
+    assert friend_post in stored_ids, (friend_post, stored_ids)
+    assert not stored_ids & set(star_posts), (star_posts, stored_ids)
 
 
 async def test_unfollowed_and_deleted_posts_disappear_from_the_feed(
@@ -146,3 +147,19 @@ async def test_delta_returns_only_newer_posts(
     for bad in ({}, {"since": "abc"}, {"since": "0"}):
         resp = await api.get("/v1/feed/delta", params=bad, headers=reader.auth)
         assert resp.status == 422
+
+
+async def test_metrics_count_requests_by_route_and_timeline_sources(
+    settings: Settings, aiohttp_client: MakeClient
+) -> None:
+    api = await aiohttp_client(create_app(settings))
+    reader = await sign_up(api)
+    await feed_ids(api, reader)  # timeline missing: rebuilt
+    await feed_ids(api, reader)  # now a cache hit
+    await api.get("/v1/posts/123", headers=reader.auth)
+    text = await (await api.get("/metrics")).text()
+    assert 'feed_timeline_reads_total{source="rebuild"} 1.0' in text
+    assert 'feed_timeline_reads_total{source="redis"} 1.0' in text
+    assert 'feed_http_requests_total{method="GET",route="/v1/feed",status="200"} 2.0' in text
+    assert 'route="/v1/posts/{id}",status="404"' in text
+    assert 'feed_http_request_seconds_bucket{le="0.01",method="GET",route="/v1/feed"}' in text
