@@ -138,3 +138,17 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str)
     return False
+
+
+# Live events sent to clients over WebSocket/SSE (DESIGN.md "Streaming"). Serialized once
+# per event by fan-out and relayed as opaque bytes by the gateway.
+def live_post(post: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": "post", "id": post["id"], "data": post})
+
+
+def live_delete(post_id: int) -> bytes:
+    return orjson.dumps({"type": "delete", "id": str(post_id)})
+
+
+def live_notification(notification: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": "notification", "data": notification})

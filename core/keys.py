@@ -59,7 +59,7 @@ def fanout_checkpoint(post_id: int) -> str:
     return f"fo:ck:{post_id}"
 
 
-FANOUT_TIER_OVERRIDES = "fo:tiers"  # HASH author_id -> push|throttle|pull
+FANOUT_CONFIG = "fo:config"  # HASH push_max / throttle_max: runtime tier thresholds
 
 
 def service_health(service: str, node: str) -> str:

@@ -65,6 +65,8 @@ class Settings:
     fanout_push_max: int = 100_000
     fanout_throttle_max: int = 1_000_000
     fanout_batch_size: int = 10_000
+    fanout_throttle_rate: int = 50_000
+    fanout_group: str = "fanout"
     fanout_active_days: int = 30
     timeline_cap: int = 800
 
@@ -105,7 +107,13 @@ class Settings:
             raise SettingsError("FANOUT_PUSH_MAX must not exceed FANOUT_THROTTLE_MAX")
         if len(self.secret_key) < 16:
             raise SettingsError("SECRET_KEY must be at least 16 characters")
-        positive = ("kafka_partitions", "fanout_batch_size", "timeline_cap", "token_ttl_seconds")
+        positive = (
+            "kafka_partitions",
+            "fanout_batch_size",
+            "fanout_throttle_rate",
+            "timeline_cap",
+            "token_ttl_seconds",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")

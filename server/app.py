@@ -16,6 +16,7 @@ from core.ids import IdLease
 from core.resources import DB, KAFKA_LINK, REDIS, kafka_link_ctx, postgres_ctx, redis_ctx
 from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run
 from core.settings import Settings
+from core.tiers import TierPolicy
 from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
@@ -53,9 +54,8 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[CTX] = c
     metrics = app[METRICS]
-    app[FEED] = HomeFeed(
-        c, CelebrityDirectory(c.db, settings.fanout_throttle_max), metrics.timeline_reads
-    )
+    celebs = CelebrityDirectory(c.db, TierPolicy(settings, c.redis))
+    app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads)
     relay = OutboxRelay(settings.database_url, c.kafka, c.topics, metrics.outbox_published)
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield

@@ -103,7 +103,7 @@ async def sign_in(request: web.Request) -> web.Response:
     assert handle is not None and password is not None
     c = ctx(request)
     row = None
-    if v.HANDLE.match(handle):
+    if v.HANDLE.fullmatch(handle):
         row = await c.db.fetchrow(
             "SELECT id, password_hash FROM users WHERE lower(handle) = lower($1)", handle
         )

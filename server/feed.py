@@ -20,6 +20,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
+from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
 from server.context import ServerContext
 from server.hydrate import REDIS_ERRORS, Hydrator
@@ -56,19 +57,16 @@ Fetch = Callable[[int, int], Awaitable[tuple[list[int], bool]]]  # (before, n) -
 class CelebrityDirectory:
     """Ids of authors in the pull tier, refreshed every few seconds per process."""
 
-    def __init__(self, db: asyncpg.Pool, threshold: int) -> None:
+    def __init__(self, db: asyncpg.Pool, policy: TierPolicy) -> None:
         self._db = db
-        self._threshold = threshold
+        self._policy = policy
         self._ids: list[int] = []
         self._fetched = 0.0
 
     async def ids(self) -> list[int]:
         if time.monotonic() - self._fetched > CELEB_CACHE_SECONDS:
-            rows = await self._db.fetch(
-                "SELECT id FROM users WHERE fanout_tier = 'pull' "
-                "OR (fanout_tier IS NULL AND follower_count > $1)",
-                self._threshold,
-            )
+            thresholds = await self._policy.thresholds()
+            rows = await self._db.fetch(PULL_AUTHORS_SQL, thresholds.throttle_max)
             self._ids = [r["id"] for r in rows]
             self._fetched = time.monotonic()
         return self._ids

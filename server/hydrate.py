@@ -5,7 +5,6 @@ invalidates a post body or anyone's timeline). Redis down: everything from Postg
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any
 
@@ -15,55 +14,15 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from core import keys
+from core.postview import counts, fetch_rows, iso, post_body
+
+__all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso"]
 
 log = logging.getLogger(__name__)
 
 POST_TTL = 24 * 3600
 COUNTER_TTL = 3600
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-
-POST_COLUMNS = """
-    p.id, p.author_id, u.handle, u.display_name, p.text, p.created_at, p.reply_to,
-    p.repost_of, p.media_ids, p.deleted_at, p.like_count, p.repost_count, p.reply_count
-"""
-
-
-def iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def post_body(row: asyncpg.Record) -> dict[str, Any]:
-    """The cacheable part of a post (everything but counters)."""
-    return {
-        "id": str(row["id"]),
-        "author": {
-            "id": str(row["author_id"]),
-            "handle": row["handle"],
-            "display_name": row["display_name"],
-        },
-        "text": row["text"],
-        "created_at": iso(row["created_at"]),
-        "reply_to": None if row["reply_to"] is None else str(row["reply_to"]),
-        "repost_of": None if row["repost_of"] is None else str(row["repost_of"]),
-        "media_ids": [str(m) for m in row["media_ids"]],
-    }
-
-
-def counts(row: asyncpg.Record) -> dict[str, int]:
-    return {
-        "likes": row["like_count"],
-        "reposts": row["repost_count"],
-        "replies": row["reply_count"],
-    }
-
-
-async def fetch_rows(db: asyncpg.Pool | asyncpg.Connection, ids: list[int]) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await db.fetch(
-        f"SELECT {POST_COLUMNS} FROM posts p JOIN users u ON u.id = p.author_id "
-        "WHERE p.id = ANY($1::bigint[])",
-        ids,
-    )
-    return rows
 
 
 class Hydrator:

@@ -1,11 +1,797 @@
-"""GET /v1/openapi.json: placeholder replaced below."""
+"""GET /v1/openapi.json: the OpenAPI 3.1 description of this server's HTTP API.
+
+The document is plain data built once at import (no I/O) and served as the same bytes on
+every request. Limits come from server/validation.py and the handlers' own constants, so
+they cannot drift apart; tests/test_openapi.py checks routes and real responses against it.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
 
-from server.service_json import json
+from server.handlers.feed import MAX_QUERY
+from server.handlers.posts import MAX_MEDIA, RATE_LIMIT_POSTS
+from server.validation import (
+    DISPLAY_NAME_MAX,
+    HANDLE,
+    IDEMPOTENCY_KEY,
+    MAX_ID,
+    POST_MAX_CHARS,
+)
+
+Json = dict[str, Any]
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+DELTA_DEFAULT_LIMIT = 100
+DELTA_MAX_LIMIT = 200
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+MAX_CURSOR = 200
+
+# Every machine-readable error code, by status, with what it means. Operations list the
+# codes they can answer; each response's schema then admits exactly those codes.
+ERROR_CODES: dict[int, dict[str, str]] = {
+    400: {"invalid_json": "the body is empty, not JSON, or not UTF-8"},
+    401: {
+        "unauthorized": "no `Authorization` header (`WWW-Authenticate: Bearer`)",
+        "invalid_token": "not `Bearer <token>`, or the token is malformed or forged",
+        "token_expired": "the token has expired; sign in again",
+        "invalid_credentials": "unknown handle or wrong password (indistinguishable)",
+    },
+    403: {"not_author": "only the author can do this"},
+    404: {
+        "not_found": "no such route, or the path id is not a valid id",
+        "post_not_found": "no such post, or it was deleted",
+        "user_not_found": "no such user",
+    },
+    405: {"method_not_allowed": "the path exists but not with this method (see `Allow`)"},
+    409: {"handle_taken": "the handle is taken (handles are unique case-insensitively)"},
+    413: {"body_too_large": "the body is larger than 16 KiB"},
+    422: {
+        "invalid_body": "the body is JSON but not an object",
+        "unknown_field": "the body has a field this operation does not accept",
+        "missing_field": "a required field or query parameter is missing",
+        "invalid_field": "wrong type, malformed or out-of-range id, or a value out of bounds "
+        "(`limit`, `q`, `media_ids`, idempotency key)",
+        "invalid_characters": "control characters, surrogates or unassigned code points",
+        "too_long": "longer than allowed after NFC normalisation and trimming",
+        "empty_text": "`text` is empty after trimming",
+        "invalid_handle": "a handle is 1-15 characters of A-Z, a-z, 0-9 and _",
+        "invalid_password": f"a password is {PASSWORD_MIN}-{PASSWORD_MAX} characters, no NUL",
+        "invalid_cursor": "the cursor is malformed or belongs to another list",
+        "post_not_found": "`reply_to` or `repost_of` names a post that does not exist",
+        "self_follow": "you cannot follow (or unfollow) yourself",
+    },
+    429: {"rate_limited": f"more than {RATE_LIMIT_POSTS} posts in 3 hours; see `Retry-After`"},
+}
+
+STATUS_TEXT = {
+    400: "Bad request",
+    401: "Not signed in",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Invalid input",
+    429: "Rate limited",
+}
+
+AUTH = ("unauthorized", "invalid_token", "token_expired")
+BODY = ("invalid_json", "body_too_large", "invalid_body", "unknown_field", "missing_field")
+PAGE = ("invalid_field", "invalid_cursor")
+
+EXAMPLE_ID = "7340032000000000001"
+EXAMPLE_USER_ID = "7340031000000000001"
+EXAMPLE_TIME = "2025-06-01T12:00:00.000Z"
+EXAMPLE_CURSOR = "djE6ZmVlZDo3MzQwMDMyMDAwMDAwMDAwMDAx"
+
+
+def ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(name: str) -> Json:
+    return {"anyOf": [ref(name), {"type": "null"}]}
+
+
+def obj(properties: Json, *, optional: tuple[str, ...] = (), **extra: Any) -> Json:
+    """A closed object: every property required unless named optional, nothing else."""
+    required = [name for name in properties if name not in optional]
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+def page_of(item: str, key: str) -> Json:
+    return obj(
+        {
+            key: {"type": "array", "items": ref(item)},
+            "next_cursor": {
+                "anyOf": [ref("Cursor"), {"type": "null"}],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+            "has_more": {"type": "boolean"},
+        }
+    )
+
+
+def count(description: str) -> Json:
+    return {"type": "integer", "minimum": 0, "description": description}
+
+
+SCHEMAS: Json = {
+    "Id": {
+        "type": "string",
+        "pattern": "^[0-9]{1,19}$",
+        "description": f"A 64-bit id as a decimal string (1 to {MAX_ID}); ids are time-ordered.",
+        "examples": [EXAMPLE_ID],
+    },
+    "IdInput": {
+        "description": "An id: a decimal string (preferred: 64-bit integers do not survive "
+        "JavaScript), or a JSON integer. Malformed or out of range: 422 `invalid_field`.",
+        "anyOf": [ref("Id"), {"type": "integer", "minimum": 1, "maximum": MAX_ID}],
+    },
+    "Handle": {
+        "type": "string",
+        "pattern": HANDLE.pattern,
+        "description": "Unique case-insensitively, displayed as typed.",
+        "examples": ["ada_l"],
+    },
+    "Timestamp": {
+        "type": "string",
+        "format": "date-time",
+        "description": "ISO-8601 in UTC with milliseconds.",
+        "examples": [EXAMPLE_TIME],
+    },
+    "Cursor": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_CURSOR,
+        "description": "Opaque; only valid for the list that returned it.",
+        "examples": [EXAMPLE_CURSOR],
+    },
+    "Author": obj(
+        {"id": ref("Id"), "handle": ref("Handle"), "display_name": {"type": "string"}},
+        examples=[{"id": EXAMPLE_USER_ID, "handle": "ada_l", "display_name": "Ada"}],
+    ),
+    "PostCounts": obj(
+        {"likes": count("likes"), "reposts": count("reposts"), "replies": count("replies")}
+    ),
+    "Post": obj(
+        {
+            "id": ref("Id"),
+            "author": ref("Author"),
+            "text": {"type": "string", "minLength": 1, "maxLength": POST_MAX_CHARS},
+            "created_at": ref("Timestamp"),
+            "reply_to": nullable("Id"),
+            "repost_of": nullable("Id"),
+            "media_ids": {"type": "array", "items": ref("Id"), "maxItems": MAX_MEDIA},
+            "counts": ref("PostCounts"),
+        },
+        examples=[
+            {
+                "id": EXAMPLE_ID,
+                "author": {"id": EXAMPLE_USER_ID, "handle": "ada_l", "display_name": "Ada"},
+                "text": "hello world",
+                "created_at": EXAMPLE_TIME,
+                "reply_to": None,
+                "repost_of": None,
+                "media_ids": [],
+                "counts": {"likes": 2, "reposts": 0, "replies": 1},
+            }
+        ],
+    ),
+    "PostPage": page_of("Post", "posts"),
+    "PostDelta": obj(
+        {
+            "posts": {"type": "array", "items": ref("Post")},
+            "has_more": {
+                "type": "boolean",
+                "description": "More new posts than `limit`: reload the feed instead.",
+            },
+        }
+    ),
+    "Follower": obj(
+        {
+            "id": ref("Id"),
+            "handle": ref("Handle"),
+            "display_name": {"type": "string"},
+            "since": {**ref("Timestamp"), "description": "When the follow began."},
+        }
+    ),
+    "UserPage": page_of("Follower", "users"),
+    "Notification": obj(
+        {
+            "id": ref("Id"),
+            "kind": {"type": "string", "enum": ["like", "reply", "repost", "mention", "follow"]},
+            "actor": ref("Author"),
+            "post_id": {
+                **nullable("Id"),
+                "description": "The post concerned (for a repost, the original); "
+                "null for `follow`.",
+            },
+            "created_at": ref("Timestamp"),
+        }
+    ),
+    "NotificationPage": page_of("Notification", "notifications"),
+    "Profile": obj(
+        {
+            "id": ref("Id"),
+            "handle": ref("Handle"),
+            "display_name": {"type": "string"},
+            "created_at": ref("Timestamp"),
+            "counts": obj(
+                {
+                    "followers": count("followers"),
+                    "following": count("accounts followed"),
+                    "posts": count("live posts"),
+                }
+            ),
+            "followed_by_me": {"type": "boolean"},
+        }
+    ),
+    "SignUp": obj(
+        {
+            "handle": ref("Handle"),
+            "password": {
+                "type": "string",
+                "minLength": PASSWORD_MIN,
+                "maxLength": PASSWORD_MAX,
+                "pattern": "^[^\\x00]*$",
+            },
+            "display_name": {
+                "type": ["string", "null"],
+                "maxLength": DISPLAY_NAME_MAX,
+                "description": f"NFC-normalised and trimmed, at most {DISPLAY_NAME_MAX} "
+                "characters, no control characters; empty or absent: the handle.",
+            },
+        },
+        optional=("display_name",),
+        examples=[{"handle": "ada_l", "password": "correct horse", "display_name": "Ada"}],
+    ),
+    "SignedUp": obj(
+        {"user_id": ref("Id"), "handle": ref("Handle"), "token": {"type": "string"}},
+    ),
+    "SignIn": obj(
+        {
+            "handle": {"type": "string", "description": "Matched case-insensitively."},
+            "password": {"type": "string"},
+        },
+        examples=[{"handle": "ada_l", "password": "correct horse"}],
+    ),
+    "SignedIn": obj({"user_id": ref("Id"), "token": {"type": "string"}}),
+    "NewPost": obj(
+        {
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": POST_MAX_CHARS,
+                "description": f"1-{POST_MAX_CHARS} characters (code points) after NFC "
+                "normalisation and trimming; newlines allowed, other control characters "
+                "not. `@handle` mentions notify (at most 10 per post).",
+            },
+            "reply_to": {**nullable("IdInput"), "description": "A live post this answers."},
+            "repost_of": {**nullable("IdInput"), "description": "A live post this reposts."},
+            "media_ids": {
+                "type": ["array", "null"],
+                "items": ref("IdInput"),
+                "maxItems": MAX_MEDIA,
+            },
+            "idempotency_key": {
+                "type": ["string", "null"],
+                "pattern": IDEMPOTENCY_KEY.pattern,
+                "description": "Same as the `Idempotency-Key` header (the body wins).",
+            },
+        },
+        optional=("reply_to", "repost_of", "media_ids", "idempotency_key"),
+        examples=[{"text": "hello @ada_l", "idempotency_key": "3f1c9a7e-client-42"}],
+    ),
+    "PostCreated": obj(
+        {
+            "post_id": ref("Id"),
+            "created_at": ref("Timestamp"),
+            "author_id": ref("Id"),
+            "fan_out_status": {"const": "queued"},
+        },
+        examples=[
+            {
+                "post_id": EXAMPLE_ID,
+                "created_at": EXAMPLE_TIME,
+                "author_id": EXAMPLE_USER_ID,
+                "fan_out_status": "queued",
+            }
+        ],
+    ),
+    "LikeState": obj(
+        {"post_id": ref("Id"), "liked": {"type": "boolean"}, "likes": count("likes now")}
+    ),
+    "FollowState": obj(
+        {
+            "user_id": ref("Id"),
+            "following": {"type": "boolean"},
+            "followers": count("the target's followers now"),
+        }
+    ),
+    "Error": obj(
+        {
+            "error": obj(
+                {
+                    "code": {"type": "string", "description": "Machine-readable; stable."},
+                    "message": {"type": "string", "description": "For humans; may change."},
+                    "field": {
+                        "type": "string",
+                        "description": "The body field or query parameter at fault.",
+                    },
+                },
+                optional=("field",),
+            )
+        },
+        examples=[
+            {
+                "error": {
+                    "code": "too_long",
+                    "message": "text is longer than 280 characters",
+                    "field": "text",
+                }
+            }
+        ],
+    ),
+    "Health": obj(
+        {
+            "status": {"const": "ok"},
+            "service": {"type": "string"},
+            "node": {"type": "string"},
+            "uptime_s": {"type": "number", "minimum": 0},
+        }
+    ),
+    "Readiness": obj(
+        {
+            "ready": {"type": "boolean"},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "One entry per dependency: `ok`, `timeout` or `down: <why>`.",
+                "examples": [{"postgres": "ok", "redis": "ok", "kafka": "ok"}],
+            },
+        }
+    ),
+}
+
+
+def query(name: str, schema: Json, description: str, *, required: bool = False) -> Json:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def path(name: str, schema: Json, description: str) -> Json:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def limit_schema(default: int, maximum: int) -> Json:
+    return {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}
+
+
+PARAMETERS: Json = {
+    "Limit": query(
+        "limit",
+        limit_schema(DEFAULT_LIMIT, MAX_LIMIT),
+        f"Page size, 1-{MAX_LIMIT}. Otherwise: 422 `invalid_field`.",
+    ),
+    "Cursor": query("cursor", ref("Cursor"), "`next_cursor` of the previous page."),
+    "PostId": path("id", ref("Id"), "A post id; not an id at all: 404 `not_found`."),
+    "UserId": path("user_id", ref("Id"), "A user id; not an id at all: 404 `not_found`."),
+    "Handle": path("handle", {"type": "string"}, "A handle, any case."),
+}
+
+
+def json_content(schema: Json, example: Any = None) -> Json:
+    media: Json = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+def error_response(status: int, codes: tuple[str, ...], headers: Json | None = None) -> Json:
+    """The Error shape, admitting exactly `codes`, which the description explains."""
+    meanings = ERROR_CODES[status]
+    lines = "\n".join(f"- `{code}`: {meanings[code]}" for code in codes)
+    schema = {
+        "allOf": [
+            ref("Error"),
+            {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}},
+        ]
+    }
+    example = {"error": {"code": codes[0], "message": meanings[codes[0]].replace("`", "")}}
+    response: Json = {
+        "description": f"{STATUS_TEXT[status]}. `error.code`:\n{lines}",
+        "content": json_content(schema, example),
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+RETRY_AFTER: Json = {
+    "Retry-After": {
+        "required": True,
+        "description": "Seconds until a post is accepted again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+WWW_AUTHENTICATE: Json = {
+    "WWW-Authenticate": {
+        "description": '`Bearer`, or `Bearer error="invalid_token"` for a bad token.',
+        "schema": {"type": "string"},
+    }
+}
+
+
+Code = str | tuple[int, str]  # a code, or (status, code) where the code has two statuses
+POST_MISSING = (404, "post_not_found")
+REFERENCED_POST_MISSING = (422, "post_not_found")
+
+
+def status_of(code: Code) -> tuple[int, str]:
+    if isinstance(code, tuple):
+        return code
+    statuses = [status for status, meanings in ERROR_CODES.items() if code in meanings]
+    if len(statuses) != 1:
+        raise ValueError(f"error code {code!r} needs its status: {statuses}")
+    return statuses[0], code
+
+
+def responses(ok: Json, *codes: Code) -> Json:
+    """The success responses plus one error response per status of the codes named."""
+    by_status: dict[int, tuple[str, ...]] = {}
+    for status, code in sorted(map(status_of, codes), key=lambda sc: sc[0]):
+        by_status[status] = (*by_status.get(status, ()), code)
+    out = dict(ok)
+    for status, found in by_status.items():
+        headers = RETRY_AFTER if status == 429 else None
+        if status == 401 and set(found) & set(AUTH):  # not sent for invalid_credentials
+            headers = WWW_AUTHENTICATE
+        out[str(status)] = error_response(status, found, headers)
+    return out
+
+
+def ok(status: int, schema: str, description: str) -> Json:
+    return {str(status): {"description": description, "content": json_content(ref(schema))}}
+
+
+def text(media_type: str, description: str) -> Json:
+    return {
+        "200": {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+    }
+
+
+def op(
+    tag: str,
+    summary: str,
+    answers: Json,
+    errors: tuple[Code, ...] = (),
+    *,
+    public: bool = False,
+    params: tuple[Json, ...] = (),
+    body: str | None = None,
+    description: str | None = None,
+) -> Json:
+    """One operation; `errors` are the codes it answers besides the bearer-auth ones."""
+    operation: Json = {"tags": [tag], "summary": summary}
+    if description:
+        operation["description"] = description
+    if params:
+        operation["parameters"] = list(params)
+    if body:
+        operation["requestBody"] = {"required": True, "content": json_content(ref(body))}
+    operation["responses"] = responses(answers, *(errors if public else (*AUTH, *errors)))
+    if public:
+        operation["security"] = []
+    return operation
+
+
+def param(name: str) -> Json:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+HANDLE_PARAM, POST_PARAM, USER_PARAM = param("Handle"), param("PostId"), param("UserId")
+PAGED = (param("Limit"), param("Cursor"))
+BY_ID = ("not_found", POST_MISSING)
+FOLLOW_ERRORS = ("not_found", "user_not_found", "self_follow")
+IDEMPOTENCY_HEADER: Json = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+    "description": "1-128 printable ASCII characters. A retry with the same key within "
+    "24 hours returns the first result (201) and posts nothing.",
+}
+SINCE = query("since", ref("Id"), "A post id, usually the newest shown.", required=True)
+DELTA_LIMIT = query(
+    "limit",
+    limit_schema(DELTA_DEFAULT_LIMIT, DELTA_MAX_LIMIT),
+    f"At most this many, 1-{DELTA_MAX_LIMIT}. Otherwise: 422 `invalid_field`.",
+)
+SEARCH_Q = query(
+    "q",
+    {"type": "string", "minLength": 1, "maxLength": MAX_QUERY},
+    f"Words (web search syntax): 1-{MAX_QUERY} characters after trimming, no control "
+    "characters. Missing or blank: 422 `missing_field`.",
+    required=True,
+)
+SIGN_UP_ERRORS = (*BODY, "invalid_field", "invalid_handle", "invalid_password")
+NEW_POST_ERRORS = (*BODY, "invalid_field", "empty_text", REFERENCED_POST_MISSING)
+TEXT_ERRORS = ("invalid_characters", "too_long")
+
+PATHS: Json = {
+    "/v1/users": {
+        "post": op(
+            "accounts",
+            "Sign up",
+            ok(201, "SignedUp", "Account created; the token is ready to use."),
+            (*SIGN_UP_ERRORS, *TEXT_ERRORS, "handle_taken"),
+            public=True,
+            body="SignUp",
+        )
+    },
+    "/v1/sessions": {
+        "post": op(
+            "accounts",
+            "Sign in",
+            ok(200, "SignedIn", "Signed in."),
+            (*BODY, "invalid_field", "invalid_credentials"),
+            public=True,
+            body="SignIn",
+            description="An unknown handle and a wrong password get the same answer.",
+        )
+    },
+    "/v1/users/{handle}": {
+        "get": op(
+            "users",
+            "A profile with its counts",
+            ok(200, "Profile", "The profile."),
+            ("user_not_found",),
+            params=(HANDLE_PARAM,),
+        )
+    },
+    "/v1/users/{handle}/posts": {
+        "get": op(
+            "users",
+            "A user's posts, newest first",
+            ok(200, "PostPage", "A page of posts."),
+            ("user_not_found", *PAGE),
+            params=(HANDLE_PARAM, *PAGED),
+        )
+    },
+    "/v1/users/{handle}/followers": {
+        "get": op(
+            "users",
+            "Who follows a user, newest accounts first",
+            ok(200, "UserPage", "A page of accounts."),
+            ("user_not_found", *PAGE),
+            params=(HANDLE_PARAM, *PAGED),
+        )
+    },
+    "/v1/users/{handle}/following": {
+        "get": op(
+            "users",
+            "Whom a user follows, newest accounts first",
+            ok(200, "UserPage", "A page of accounts."),
+            ("user_not_found", *PAGE),
+            params=(HANDLE_PARAM, *PAGED),
+        )
+    },
+    "/v1/users/{user_id}/follow": {
+        "post": op(
+            "users",
+            "Follow (idempotent)",
+            ok(200, "FollowState", "Following."),
+            FOLLOW_ERRORS,
+            params=(USER_PARAM,),
+        ),
+        "delete": op(
+            "users",
+            "Unfollow (idempotent)",
+            ok(200, "FollowState", "Not following."),
+            FOLLOW_ERRORS,
+            params=(USER_PARAM,),
+        ),
+    },
+    "/v1/posts": {
+        "post": op(
+            "posts",
+            "Publish a post",
+            ok(201, "PostCreated", "Accepted; fan-out to followers is queued."),
+            (*NEW_POST_ERRORS, *TEXT_ERRORS, "rate_limited"),
+            params=(IDEMPOTENCY_HEADER,),
+            body="NewPost",
+        )
+    },
+    "/v1/posts/{id}": {
+        "get": op(
+            "posts", "Read a post", ok(200, "Post", "The post."), BY_ID, params=(POST_PARAM,)
+        ),
+        "delete": op(
+            "posts",
+            "Delete a post (author only)",
+            {"204": {"description": "Deleted."}},
+            (*BY_ID, "not_author"),
+            params=(POST_PARAM,),
+        ),
+    },
+    "/v1/posts/{id}/like": {
+        "post": op(
+            "posts",
+            "Like (idempotent)",
+            ok(200, "LikeState", "Liked; `likes` is the current count."),
+            BY_ID,
+            params=(POST_PARAM,),
+        ),
+        "delete": op(
+            "posts",
+            "Unlike (idempotent)",
+            ok(200, "LikeState", "Not liked; `likes` is the current count."),
+            BY_ID,
+            params=(POST_PARAM,),
+        ),
+    },
+    "/v1/posts/{id}/replies": {
+        "get": op(
+            "posts",
+            "Replies to a post, oldest first",
+            ok(200, "PostPage", "A page of replies."),
+            (*BY_ID, *PAGE),
+            params=(POST_PARAM, *PAGED),
+        )
+    },
+    "/v1/feed": {
+        "get": op(
+            "feed",
+            "Home timeline, newest first",
+            ok(200, "PostPage", "A page of the home timeline (own posts included)."),
+            PAGE,
+            params=PAGED,
+        )
+    },
+    "/v1/feed/delta": {
+        "get": op(
+            "feed",
+            "Home timeline posts newer than a post",
+            ok(200, "PostDelta", "The newest posts after `since`, newest first."),
+            ("missing_field", "invalid_field"),
+            params=(SINCE, DELTA_LIMIT),
+        )
+    },
+    "/v1/search": {
+        "get": op(
+            "feed",
+            "Keyword search over posts, newest first",
+            ok(200, "PostPage", "A page of matching posts."),
+            ("missing_field", *PAGE),
+            params=(SEARCH_Q, *PAGED),
+        )
+    },
+    "/v1/notifications": {
+        "get": op(
+            "feed",
+            "Likes, replies, reposts, mentions and new followers, newest first",
+            ok(200, "NotificationPage", "A page of notifications."),
+            PAGE,
+            params=PAGED,
+        )
+    },
+    "/v1/openapi.json": {
+        "get": op(
+            "ops",
+            "This document",
+            {"200": {"description": "OpenAPI 3.1.", "content": json_content({"type": "object"})}},
+            public=True,
+        )
+    },
+    "/healthz": {"get": op("ops", "Alive", ok(200, "Health", "The process is up."), public=True)},
+    "/readyz": {
+        "get": op(
+            "ops",
+            "Dependencies reachable",
+            {
+                **ok(200, "Readiness", "Every required dependency answers."),
+                **ok(503, "Readiness", "A required dependency (Postgres) is down."),
+            },
+            public=True,
+        )
+    },
+    "/metrics": {
+        "get": op(
+            "ops",
+            "Prometheus metrics",
+            text("text/plain", "Prometheus text exposition format."),
+            public=True,
+        )
+    },
+    "/": {
+        "get": op(
+            "ops",
+            "The web client",
+            text("text/html", "The web client's page; its files are under `/static/`."),
+            public=True,
+        )
+    },
+}
+
+DESCRIPTION = f"""\
+The HTTP API of the feed server. Bodies are JSON. Ids are decimal **strings** (64-bit
+integers do not survive JavaScript); timestamps are ISO-8601 UTC.
+
+Authentication: `Authorization: Bearer <token>` with the token from sign-up or sign-in,
+on every `/v1/` operation except sign-up, sign-in and this document.
+
+Errors always have the shape `{{"error": {{"code", "message", "field"?}}}}`; `code` is
+machine-readable and each operation lists the codes it can answer. Unknown body fields
+are refused (422 `unknown_field`); bodies over 16 KiB get 413 `body_too_large`; a path that
+exists with another method gets 405 `method_not_allowed` with `Allow`. Lists are
+cursor-paginated: pass `next_cursor` back as `cursor` while `has_more` is true.
+Live updates come from the gateway (`/v1/stream`, WebSocket or SSE), not from here.
+Posting is limited to {RATE_LIMIT_POSTS} posts per 3 hours (429 with `Retry-After`).
+"""
+
+DOCUMENT: Json = {
+    "openapi": "3.1.0",
+    "info": {"title": "feed", "version": "1", "description": DESCRIPTION},
+    "tags": [
+        {"name": "accounts", "description": "Sign-up and sign-in."},
+        {"name": "users", "description": "Profiles and the social graph."},
+        {"name": "posts", "description": "Writing, reading, deleting and liking posts."},
+        {"name": "feed", "description": "Home timeline, search and notifications."},
+        {"name": "ops", "description": "Health, readiness, metrics and documents."},
+    ],
+    "security": [{"bearerAuth": []}],
+    "paths": PATHS,
+    "components": {
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from `POST /v1/users` or `POST /v1/sessions`.",
+            }
+        },
+        "schemas": SCHEMAS,
+        "parameters": PARAMETERS,
+        "responses": {
+            "MethodNotAllowed": error_response(
+                405,
+                ("method_not_allowed",),
+                {
+                    "Allow": {
+                        "required": True,
+                        "description": "The methods this path accepts.",
+                        "schema": {"type": "string"},
+                    }
+                },
+            )
+        },
+    },
+}
+
+DOCUMENT_BYTES = orjson.dumps(DOCUMENT)
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json({"openapi": "3.1.0"})
+    return web.Response(body=DOCUMENT_BYTES, content_type="application/json")

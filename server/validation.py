@@ -93,7 +93,7 @@ def post_text(body: dict[str, Any]) -> str:
 def handle(body: dict[str, Any]) -> str:
     value = string(body, "handle")
     assert value is not None
-    if not HANDLE.match(value):
+    if not HANDLE.fullmatch(value):
         raise invalid(
             "handle", "handle must be 1-15 characters of A-Z, a-z, 0-9 and _", "invalid_handle"
         )
@@ -150,7 +150,8 @@ def limit(request: web.Request, default: int = 20, maximum: int = 100) -> int:
     raw = request.query.get("limit")
     if raw is None or raw == "":
         return default
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # Length first: int() of a huge digit string raises (that would be a 500, not a 422).
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or not 1 <= int(raw) <= maximum:
         raise invalid("limit", f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 
@@ -194,6 +195,6 @@ def idempotency_key(request: web.Request, body: dict[str, Any]) -> str | None:
         value = request.headers.get("Idempotency-Key")
     if value is None:
         return None
-    if not isinstance(value, str) or not IDEMPOTENCY_KEY.match(value):
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY.fullmatch(value):
         raise invalid("idempotency_key", "idempotency_key must be 1-128 printable ASCII characters")
     return value

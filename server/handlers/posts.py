@@ -102,6 +102,10 @@ async def create_post(request: web.Request) -> web.Response:
                 response,
             )
     await _read_your_writes(c, author, post_id)
+    if reply_to is not None:
+        await bump_counter(c.redis, reply_to, "replies", 1)
+    if repost_of is not None:
+        await bump_counter(c.redis, repost_of, "reposts", 1)
     return web.Response(body=response, status=201, content_type="application/json")
 
 
@@ -226,6 +230,10 @@ async def delete_post(request: web.Request) -> web.Response:
             )
         await enqueue(conn, topics.POSTS, me, events.PostDeleted(post_id=post_id, author_id=me))
     await forget_post(c.redis, post_id)
+    if row["reply_to"] is not None:
+        await bump_counter(c.redis, row["reply_to"], "replies", -1)
+    if row["repost_of"] is not None:
+        await bump_counter(c.redis, row["repost_of"], "reposts", -1)
     return web.Response(status=204)
 
 

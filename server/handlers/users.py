@@ -17,7 +17,7 @@ from server.service_json import json
 
 async def _user_by_handle(db: asyncpg.Pool, handle: str) -> asyncpg.Record:
     row = None
-    if v.HANDLE.match(handle):
+    if v.HANDLE.fullmatch(handle):
         row = await db.fetchrow(
             "SELECT id, handle, display_name, created_at, follower_count, following_count, "
             "post_count FROM users WHERE lower(handle) = lower($1)",

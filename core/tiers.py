@@ -1,0 +1,74 @@
+"""Fan-out tiers by follower count, shared by fan-out (how to write) and the API server
+(which authors to merge at read time), so both always agree.
+
+Thresholds come from settings and can be changed at runtime in Redis (hash
+`keys.FANOUT_CONFIG`, fields push_max / throttle_max); one author's tier can be forced
+with users.fanout_tier (python -m fanout.admin tier ...).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from core import keys
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 5.0
+
+
+class Tier(enum.StrEnum):
+    PUSH = "push"  # write every follower's timeline
+    THROTTLE = "throttle"  # write every follower's timeline, rate-limited
+    PULL = "pull"  # no per-follower writes; readers merge, gateways use a:{author}
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    push_max: int
+    throttle_max: int
+
+    def tier(self, follower_count: int, override: str | None) -> Tier:
+        if override is not None:
+            return Tier(override)
+        if follower_count < self.push_max:
+            return Tier.PUSH
+        if follower_count <= self.throttle_max:
+            return Tier.THROTTLE
+        return Tier.PULL
+
+
+class TierPolicy:
+    """Current thresholds: settings, overridden by Redis, re-read every few seconds."""
+
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis) -> None:
+        self._defaults = Thresholds(settings.fanout_push_max, settings.fanout_throttle_max)
+        self._redis = redis_client
+        self._current = self._defaults
+        self._read_at = 0.0
+
+    async def thresholds(self) -> Thresholds:
+        if time.monotonic() - self._read_at > REFRESH_SECONDS:
+            self._read_at = time.monotonic()
+            try:
+                raw = await self._redis.hgetall(keys.FANOUT_CONFIG)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("tier thresholds from settings (Redis unavailable: %s)", exc)
+                return self._current
+            self._current = Thresholds(
+                int(raw.get(b"push_max", self._defaults.push_max)),
+                int(raw.get(b"throttle_max", self._defaults.throttle_max)),
+            )
+        return self._current
+
+
+PULL_AUTHORS_SQL = """
+SELECT id FROM users
+ WHERE fanout_tier = 'pull' OR (fanout_tier IS NULL AND follower_count > $1)
+"""
