@@ -67,6 +67,7 @@ class Settings:
     fanout_batch_size: int = 10_000
     fanout_throttle_rate: int = 50_000
     fanout_group: str = "fanout"
+    fanout_offset_reset: str = "earliest"
     fanout_active_days: int = 30
     timeline_cap: int = 800
 
@@ -117,6 +118,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
+        if self.fanout_offset_reset not in ("earliest", "latest"):
+            raise SettingsError("FANOUT_OFFSET_RESET must be earliest or latest")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError("DB_POOL_MIN must not exceed DB_POOL_MAX")
 

@@ -1,21 +1,90 @@
 """Builds the fan-out worker process: Postgres (followers), Redis (timelines) and Kafka
 (events in, push jobs and dead letters out) are all required. Its HTTP port serves only
-health and metrics."""
+health and metrics; the work is the consumer task, owned by this app."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from core.resources import postgres_ctx, producer_ctx, redis_ctx
-from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run
+from core.clients import build_consumer
+from core.ids import IdLease
+from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
+from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run
 from core.settings import Settings
+from core.tiers import TierPolicy
+from core.topics import Topics
+from fanout.consumer import FanoutConsumer
+from fanout.handlers import Deps, Handlers
+from fanout.metrics import FanoutMetrics
+from fanout.timelines import TimelineWriter
+
+log = logging.getLogger(__name__)
+CONSUMER = web.AppKey("fanout_consumer", FanoutConsumer)
+
+
+def _stop_process_when_dead(task: asyncio.Task[None]) -> None:
+    """The consumer is the whole point of this process: if it dies, stop the process
+    (the supervisor restarts it) instead of serving a green /healthz doing nothing."""
+    if task.cancelled():
+        return
+    log.critical("fan-out consumer died: %r; stopping", task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    topics = Topics.for_settings(settings)
+    lease = IdLease(app[DB], holder=f"{socket.gethostname()}:fanout:{os.getpid()}")
+    metrics = FanoutMetrics.create(app[OPS].registry)
+    writer = TimelineWriter(app[REDIS], settings.timeline_cap)
+    deps = Deps(
+        settings=settings,
+        db=app[DB],
+        redis=app[REDIS],
+        writer=writer,
+        producer=app[PRODUCER],
+        topics=topics,
+        ids=await lease.acquire(),
+        policy=TierPolicy(settings, app[REDIS]),
+        metrics=metrics,
+    )
+    kafka_consumer = build_consumer(
+        settings,
+        settings.fanout_group,
+        client_id=f"fanout-{os.getpid()}",
+        auto_offset_reset=settings.fanout_offset_reset,
+    )
+    await kafka_consumer.start()
+    consumer = FanoutConsumer(kafka_consumer, app[PRODUCER], Handlers(deps), topics, metrics)
+    app[CONSUMER] = consumer
+    task = asyncio.create_task(consumer.run(), name="fanout-consumer")
+    task.add_done_callback(_stop_process_when_dead)
+
+    async def alive() -> None:
+        if task.done():
+            raise ConnectionError("consumer stopped")
+
+    app[OPS].checks.append(Check("consumer", alive))
+    yield
+    task.remove_done_callback(_stop_process_when_dead)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
+    await lease.release()
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[OPS] = Ops("fanout", node_name("fanout", settings.fanout_port))
-    app.cleanup_ctx.extend([postgres_ctx(), redis_ctx(), producer_ctx()])
+    app.cleanup_ctx.extend([postgres_ctx(), redis_ctx(), producer_ctx(), fanout_ctx])
     add_ops_routes(app)
     return app
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 EXPECTED_CHECKS = {
     "server": {"postgres", "redis", "kafka"},
     "gateway": {"redis"},
-    "fanout": {"postgres", "redis", "kafka"},
+    "fanout": {"postgres", "redis", "kafka", "consumer"},
     "push": {"postgres", "redis", "kafka"},
 }
 

@@ -1,0 +1,165 @@
+"""The fan-out consumer loop: Kafka in, handlers, offsets out.
+
+Partitions are processed concurrently, messages of one partition in order. Offsets are
+committed only after every message before them is fully handled (at-least-once; the
+handlers are idempotent). Infrastructure errors are retried until they pass; an event
+that keeps failing for any other reason goes to the dead-letter topic with the reason
+after MAX_ATTEMPTS, and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from core import events
+from core.clients import CONNECT_ERRORS
+from core.topics import Topics
+from fanout.handlers import Handlers
+from fanout.metrics import FanoutMetrics
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+MAX_BACKOFF = 5.0
+
+
+class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are only given away between batches, after their offsets are committed."""
+
+    def __init__(self, lock: asyncio.Lock, pinned: set[TopicPartition]) -> None:
+        self._lock = lock
+        self._pinned = pinned
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            self._pinned.difference_update(revoked)
+            log.info("partitions revoked: %s", sorted(f"{t.topic}/{t.partition}" for t in revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(f"{t.topic}/{t.partition}" for t in assigned))
+
+
+class FanoutConsumer:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        handlers: Handlers,
+        topics: Topics,
+        metrics: FanoutMetrics,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._handlers = handlers
+        self._topics = topics
+        self._metrics = metrics
+        self._lock = asyncio.Lock()
+        self._pinned: set[TopicPartition] = set()
+        self.assigned = asyncio.Event()
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self._topics.posts, self._topics.follows, self._topics.engagements]
+
+    async def run(self) -> None:
+        self._consumer.subscribe(self.inputs, listener=_HandOver(self._lock, self._pinned))
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+            await self._pin_new_partitions(batches)
+            if self._consumer.assignment():
+                self.assigned.set()
+            if batches:
+                async with self._lock:
+                    await asyncio.gather(*(self._partition(m) for m in batches.values()))
+                    await self._commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
+            await self._report_lag()
+
+    async def _pin_new_partitions(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """A partition the group never committed starts where the offset reset policy put
+        it; commit that start at once, so a crash before the first commit resumes from
+        there instead of applying the reset policy again (and skipping, with "latest")."""
+        for tp in self._consumer.assignment() - self._pinned:
+            if await self._consumer.committed(tp) is None:
+                messages = batches.get(tp)
+                start = messages[0].offset if messages else await self._consumer.position(tp)
+                await self._commit({tp: start})
+            self._pinned.add(tp)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on (rebalance): the new owner re-delivers, handlers are
+            # idempotent, so this costs duplicates of work, never lost events.
+            log.warning("commit failed after rebalance: %s", exc)
+
+    async def _partition(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for message in messages:
+            await self._process(message)
+
+    async def _process(self, message: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            event = events.decode(message.value or b"")
+        except events.EventDecodeError as exc:
+            await self._dead_letter(message, f"undecodable: {exc}", 1)
+            return
+        attempt, delay = 0, 0.2
+        while True:
+            attempt += 1
+            try:
+                await self._handlers.handle(event)
+                return
+            except CONNECT_ERRORS as exc:
+                # A dependency is down: that is not the event's fault, so wait it out.
+                log.warning(
+                    "%s at %s/%d@%d: dependency unavailable (%s); retrying",
+                    event.TYPE,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+            except Exception as exc:  # noqa: BLE001 - a poison event must not stop the partition
+                if attempt >= MAX_ATTEMPTS:
+                    await self._dead_letter(message, f"{type(exc).__name__}: {exc}", attempt)
+                    return
+                log.warning("%s failed (attempt %d): %r", event.TYPE, attempt, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _dead_letter(
+        self, message: ConsumerRecord[bytes, bytes], reason: str, attempts: int
+    ) -> None:
+        headers = [
+            ("reason", reason[:1000].encode()),
+            ("source", f"{message.topic}/{message.partition}/{message.offset}".encode()),
+            ("attempts", str(attempts).encode()),
+        ]
+        await self._producer.send_and_wait(
+            self._topics.dead_letters, message.value, key=message.key, headers=headers
+        )
+        self._metrics.dead_letters.labels(message.topic).inc()
+        log.error(
+            "dead-lettered %s/%d@%d after %d attempt(s): %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            attempts,
+            reason,
+        )
+
+    async def _report_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await self._consumer.position(tp)
+            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))

@@ -1,0 +1,88 @@
+"""Timeline writes for fan-out: one server-side script call per batch (per hash slot on
+Redis Cluster), scripts kept in fanout/lua/*.lua and loaded once at start-up.
+
+This module never touches a socket to a client and never decides who follows whom: it
+gets follower ids and a serialized event, and writes/publishes them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+
+from core import keys
+
+LUA_DIR = Path(__file__).with_name("lua")
+CHANNEL_PREFIX = keys.user_channel(0)[:-1].encode()  # "u:"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    written: int
+    offline: list[int]
+
+
+def _script(client: aioredis.Redis | RedisCluster, name: str) -> AsyncScript:
+    return client.register_script((LUA_DIR / f"{name}.lua").read_text())
+
+
+class TimelineWriter:
+    def __init__(self, client: aioredis.Redis | RedisCluster, cap: int) -> None:
+        self._client = client
+        self._cap = cap
+        self._cluster = isinstance(client, RedisCluster)
+        self._add = _script(client, "timeline_add")
+        self._remove = _script(client, "timeline_remove")
+        self._add_posts = _script(client, "timeline_add_posts")
+
+    def _groups(self, followers: Sequence[int]) -> list[list[int]]:
+        """One group on a single Redis; on a cluster, one per hash slot (a script's keys
+        must share a slot; per-user keys hash on the user id)."""
+        if not self._cluster:
+            return [list(followers)]
+        by_slot: dict[int, list[int]] = defaultdict(list)
+        for user in followers:
+            by_slot[key_slot(keys.timeline(user).encode())].append(user)
+        return list(by_slot.values())
+
+    @staticmethod
+    def _keys(group: list[int]) -> list[str]:
+        return [keys.timeline(u) for u in group] + [keys.presence(u) for u in group]
+
+    async def add(self, post_id: int, payload: bytes, followers: Sequence[int]) -> BatchResult:
+        member = keys.timeline_member(post_id)
+        written, offline = 0, list[int]()
+        for group in self._groups(followers):
+            args: list[bytes | int] = [member, self._cap, payload, CHANNEL_PREFIX, *group]
+            count, away = await self._add(keys=self._keys(group), args=args)
+            written += int(count)
+            offline.extend(int(u) for u in away)
+        return BatchResult(written, offline)
+
+    async def remove(self, post_id: int, payload: bytes, followers: Sequence[int]) -> int:
+        member = keys.timeline_member(post_id)
+        removed = 0
+        for group in self._groups(followers):
+            args: list[bytes | int] = [member, payload, CHANNEL_PREFIX, *group]
+            removed += int(await self._remove(keys=self._keys(group), args=args))
+        return removed
+
+    async def add_posts(self, user_id: int, post_ids: Sequence[int]) -> int:
+        if not post_ids:
+            return 0
+        members = [keys.timeline_member(p) for p in post_ids]
+        added = await self._add_posts(keys=[keys.timeline(user_id)], args=[self._cap, *members])
+        return int(added)
+
+    async def remove_posts(self, user_id: int, post_ids: Sequence[int]) -> int:
+        if not post_ids:
+            return 0
+        members = [keys.timeline_member(p) for p in post_ids]
+        return int(await self._client.zrem(keys.timeline(user_id), *members))

@@ -1,0 +1,282 @@
+"""Fan-out end to end: the API server and the fan-out worker in this process, real
+Postgres, Redis and Kafka in between."""
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from aiokafka import AIOKafkaProducer
+
+from core import events, keys
+from core.clients import build_consumer, create_producer
+from core.settings import Settings
+from core.topics import Topics
+from fanout.app import CONSUMER
+from fanout.app import create_app as create_fanout
+from server.app import create_app as create_server
+from tests.support.api import User, follow, post, sign_up
+from tests.support.wait import eventually
+
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[[web.Application], Awaitable[Client]]
+
+
+@pytest.fixture
+def fanout_settings(settings: Settings) -> Settings:
+    # Each test gets its own consumer group starting at the end of the topics, so it
+    # does not first replay every event earlier tests produced.
+    return dataclasses.replace(
+        settings, fanout_group=f"fanout-{uuid.uuid4().hex[:8]}", fanout_offset_reset="latest"
+    )
+
+
+@pytest.fixture
+async def system(
+    fanout_settings: Settings, aiohttp_client: MakeClient
+) -> AsyncIterator[tuple[Client, Client]]:
+    api = await aiohttp_client(create_server(fanout_settings))
+    worker = await aiohttp_client(create_fanout(fanout_settings))
+    await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
+    yield api, worker
+
+
+async def timeline(redis_client: aioredis.Redis, user: User | int) -> list[str]:
+    uid = int(user.id) if isinstance(user, User) else user
+    members = await redis_client.zrange(keys.timeline(uid), 0, -1)
+    return [str(keys.post_id_from_member(m)) for m in members if keys.post_id_from_member(m)]
+
+
+async def read_feed(api: Client, user: User) -> list[str]:
+    body = await (await api.get("/v1/feed", headers=user.auth)).json()
+    return [p["id"] for p in body["posts"]]
+
+
+async def test_post_lands_in_every_followers_timeline_once_and_trims_at_the_cap(
+    system: tuple[Client, Client], redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    api, _ = system
+    author = await sign_up(api)
+    followers = [await sign_up(api) for _ in range(6)]
+    for f in followers:
+        await follow(api, f, author)
+        await read_feed(api, f)  # a reader's timeline exists from the first read
+    full = followers[0]
+    await redis_client.zadd(
+        keys.timeline(int(full.id)),
+        {keys.timeline_member(i): 0 for i in range(1, settings.timeline_cap + 1)},
+    )
+    post_id = await post(api, author, "to everyone")
+
+    async def everywhere() -> bool:
+        return all([post_id in await timeline(redis_client, f) for f in followers])
+
+    await eventually(everywhere, what="post in every timeline")
+    for f in followers:
+        assert (await timeline(redis_client, f)).count(post_id) == 1
+    assert await redis_client.zcard(keys.timeline(int(full.id))) == settings.timeline_cap
+    assert (await read_feed(api, followers[1]))[0] == post_id
+
+
+async def test_online_follower_gets_the_post_live_offline_one_with_device_a_push_job(
+    system: tuple[Client, Client],
+    redis_client: aioredis.Redis,
+    db: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    api, _ = system
+    author, online, offline = await sign_up(api), await sign_up(api), await sign_up(api)
+    for f in (online, offline):
+        await follow(api, f, author)
+        await read_feed(api, f)
+    await redis_client.set(keys.presence(int(online.id)), b"1", ex=60)
+    await db.execute(
+        "INSERT INTO devices (id, user_id, kind, token) VALUES ($1, $2, 'apns', $3)",
+        int(offline.id),
+        int(offline.id),
+        uuid.uuid4().hex,
+    )
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.user_channel(int(online.id)), keys.user_channel(int(offline.id)))
+    push = build_consumer(settings, f"t-{uuid.uuid4().hex[:6]}", Topics.for_settings(settings).push)
+    await push.start()
+    try:
+        post_id = await post(api, author, "live!")
+        live = None
+        async with asyncio.timeout(20):
+            while live is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message:
+                    live = message
+        assert live["channel"] == keys.user_channel(int(online.id)).encode()
+        body = orjson.loads(live["data"])
+        assert body["type"] == "post" and body["id"] == post_id
+        assert body["data"]["text"] == "live!" and body["data"]["author"]["id"] == author.id
+        jobs: list[events.PushJob] = []
+        async with asyncio.timeout(20):
+            while not any(j.post_id == int(post_id) for j in jobs):
+                batch = await push.getmany(timeout_ms=500)
+                jobs += [events.decode(m.value) for ms in batch.values() for m in ms]  # type: ignore
+        mine = [j for j in jobs if j.post_id == int(post_id)]
+        assert [(j.kind, j.user_id) for j in mine] == [("feed", int(offline.id))]
+    finally:
+        await push.stop()
+        await pubsub.aclose()
+
+
+async def test_celebrity_post_is_in_no_timeline_but_in_the_feed_and_live_per_author(
+    system: tuple[Client, Client], redis_client: aioredis.Redis, db: asyncpg.Pool
+) -> None:
+    api, _ = system
+    star, fan = await sign_up(api), await sign_up(api)
+    await follow(api, fan, star)
+    await read_feed(api, fan)
+    await db.execute("UPDATE users SET fanout_tier = 'pull' WHERE id = $1", int(star.id))
+    await asyncio.sleep(5.1)  # tier caches refresh
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.author_channel(int(star.id)))
+    try:
+        post_id = await post(api, star, "for millions")
+        async with asyncio.timeout(20):
+            message = None
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert orjson.loads(message["data"])["id"] == post_id
+    finally:
+        await pubsub.aclose()
+    assert post_id not in await timeline(redis_client, fan)
+    assert (await read_feed(api, fan))[0] == post_id
+
+
+async def test_delete_is_removed_everywhere_and_sent_live(
+    system: tuple[Client, Client], redis_client: aioredis.Redis
+) -> None:
+    api, _ = system
+    author, fans = await sign_up(api), [await sign_up(api) for _ in range(3)]
+    for f in fans:
+        await follow(api, f, author)
+        await read_feed(api, f)
+    post_id = await post(api, author, "regret")
+
+    async def in_all() -> bool:
+        return all([post_id in await timeline(redis_client, f) for f in fans])
+
+    await eventually(in_all, what="post fanned out")
+    await redis_client.set(keys.presence(int(fans[0].id)), b"1", ex=60)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.user_channel(int(fans[0].id)))
+    try:
+        assert (await api.delete(f"/v1/posts/{post_id}", headers=author.auth)).status == 204
+
+        async def gone() -> bool:
+            return not any([post_id in await timeline(redis_client, f) for f in fans])
+
+        await eventually(gone, what="post removed from timelines")
+        message = None
+        async with asyncio.timeout(20):
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert orjson.loads(message["data"]) == {"type": "delete", "id": post_id}
+    finally:
+        await pubsub.aclose()
+
+
+async def test_follow_backfills_idempotently_and_unfollow_purges(
+    system: tuple[Client, Client], redis_client: aioredis.Redis
+) -> None:
+    api, _ = system
+    author, reader = await sign_up(api), await sign_up(api)
+    posts = [await post(api, author, f"old {i}") for i in range(3)]
+    await read_feed(api, reader)
+    await follow(api, reader, author)
+
+    async def backfilled() -> bool:
+        return set(posts) <= set(await timeline(redis_client, reader))
+
+    await eventually(backfilled, what="backfill")
+    await api.delete(f"/v1/users/{author.id}/follow", headers=reader.auth)
+
+    async def purged() -> bool:
+        return not set(posts) & set(await timeline(redis_client, reader))
+
+    await eventually(purged, what="purge after unfollow")
+    await follow(api, reader, author)
+    await follow(api, reader, author)
+    await eventually(backfilled, what="backfill after re-follow")
+    assert sorted(await timeline(redis_client, reader)) == sorted(posts)
+
+
+async def test_engagement_becomes_a_notification_live_or_pushed(
+    system: tuple[Client, Client], redis_client: aioredis.Redis, db: asyncpg.Pool
+) -> None:
+    api, _ = system
+    author, fan = await sign_up(api), await sign_up(api)
+    post_id = await post(api, author, "likeable")
+    await redis_client.set(keys.presence(int(author.id)), b"1", ex=60)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.user_channel(int(author.id)))
+    try:
+        await api.post(f"/v1/posts/{post_id}/like", headers=fan.auth)
+        await follow(api, fan, author)
+        kinds = []
+        async with asyncio.timeout(20):
+            while len(kinds) < 2:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message:
+                    body = orjson.loads(message["data"])
+                    assert body["type"] == "notification"
+                    assert body["data"]["actor"]["handle"] == fan.handle
+                    kinds.append(body["data"]["kind"])
+        assert sorted(kinds) == ["follow", "like"]
+    finally:
+        await pubsub.aclose()
+    listed = await (await api.get("/v1/notifications", headers=author.auth)).json()
+    assert sorted(n["kind"] for n in listed["notifications"]) == ["follow", "like"]
+    # A replayed engagement event does not notify twice.
+    assert (
+        await db.fetchval("SELECT count(*) FROM notifications WHERE user_id = $1", int(author.id))
+        == 2
+    )
+
+
+async def test_malformed_event_goes_to_dead_letters_and_the_consumer_goes_on(
+    system: tuple[Client, Client], redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    api, _ = system
+    topics = Topics.for_settings(settings)
+    producer: AIOKafkaProducer = await create_producer(settings)
+    marker = uuid.uuid4().hex.encode()
+    try:
+        await producer.send_and_wait(
+            topics.posts, b'{"type": "post.created", "v": 1, "x": "' + marker + b'"}', key=b"1"
+        )
+    finally:
+        await producer.stop()
+    author, reader = await sign_up(api), await sign_up(api)
+    await follow(api, reader, author)
+    await read_feed(api, reader)
+    post_id = await post(api, author, "after the poison")
+
+    async def delivered() -> bool:
+        return post_id in await timeline(redis_client, reader)
+
+    await eventually(delivered, what="fan-out after a poison event")
+    dead = build_consumer(settings, f"t-{uuid.uuid4().hex[:6]}", topics.dead_letters)
+    await dead.start()
+    try:
+        found = None
+        async with asyncio.timeout(20):
+            while found is None:
+                batch = await dead.getmany(timeout_ms=500)
+                found = next((m for ms in batch.values() for m in ms if marker in m.value), None)
+        headers = dict(found.headers)
+        assert b"missing field" in headers["reason"]
+        assert headers["source"].startswith(topics.posts.encode())
+    finally:
+        await dead.stop()

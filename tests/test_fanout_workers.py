@@ -1,0 +1,218 @@
+"""Fan-out workers as real processes: killed mid-post, and sharing a consumer group."""
+
+import asyncio
+import re
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from core import events, keys
+from core.clients import create_producer
+from core.ids import IdGenerator, id_timestamp_ms
+from core.settings import Settings
+from core.topics import Topics
+from tests.support.procs import get, start_service, wait_ready
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.slow
+FOLLOWERS = 50_000
+
+
+def partitions(port: int) -> int:
+    """Partitions a worker process reports consumer lag for (= holds)."""
+    _, body = get(f"http://127.0.0.1:{port}/metrics")
+    return body.decode().count("fanout_consumer_lag{")
+
+
+async def assigned(port: int) -> None:
+    async def check() -> bool:
+        return partitions(port) > 0
+
+    await eventually(check, seconds=60, what="partitions assigned")
+
+
+class Workers:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.group = f"fanout-{uuid.uuid4().hex[:8]}"
+        self.procs: list[tuple[subprocess.Popen[str], int]] = []
+
+    def start(self, **env: str) -> tuple[subprocess.Popen[str], int]:
+        proc, port = start_service(
+            "fanout", self.settings, FANOUT_GROUP=self.group, FANOUT_OFFSET_RESET="latest", **env
+        )
+        wait_ready(proc, port)
+        self.procs.append((proc, port))
+        return proc, port
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def workers(settings: Settings) -> Iterator[Workers]:
+    pool = Workers(settings)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    p = await create_producer(settings)
+    yield p
+    await p.stop()
+
+
+async def seed_users(db: asyncpg.Pool, ids: IdGenerator, count: int) -> list[int]:
+    users = [ids.next_id() for _ in range(count)]
+    tag = uuid.uuid4().hex[:6]
+    await db.copy_records_to_table(
+        "users",
+        columns=["id", "handle", "password_hash"],
+        records=[(u, f"w{tag}{n}", "x") for n, u in enumerate(users)],
+    )
+    return users
+
+
+async def build_timelines(redis_client: aioredis.Redis, users: list[int]) -> None:
+    for start in range(0, len(users), 5000):
+        pipe = redis_client.pipeline(transaction=False)
+        for user in users[start : start + 5000]:
+            pipe.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+        await pipe.execute()
+
+
+async def publish_post(
+    db: asyncpg.Pool, producer: AIOKafkaProducer, topics: Topics, ids: IdGenerator, author: int
+) -> int:
+    post_id = ids.next_id()
+    await db.execute(
+        "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, 'worker test')", post_id, author
+    )
+    event = events.PostCreated(
+        post_id=post_id, author_id=author, created_at_ms=id_timestamp_ms(post_id)
+    )
+    await producer.send_and_wait(topics.posts, events.encode(event), key=str(author).encode())
+    return post_id
+
+
+async def holders(redis_client: aioredis.Redis, users: list[int], post_id: int) -> int:
+    member = keys.timeline_member(post_id)
+    found = 0
+    for start in range(0, len(users), 5000):
+        pipe = redis_client.pipeline(transaction=False)
+        for user in users[start : start + 5000]:
+            pipe.zscore(keys.timeline(user), member)
+        found += sum(score is not None for score in await pipe.execute())
+    return found
+
+
+def metric(port: int, name: str) -> float:
+    _, body = get(f"http://127.0.0.1:{port}/metrics")
+    match = re.search(rf"^{name} (\S+)$", body.decode(), re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_worker_killed_mid_fanout_resumes_and_every_follower_gets_the_post_once(
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    producer: AIOKafkaProducer,
+    workers: Workers,
+) -> None:
+    ids = IdGenerator(1021)
+    author, *followers = await seed_users(db, ids, FOLLOWERS + 1)
+    await db.copy_records_to_table(
+        "follows", columns=["follower_id", "followee_id"], records=[(f, author) for f in followers]
+    )
+    # Throttled tier at 10 000 writes/s: the post takes ~5 s, time enough to kill mid-way.
+    await db.execute(
+        "UPDATE users SET follower_count = $2, fanout_tier = 'throttle' WHERE id = $1",
+        author,
+        FOLLOWERS,
+    )
+    await build_timelines(redis_client, followers)
+    throttled = {"FANOUT_BATCH_SIZE": "1000", "FANOUT_THROTTLE_RATE": "10000"}
+    first, first_port = workers.start(**throttled)
+    await assigned(first_port)
+    post_id = await publish_post(db, producer, Topics.for_settings(settings), ids, author)
+
+    checkpoint = keys.fanout_checkpoint(post_id)
+
+    async def midway() -> bool:
+        value = await redis_client.get(checkpoint)
+        return value is not None and int(value) >= followers[10_000]
+
+    await eventually(midway, seconds=60, what="fan-out under way")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    before = await holders(redis_client, followers, post_id)
+    assert 10_000 <= before < FOLLOWERS, before
+
+    _, port = workers.start(**throttled)
+
+    async def complete() -> bool:
+        return await redis_client.get(checkpoint) is None and (
+            await holders(redis_client, followers, post_id) == FOLLOWERS
+        )
+
+    await eventually(complete, seconds=90, what="fan-out completed after restart")
+    # Resumed from the checkpoint rather than from the first follower.
+    assert metric(port, "fanout_timeline_writes_total") <= FOLLOWERS - before + 1000
+    # Exactly once: each timeline holds its sentinel and this one post, nothing else.
+    pipe = redis_client.pipeline(transaction=False)
+    for user in followers[:: FOLLOWERS // 500]:
+        pipe.zcard(keys.timeline(user))
+    assert set(await pipe.execute()) == {2}
+
+
+async def test_two_workers_share_partitions_and_one_dying_loses_nothing(
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    producer: AIOKafkaProducer,
+    workers: Workers,
+) -> None:
+    ids = IdGenerator(1020)
+    authors = await seed_users(db, ids, 12)
+    readers = await seed_users(db, ids, 12)
+    await db.copy_records_to_table(
+        "follows",
+        columns=["follower_id", "followee_id"],
+        records=list(zip(readers, authors, strict=True)),
+    )
+    await build_timelines(redis_client, readers)
+    topics = Topics.for_settings(settings)
+    a, a_port = workers.start()
+    _, b_port = workers.start()
+
+    async def shared() -> bool:
+        return partitions(a_port) > 0 and partitions(b_port) > 0
+
+    await eventually(shared, seconds=60, what="both workers assigned partitions")
+    first = [await publish_post(db, producer, topics, ids, author) for author in authors]
+
+    async def delivered(posts: list[int]) -> bool:
+        for reader, post_id in zip(readers, posts, strict=True):
+            if (
+                await redis_client.zscore(keys.timeline(reader), keys.timeline_member(post_id))
+                is None
+            ):
+                return False
+        return True
+
+    await eventually(lambda: delivered(first), seconds=60, what="first round delivered")
+    a.send_signal(signal.SIGKILL)
+    a.wait(timeout=10)
+    second = [await publish_post(db, producer, topics, ids, author) for author in authors]
+    await eventually(lambda: delivered(second), seconds=90, what="delivered after a worker died")
+    await asyncio.sleep(0)
