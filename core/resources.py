@@ -104,6 +104,9 @@ class KafkaLink:
             candidate = AIOKafkaProducer(**producer_options(self._settings))
             try:
                 await candidate.start()
+            except asyncio.CancelledError:
+                await candidate.stop()  # shutting down while Kafka is away: no leak
+                raise
             except KafkaError as exc:
                 await candidate.stop()
                 log.warning(

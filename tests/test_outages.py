@@ -3,16 +3,16 @@ keep working. These stop and restart the shared local stack's servers, so they r
 (see conftest.py) and always restore what they stopped."""
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from core import events
-from core.clients import build_consumer
+from core.clients import kafka_common
 from core.settings import Settings
 from core.topics import Topics
 from server.app import create_app
@@ -46,11 +46,16 @@ async def api(
 
 
 async def posts_on_topic(settings: Settings, wanted: set[int], seconds: float) -> list[int]:
-    """Post ids of PostCreated events for `wanted`, in topic order, read by a new group."""
-    consumer = build_consumer(
-        settings, f"check-{uuid.uuid4().hex[:8]}", Topics.for_settings(settings).posts
+    """Post ids of PostCreated events for `wanted`, in topic order. Reads every partition
+    directly (no group: a just-restarted broker's group coordinator can take a while)."""
+    topic = Topics.for_settings(settings).posts
+    consumer = AIOKafkaConsumer(
+        **kafka_common(settings), group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
+    # The session's topics were created with settings.kafka_partitions partitions.
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
+    await consumer.seek_to_beginning()
     found: list[int] = []
     try:
         async with asyncio.timeout(seconds):
