@@ -22,24 +22,25 @@ from core.clients import CONNECT_ERRORS
 from core.topics import Topics
 from fanout.handlers import Handlers
 from fanout.metrics import FanoutMetrics
+from fanout.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 MAX_BACKOFF = 5.0
+HEAVY_LANES = 2  # throttled-tier fan-outs running at once, beside the partition lanes
 
 
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are only given away between batches, after their offsets are committed."""
+    """Partitions are only given away between batches, after what is finished of them is
+    committed and their background fan-outs are stopped."""
 
-    def __init__(self, lock: asyncio.Lock, pinned: set[TopicPartition]) -> None:
-        self._lock = lock
-        self._pinned = pinned
+    def __init__(self, owner: FanoutConsumer) -> None:
+        self._owner = owner
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        async with self._lock:
-            self._pinned.difference_update(revoked)
-            log.info("partitions revoked: %s", sorted(f"{t.topic}/{t.partition}" for t in revoked))
+        async with self._owner.lock:
+            await self._owner.give_up(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(f"{t.topic}/{t.partition}" for t in assigned))
@@ -59,8 +60,11 @@ class FanoutConsumer:
         self._handlers = handlers
         self._topics = topics
         self._metrics = metrics
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
         self._pinned: set[TopicPartition] = set()
+        self._offsets = OffsetTracker()
+        self._heavy_slots = asyncio.Semaphore(HEAVY_LANES)
+        self._heavy: dict[asyncio.Task[None], TopicPartition] = {}
         self.assigned = asyncio.Event()
 
     @property
@@ -68,17 +72,37 @@ class FanoutConsumer:
         return [self._topics.posts, self._topics.follows, self._topics.engagements]
 
     async def run(self) -> None:
-        self._consumer.subscribe(self.inputs, listener=_HandOver(self._lock, self._pinned))
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=1000, max_records=500)
-            await self._pin_new_partitions(batches)
-            if self._consumer.assignment():
-                self.assigned.set()
-            if batches:
-                async with self._lock:
-                    await asyncio.gather(*(self._partition(m) for m in batches.values()))
-                    await self._commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
-            await self._report_lag()
+        self._consumer.subscribe(self.inputs, listener=_HandOver(self))
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+                await self._pin_new_partitions(batches)
+                if self._consumer.assignment():
+                    self.assigned.set()
+                async with self.lock:
+                    if batches:
+                        await asyncio.gather(*(self._partition(m) for m in batches.values()))
+                    # Also after background fan-outs finish with no new messages.
+                    await self._commit(self._offsets.to_commit())
+                await self._report_lag()
+        finally:
+            await self._cancel_heavy(set(self._heavy.values()))
+
+    async def give_up(self, revoked: set[TopicPartition]) -> None:
+        """Partitions leave this worker: stop their background fan-outs (their progress
+        is checkpointed and their offsets were never committed past them, so the next
+        owner resumes them) and commit what is finished."""
+        await self._cancel_heavy(revoked)
+        await self._commit({tp: o for tp, o in self._offsets.to_commit().items() if tp in revoked})
+        self._offsets.forget(revoked)
+        self._pinned.difference_update(revoked)
+        log.info("partitions revoked: %s", sorted(f"{t.topic}/{t.partition}" for t in revoked))
+
+    async def _cancel_heavy(self, partitions: set[TopicPartition]) -> None:
+        tasks = [task for task, tp in self._heavy.items() if tp in partitions]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pin_new_partitions(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -94,8 +118,11 @@ class FanoutConsumer:
             self._pinned.add(tp)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
         try:
             await self._consumer.commit(offsets)
+            self._offsets.committed(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on (rebalance): the new owner re-delivers, handlers are
             # idempotent, so this costs duplicates of work, never lost events.
@@ -103,14 +130,35 @@ class FanoutConsumer:
 
     async def _partition(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         for message in messages:
-            await self._process(message)
+            tp = TopicPartition(message.topic, message.partition)
+            try:
+                event = events.decode(message.value or b"")
+            except events.EventDecodeError as exc:
+                await self._dead_letter(message, f"undecodable: {exc}", 1)
+            else:
+                if await self._handlers.is_heavy(event):
+                    await self._start_heavy(tp, message, event)
+                else:
+                    await self._process(message, event)
+            self._offsets.read(tp, message.offset)
 
-    async def _process(self, message: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            event = events.decode(message.value or b"")
-        except events.EventDecodeError as exc:
-            await self._dead_letter(message, f"undecodable: {exc}", 1)
-            return
+    async def _start_heavy(
+        self, tp: TopicPartition, message: ConsumerRecord[bytes, bytes], event: events.Event
+    ) -> None:
+        await self._heavy_slots.acquire()  # bounded: a flood of huge posts waits here
+        self._offsets.hold(tp, message.offset)
+        task = asyncio.create_task(self._process(message, event), name="heavy-fanout")
+        self._heavy[task] = tp
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._heavy.pop(done, None)
+            self._heavy_slots.release()
+            if not done.cancelled():
+                self._offsets.release(tp, message.offset)
+
+        task.add_done_callback(finished)
+
+    async def _process(self, message: ConsumerRecord[bytes, bytes], event: events.Event) -> None:
         attempt, delay = 0, 0.2
         while True:
             attempt += 1

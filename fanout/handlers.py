@@ -95,6 +95,14 @@ class Handlers:
         thresholds = await self.d.policy.thresholds()
         return thresholds.tier(row["follower_count"], row["fanout_tier"]), row["follower_count"]
 
+    async def is_heavy(self, event: events.Event) -> bool:
+        """A post of a throttled-tier author: fanned out in the background, so it cannot
+        hold up the other authors' posts on its partition."""
+        if not isinstance(event, events.PostCreated):
+            return False
+        tier, _ = await self._tier(event.author_id)
+        return tier is Tier.THROTTLE
+
     # -- posts -------------------------------------------------------------------------
 
     async def post_created(self, event: events.PostCreated) -> None:

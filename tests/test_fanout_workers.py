@@ -92,7 +92,12 @@ async def build_timelines(redis_client: aioredis.Redis, users: list[int]) -> Non
 
 
 async def publish_post(
-    db: asyncpg.Pool, producer: AIOKafkaProducer, topics: Topics, ids: IdGenerator, author: int
+    db: asyncpg.Pool,
+    producer: AIOKafkaProducer,
+    topics: Topics,
+    ids: IdGenerator,
+    author: int,
+    partition: int | None = None,
 ) -> int:
     post_id = ids.next_id()
     await db.execute(
@@ -101,7 +106,9 @@ async def publish_post(
     event = events.PostCreated(
         post_id=post_id, author_id=author, created_at_ms=id_timestamp_ms(post_id)
     )
-    await producer.send_and_wait(topics.posts, events.encode(event), key=str(author).encode())
+    await producer.send_and_wait(
+        topics.posts, events.encode(event), key=str(author).encode(), partition=partition
+    )
     return post_id
 
 
@@ -216,3 +223,37 @@ async def test_two_workers_share_partitions_and_one_dying_loses_nothing(
     second = [await publish_post(db, producer, topics, ids, author) for author in authors]
     await eventually(lambda: delivered(second), seconds=90, what="delivered after a worker died")
     await asyncio.sleep(0)
+
+
+async def test_a_throttled_author_does_not_hold_up_other_posts_on_its_partition(
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    producer: AIOKafkaProducer,
+    workers: Workers,
+) -> None:
+    ids = IdGenerator(1019)
+    big, small, *followers = await seed_users(db, ids, 20_002)
+    await db.copy_records_to_table(
+        "follows",
+        columns=["follower_id", "followee_id"],
+        records=[(f, big) for f in followers] + [(followers[0], small)],
+    )
+    await db.execute("UPDATE users SET fanout_tier = 'throttle' WHERE id = $1", big)
+    await build_timelines(redis_client, followers)
+    _, port = workers.start(FANOUT_BATCH_SIZE="500", FANOUT_THROTTLE_RATE="2000")
+    await assigned(port)
+    topics = Topics.for_settings(settings)
+    # Same partition, huge post first: in a strictly sequential partition the small post
+    # would wait ~10 s behind it.
+    huge = await publish_post(db, producer, topics, ids, big, partition=0)
+    normal = await publish_post(db, producer, topics, ids, small, partition=0)
+
+    async def normal_delivered() -> bool:
+        member = keys.timeline_member(normal)
+        return await redis_client.zscore(keys.timeline(followers[0]), member) is not None
+
+    await eventually(normal_delivered, seconds=60, what="the small author's post")
+    # The huge fan-out was still under way when the small post arrived.
+    assert await redis_client.exists(keys.fanout_checkpoint(huge)) == 1
+    assert await holders(redis_client, followers, huge) < len(followers)

@@ -1,0 +1,48 @@
+"""Which offset of each partition may be committed when some events of it are still being
+handled in the background: never past the oldest unfinished one (at-least-once)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from aiokafka import TopicPartition
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self._next: dict[TopicPartition, int] = {}
+        self._pending: defaultdict[TopicPartition, set[int]] = defaultdict(set)
+        self._committed: dict[TopicPartition, int] = {}
+
+    def read(self, tp: TopicPartition, offset: int) -> None:
+        """Everything up to `offset` was handled or handed to the background."""
+        self._next[tp] = offset + 1
+
+    def hold(self, tp: TopicPartition, offset: int) -> None:
+        self._pending[tp].add(offset)
+
+    def release(self, tp: TopicPartition, offset: int) -> None:
+        self._pending[tp].discard(offset)
+
+    def pending(self, tp: TopicPartition) -> int:
+        return len(self._pending[tp])
+
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """Offsets that moved since the last commit."""
+        result = {}
+        for tp, after_last in self._next.items():
+            held = self._pending[tp]
+            offset = min(held) if held else after_last
+            if self._committed.get(tp) != offset:
+                result[tp] = offset
+        return result
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._next.pop(tp, None)
+            self._pending.pop(tp, None)
+            self._committed.pop(tp, None)
