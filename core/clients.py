@@ -20,6 +20,7 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from redis.asyncio.cluster import RedisCluster
 
 from core.settings import Settings, mask_url
 
@@ -98,6 +99,25 @@ def build_redis(settings: Settings, **overrides: Any) -> aioredis.Redis:
     options.update(overrides)
     client: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, **options)
     return client
+
+
+async def create_redis_cluster(settings: Settings) -> RedisCluster:
+    """A cluster client (REDIS_CLUSTER=true), connected and with the slot map loaded."""
+
+    async def factory() -> RedisCluster:
+        client = RedisCluster.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
+        try:
+            await client.initialize()
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
+
+    return await connect_with_retry(
+        "Redis Cluster", mask_url(settings.redis_url), factory, settings.startup_timeout
+    )
 
 
 async def create_redis(settings: Settings) -> aioredis.Redis:

@@ -41,6 +41,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     kafka_topic_prefix: str = ""
     kafka_partitions: int = 6

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from core import keys
 from core.settings import Settings
@@ -47,7 +48,7 @@ class Thresholds:
 class TierPolicy:
     """Current thresholds: settings, overridden by Redis, re-read every few seconds."""
 
-    def __init__(self, settings: Settings, redis_client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis | RedisCluster) -> None:
         self._defaults = Thresholds(settings.fanout_push_max, settings.fanout_throttle_max)
         self._redis = redis_client
         self._current = self._defaults

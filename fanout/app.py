@@ -11,9 +11,11 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 
-from core.clients import build_consumer
+from core.clients import build_consumer, create_redis_cluster
 from core.ids import IdLease
 from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
 from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run
@@ -43,16 +45,21 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     topics = Topics.for_settings(settings)
     lease = IdLease(app[DB], holder=f"{socket.gethostname()}:fanout:{os.getpid()}")
     metrics = FanoutMetrics.create(app[OPS].registry)
-    writer = TimelineWriter(app[REDIS], settings.timeline_cap)
+    # On a cluster, timelines go through a cluster client (slot-aware); the plain client
+    # of redis_ctx then only serves the readiness probe.
+    timelines: aioredis.Redis | RedisCluster = app[REDIS]
+    if settings.redis_cluster:
+        timelines = await create_redis_cluster(settings)
+    writer = TimelineWriter(timelines, settings.timeline_cap)
     deps = Deps(
         settings=settings,
         db=app[DB],
-        redis=app[REDIS],
+        redis=timelines,
         writer=writer,
         producer=app[PRODUCER],
         topics=topics,
         ids=await lease.acquire(),
-        policy=TierPolicy(settings, app[REDIS]),
+        policy=TierPolicy(settings, timelines),
         metrics=metrics,
     )
     kafka_consumer = build_consumer(
@@ -78,6 +85,8 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
     await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
     await lease.release()
+    if timelines is not app[REDIS]:
+        await timelines.aclose()
 
 
 def create_app(settings: Settings) -> web.Application:

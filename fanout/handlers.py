@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from redis.asyncio.cluster import RedisCluster
 
 from core import events, keys
 from core.ids import IdGenerator, id_timestamp_ms
@@ -43,7 +44,7 @@ ALERT_TEXT = {
 class Deps:
     settings: Settings
     db: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: aioredis.Redis | RedisCluster
     writer: TimelineWriter
     producer: AIOKafkaProducer
     topics: Topics

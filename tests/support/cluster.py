@@ -1,0 +1,88 @@
+"""A real three-master Redis Cluster on loopback, started from the Debian redis-server
+binary for the tests that must prove cluster behaviour (hash slots, CROSSSLOT)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.env import free_port
+
+
+@contextmanager
+def redis_cluster(workdir: Path) -> Iterator[str]:
+    """Yields a redis:// URL of one node; the cluster is torn down afterwards."""
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    assert server and cli, "redis-server and redis-cli are installed by scripts/stack.py"
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    try:
+        for port in ports:
+            node = workdir / str(port)
+            node.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        server,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node / "nodes.conf"),
+                        "--dir",
+                        str(node),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            _wait(cli, port, ["ping"], "PONG")
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        for port in ports:
+            _wait(cli, port, ["cluster", "info"], "cluster_state:ok")
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+def _wait(cli: str, port: int, command: list[str], expected: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            [cli, "-p", str(port), *command], capture_output=True, text=True, check=False
+        )
+        if expected in result.stdout:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"redis node {port} never answered {expected}")
