@@ -209,6 +209,12 @@ class Handlers:
         tier, _ = await self._tier(event.followee_id)
         if tier is Tier.PULL:
             return  # merged at read time
+        active = await self.d.db.fetchval(
+            "SELECT last_active_at > now() - make_interval(days => $2) FROM users WHERE id = $1",
+            event.follower_id, self.d.settings.fanout_active_days,
+        )
+        if not active:
+            return  # same rule as posts: their timeline is rebuilt when they return
         rows = await self.d.db.fetch(
             "SELECT id FROM posts WHERE author_id = $1 AND deleted_at IS NULL "
             "ORDER BY id DESC LIMIT $2",

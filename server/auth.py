@@ -8,17 +8,22 @@ password (no account enumeration), and still spends the hashing time for unknown
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import asyncpg
 from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from core import keys
 from core.auth import TokenError
 from server import validation as v
-from server.context import USER_ID, ctx
+from server.context import USER_ID, ServerContext, ctx
 from server.errors import ApiError, Handler
+from server.hydrate import REDIS_ERRORS
 from server.service_json import json
+
+log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = {"/v1/users", "/v1/sessions", "/v1/openapi.json", "/v1/push/vapid-public-key"}
 
@@ -115,5 +120,24 @@ async def sign_in(request: web.Request) -> web.Response:
         ok = False
     if not ok or row is None:
         raise ApiError(401, "invalid_credentials", "handle or password is wrong")
-    await c.db.execute("UPDATE users SET last_active_at = now() WHERE id = $1", row["id"])
+    await _mark_active(c, row["id"])
     return json({"user_id": str(row["id"]), "token": c.signer.issue(row["id"])})
+
+
+# The self-join reads the row as it was before this UPDATE (its snapshot).
+RETURNING_USER = """
+UPDATE users u SET last_active_at = now() FROM users old
+ WHERE u.id = $1 AND old.id = $1
+RETURNING old.last_active_at < now() - make_interval(days => $2)
+"""
+
+
+async def _mark_active(c: ServerContext, user: int) -> None:
+    """Fan-out skips users inactive for FANOUT_ACTIVE_DAYS, so a returning user's stored
+    timeline may miss posts: drop it, and the next read rebuilds it from Postgres."""
+    was_inactive = await c.db.fetchval(RETURNING_USER, user, c.settings.fanout_active_days)
+    if was_inactive:
+        try:
+            await c.redis.delete(keys.timeline(user))
+        except REDIS_ERRORS as exc:
+            log.warning("stale timeline of returning user %d not dropped: %s", user, exc)

@@ -280,3 +280,34 @@ async def test_malformed_event_goes_to_dead_letters_and_the_consumer_goes_on(
         assert headers["source"].startswith(topics.posts.encode())
     finally:
         await dead.stop()
+
+
+async def test_inactive_followers_are_skipped_and_rebuilt_when_they_return(
+    system: tuple[Client, Client],
+    redis_client: aioredis.Redis,
+    db: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    api, _ = system
+    author, active, dormant = await sign_up(api), await sign_up(api), await sign_up(api)
+    for f in (active, dormant):
+        await follow(api, f, author)
+        await read_feed(api, f)
+    await db.execute(
+        "UPDATE users SET last_active_at = now() - make_interval(days => $2) WHERE id = $1",
+        int(dormant.id),
+        settings.fanout_active_days + 1,
+    )
+    post_id = await post(api, author, "while you were away")
+
+    async def reached_active() -> bool:
+        return post_id in await timeline(redis_client, active)
+
+    await eventually(reached_active, what="fan-out to the active follower")
+    assert post_id not in await timeline(redis_client, dormant)
+    resp = await api.post(
+        "/v1/sessions", json={"handle": dormant.handle, "password": "correct horse"}
+    )
+    assert resp.status == 200
+    assert await redis_client.exists(keys.timeline(int(dormant.id))) == 0
+    assert (await read_feed(api, dormant))[0] == post_id
