@@ -211,7 +211,8 @@ class Handlers:
             return  # merged at read time
         active = await self.d.db.fetchval(
             "SELECT last_active_at > now() - make_interval(days => $2) FROM users WHERE id = $1",
-            event.follower_id, self.d.settings.fanout_active_days,
+            event.follower_id,
+            self.d.settings.fanout_active_days,
         )
         if not active:
             return  # same rule as posts: their timeline is rebuilt when they return
