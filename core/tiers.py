@@ -3,7 +3,7 @@
 
 Thresholds come from settings and can be changed at runtime in Redis (hash
 `keys.FANOUT_CONFIG`, fields push_max / throttle_max); one author's tier can be forced
-with users.fanout_tier (python -m fanout.admin tier ...).
+with users.fanout_tier. Both are set with `python -m fanout.admin`.
 """
 
 from __future__ import annotations
