@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             out = asyncio.run(show(settings))
-    except (SettingsError, LookupError, ValueError, *CONNECT_ERRORS) as exc:
+    except (SettingsError, LookupError, ValueError) as exc:
         print(f"fanout.admin: error: {exc}", file=sys.stderr)
+        return 1
+    except CONNECT_ERRORS as exc:
+        print(f"fanout.admin: error: cannot reach a store: {exc}", file=sys.stderr)
         return 1
     print(out)
     return 0
