@@ -59,9 +59,8 @@ async def set_thresholds(
     try:
         if reset:
             await client.delete(keys.FANOUT_CONFIG)
-        current = {
-            k.decode(): int(v) for k, v in (await client.hgetall(keys.FANOUT_CONFIG)).items()
-        }
+        stored = await client.hgetall(keys.FANOUT_CONFIG)
+        current = {_text(k): int(v) for k, v in stored.items()}
         push = (
             push_max if push_max is not None else current.get("push_max", settings.fanout_push_max)
         )
@@ -115,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(out)
     return 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 if __name__ == "__main__":
