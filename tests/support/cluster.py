@@ -3,14 +3,14 @@ binary for the tests that must prove cluster behaviour (hash slots, CROSSSLOT)."
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from tests.support.env import free_port
 
 
 @contextmanager
@@ -19,7 +19,7 @@ def redis_cluster(workdir: Path) -> Iterator[str]:
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     assert server and cli, "redis-server and redis-cli are installed by scripts/stack.py"
-    ports = [free_port() for _ in range(3)]
+    ports = _cluster_ports(3)
     procs = []
     try:
         for port in ports:
@@ -74,6 +74,25 @@ def redis_cluster(workdir: Path) -> Iterator[str]:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Ports whose cluster-bus twin (port + 10000) is free too, so both below 65536."""
+    found: list[int] = []
+    while len(found) < count:
+        port = random.randint(20_000, 50_000)
+        if port not in found and _free(port) and _free(port + 10_000):
+            found.append(port)
+    return found
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _wait(cli: str, port: int, command: list[str], expected: str) -> None:
