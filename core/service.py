@@ -180,3 +180,19 @@ def run(
 
 def node_name(service: str, port: int) -> str:
     return f"{socket.gethostname()}:{service}:{port}"
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float = 5.0) -> None:
+    """Cancel the tasks a component owns and wait for them, bounded. Cancels again if a
+    library swallowed the first cancellation (redis-py can, inside a command), so
+    shutdown never hangs on one stubborn task."""
+    for _ in range(3):
+        alive = [t for t in tasks if not t.done()]
+        if not alive:
+            return
+        for task in alive:
+            task.cancel()
+        await asyncio.wait(alive, timeout=grace / 3)
+    stuck = [t.get_name() for t in tasks if not t.done()]
+    if stuck:
+        log.error("tasks did not stop: %s", ", ".join(stuck))

@@ -63,6 +63,15 @@ class Settings:
     shutdown_timeout: float = 10.0
     log_level: str = "INFO"
 
+    gateway_api_url: str = "http://127.0.0.1:8080"
+    gateway_allowed_origins: str = "*"
+    gateway_max_connections_per_user: int = 10
+    gateway_queue_messages: int = 1000
+    gateway_queue_bytes: int = 1024 * 1024
+    gateway_ping_seconds: float = 25.0
+    gateway_connects_per_ip: float = 20.0
+    presence_ttl_seconds: int = 60
+
     fanout_push_max: int = 100_000
     fanout_throttle_max: int = 1_000_000
     fanout_batch_size: int = 10_000

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from core.clients import build_consumer, create_redis_cluster
 from core.ids import IdLease
 from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
-from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run
+from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run, stop_tasks
 from core.settings import Settings
 from core.tiers import TierPolicy
 from core.topics import Topics
@@ -81,8 +81,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     app[OPS].checks.append(Check("consumer", alive))
     yield
     task.remove_done_callback(_stop_process_when_dead)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await stop_tasks([task])
     await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
     await lease.release()
     if timelines is not app[REDIS]:

@@ -14,7 +14,7 @@ from aiohttp import web
 from core.auth import TokenSigner
 from core.ids import IdLease
 from core.resources import DB, KAFKA_LINK, REDIS, kafka_link_ctx, postgres_ctx, redis_ctx
-from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run
+from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run, stop_tasks
 from core.settings import Settings
 from core.tiers import TierPolicy
 from core.topics import Topics
@@ -59,8 +59,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     relay = OutboxRelay(settings.database_url, c.kafka, c.topics, metrics.outbox_published)
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
-    relay_task.cancel()
-    await asyncio.gather(relay_task, return_exceptions=True)
+    await stop_tasks([relay_task])
     await lease.release()
 
 

@@ -1,0 +1,119 @@
+"""One connection's state: its bounded outbound queue, coalesced flushes, and the replay
+window in which live events are held back until what the client missed has been sent.
+
+No task per connection: a flush is scheduled with call_soon when the first message of a
+burst is queued, so everything queued in one loop iteration leaves in one write().
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.codes import Close
+from gateway.outgoing import Outgoing
+from gateway.transport import Transport
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    messages: int
+    bytes: int
+
+
+class Client:
+    __slots__ = (
+        "_flush_scheduled",
+        "_held",
+        "_limits",
+        "_loop",
+        "_on_close",
+        "_queue",
+        "_queued_bytes",
+        "close_code",
+        "closing",
+        "delivered",
+        "high_water",
+        "replaying",
+        "transport",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        user_id: int,
+        transport: Transport,
+        limits: QueueLimits,
+        on_close: Callable[[Client, Close, str], None],
+    ) -> None:
+        self.user_id = user_id
+        self.transport = transport
+        self._limits = limits
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        self._queue: list[Outgoing] = []
+        self._queued_bytes = 0
+        self._flush_scheduled = False
+        self._held: list[Outgoing] = []
+        self.replaying = True  # until finish_replay(): live events are held, not sent
+        self.closing = False
+        self.close_code: Close | None = None
+        self.delivered = 0
+        self.high_water = 0
+
+    def deliver(self, message: Outgoing) -> None:
+        if self.closing:
+            return
+        if self.replaying:
+            self._held.append(message)
+            if len(self._held) > self._limits.messages:
+                self.close(Close.SLOW_CONSUMER, "too many events while catching up")
+            return
+        self._enqueue(message)
+
+    def send_now(self, messages: list[Outgoing]) -> None:
+        """Replayed events, sent in order, outside the hold."""
+        for message in messages:
+            self._enqueue(message)
+
+    def finish_replay(self, replayed_ids: set[int]) -> None:
+        """Release live events held during the replay, minus those the replay already
+        sent: resume has no gap (held since before the replay began) and no duplicate."""
+        held, self._held = self._held, []
+        self.replaying = False
+        for message in held:
+            if message.event_id is None or message.event_id not in replayed_ids:
+                self._enqueue(message)
+
+    def _enqueue(self, message: Outgoing) -> None:
+        if self.closing:
+            return
+        self._queue.append(message)
+        self._queued_bytes += len(message.payload)
+        pending = self._queued_bytes + self.transport.buffered()
+        self.high_water = max(self.high_water, pending)
+        if len(self._queue) > self._limits.messages or pending > self._limits.bytes:
+            self.close(Close.SLOW_CONSUMER, "client cannot keep up; resume with since")
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closing or not self._queue:
+            return
+        batch, self._queue, self._queued_bytes = self._queue, [], 0
+        self.transport.write(batch)
+        self.delivered += len(batch)
+
+    def close(self, code: Close, reason: str) -> None:
+        """Stop sending; the connection's handler performs the actual close."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self._queue.clear()
+        self._held.clear()
+        self._on_close(self, code, reason)

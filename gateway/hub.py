@@ -1,0 +1,80 @@
+"""Who is connected to this node, and which channels it needs: a user's own channel while
+they have at least one connection here, an author's channel while at least one local
+user follows that (pull-tier) author. Dispatch turns one published message into one
+Outgoing (framed once) delivered to every local connection concerned."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from core import keys
+from gateway.client import Client
+from gateway.outgoing import Outgoing
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._clients: defaultdict[int, set[Client]] = defaultdict(set)
+        self._listeners: defaultdict[bytes, set[int]] = defaultdict(set)
+        self._channels_of: dict[int, list[bytes]] = {}
+
+    def connections(self, user_id: int) -> int:
+        return len(self._clients.get(user_id, ()))
+
+    def user_ids(self) -> list[int]:
+        return list(self._clients)
+
+    @property
+    def users(self) -> int:
+        return len(self._clients)
+
+    def all_clients(self) -> list[Client]:
+        return [c for clients in self._clients.values() for c in clients]
+
+    def add(self, client: Client, authors: list[int]) -> list[bytes]:
+        """Register a connection; returns channels this node must newly subscribe."""
+        user = client.user_id
+        first = user not in self._clients
+        self._clients[user].add(client)
+        if not first:
+            return []
+        channels = [keys.user_channel(user).encode()]
+        channels += [keys.author_channel(a).encode() for a in authors]
+        self._channels_of[user] = channels
+        fresh = []
+        for channel in channels:
+            if not self._listeners[channel]:
+                fresh.append(channel)
+            self._listeners[channel].add(user)
+        return fresh
+
+    def remove(self, client: Client) -> list[bytes]:
+        """Forget a connection; returns channels nobody on this node needs any more."""
+        user = client.user_id
+        clients = self._clients.get(user)
+        if clients is None or client not in clients:
+            return []
+        clients.discard(client)
+        if clients:
+            return []
+        del self._clients[user]
+        stale = []
+        for channel in self._channels_of.pop(user, []):
+            listeners = self._listeners[channel]
+            listeners.discard(user)
+            if not listeners:
+                del self._listeners[channel]
+                stale.append(channel)
+        return stale
+
+    def dispatch(self, channel: bytes, payload: bytes) -> int:
+        users = self._listeners.get(channel)
+        if not users:
+            return 0
+        message = Outgoing(payload)
+        count = 0
+        for user in users:
+            for client in self._clients.get(user, ()):
+                client.deliver(message)
+                count += 1
+        return count

@@ -1,0 +1,72 @@
+"""Transports: how bytes reach one client. A transport knows frames, never events.
+
+Both write straight to the socket's transport with one write() for everything queued
+(one system call per flush, not per message), and report how much the kernel has not
+taken yet so the client can be judged slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+from aiohttp import web
+
+from gateway.outgoing import Outgoing
+
+
+class Transport(Protocol):
+    name: str
+
+    def write(self, messages: Sequence[Outgoing]) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class WebSocketTransport:
+    name = "websocket"
+
+    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:
+        self._ws = ws
+        self._raw = raw
+
+    def write(self, messages: Sequence[Outgoing]) -> None:
+        # Frames are complete units, so these writes never split one of aiohttp's own
+        # frames (pings, close): everything here runs on one thread, synchronously.
+        if not self._raw.is_closing():
+            self._raw.write(b"".join(m.ws for m in messages))
+
+    def buffered(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=reason.encode())
+
+
+class SSETransport:
+    name = "sse"
+
+    def __init__(self, response: web.StreamResponse, raw: asyncio.Transport) -> None:
+        self._response = response
+        self._raw = raw
+        self.closed = asyncio.Event()
+
+    def write(self, messages: Sequence[Outgoing]) -> None:
+        body = b"".join(m.sse for m in messages)
+        self.write_raw(body)
+
+    def write_raw(self, body: bytes) -> None:
+        # The response uses chunked transfer encoding; frame the chunk ourselves since we
+        # bypass aiohttp's writer to coalesce.
+        if body and not self._raw.is_closing():
+            self._raw.write(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+
+    def buffered(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.write_raw(f'event: close\ndata: {{"code": {code}, "reason": "{reason}"}}\n\n'.encode())
+        self.closed.set()
