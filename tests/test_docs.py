@@ -35,3 +35,12 @@ def test_compose_runs_every_service_with_real_settings() -> None:
         assert set(env) <= known, f"{name} sets unknown variables {set(env) - known}"
         assert services[name]["command"][-1] in {name, "core.bootstrap"}
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_every_close_code_is_documented_in_the_readme() -> None:
+    from gateway.codes import RECONNECT, Close
+
+    readme = (ROOT / "README.md").read_text()
+    assert set(RECONNECT) == set(Close)
+    missing = [code.value for code in Close if f"| {code.value} |" not in readme]
+    assert missing == []
