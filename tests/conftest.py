@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from core.clients import build_redis, create_admin, ensure_topics
 from core.migrate import migrate
@@ -69,6 +71,19 @@ def settings(run_id: str) -> Iterator[Settings]:
     asyncio.run(create())
     yield test
     asyncio.run(drop())
+
+
+@pytest.fixture
+async def api(
+    settings: Settings,
+    aiohttp_client: Callable[
+        [web.Application], Awaitable[TestClient[web.Request, web.Application]]
+    ],
+) -> TestClient[web.Request, web.Application]:
+    """The real API server app on the test stack, with an HTTP client for it."""
+    from server.app import create_app
+
+    return await aiohttp_client(create_app(settings))
 
 
 @pytest.fixture

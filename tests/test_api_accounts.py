@@ -1,22 +1,12 @@
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.auth import TokenSigner
 from core.settings import Settings
-from server.app import create_app
 from tests.support.api import error_of, new_handle, sign_up
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
-) -> AsyncIterator[Client]:
-    yield await aiohttp_client(create_app(settings))
 
 
 async def test_sign_up_then_sign_in_case_insensitively(api: Client) -> None:

@@ -1,6 +1,5 @@
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -8,18 +7,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.ids import IdGenerator
-from core.settings import Settings
-from server.app import create_app
 from tests.support.api import error_of, follow, post, sign_up
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
-) -> AsyncIterator[Client]:
-    yield await aiohttp_client(create_app(settings))
 
 
 async def test_create_and_read_a_post(api: Client) -> None:

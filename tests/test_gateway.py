@@ -19,17 +19,11 @@ from core.settings import Settings
 from gateway.app import create_app as create_gateway
 from gateway.codes import Close
 from gateway.handlers import NODE
-from server.app import create_app as create_server
 from tests.support.api import User, sign_up
 from tests.support.live import SSEClient, ws_json
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
-
-
-@pytest.fixture
-async def api(settings: Settings, aiohttp_client: MakeClient) -> Client:
-    return await aiohttp_client(create_server(settings))
 
 
 @pytest.fixture

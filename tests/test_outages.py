@@ -3,7 +3,7 @@ keep working. These stop and restart the shared local stack's servers, so they r
 (see conftest.py) and always restore what they stopped."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -15,7 +15,6 @@ from core import events
 from core.clients import kafka_common
 from core.settings import Settings
 from core.topics import Topics
-from server.app import create_app
 from tests.support.api import follow, post, sign_up
 from tests.support.env import stack
 
@@ -36,13 +35,6 @@ def stopped(service: str) -> Iterator[None]:
 @pytest.fixture
 def kafka_down() -> Iterator[None]:
     yield from stopped("kafka")
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
-) -> AsyncIterator[Client]:
-    yield await aiohttp_client(create_app(settings))
 
 
 async def posts_on_topic(settings: Settings, wanted: set[int], seconds: float) -> list[int]:
