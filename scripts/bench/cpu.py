@@ -1,0 +1,92 @@
+"""CPU used by each process group over a window, read from /proc (Linux only).
+
+The load generator, the server and the data stores share one machine; this shows who
+spent the cores while latency was measured, including anything else that was running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+GROUPS = {"postgres": "postgres", "redis-server": "redis", "java": "kafka"}
+
+Snapshot = dict[int, tuple[str, int]]  # pid -> (group, user+system ticks)
+
+
+def _group(pid: str, comm: str, bench_db: str, redis_port: int) -> str:
+    group = GROUPS.get(comm, "other")
+    if group not in ("postgres", "redis"):
+        return group
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return group
+    words = title.replace("\0", " ").split()
+    if group == "redis":  # another Redis server on this machine (another stack) is not ours
+        return group if any(w.endswith(f":{redis_port}") for w in words) else "other"
+    # Backends are titled "postgres: <user> <database> <client> <state>": one that serves
+    # another database (somebody's tests on the shared server) is not ours.
+    if len(words) >= 4 and words[0] == "postgres:" and "(" in words[3]:
+        return group if words[2] == bench_db else "other"
+    return group
+
+
+def snapshot(bench_db: str = "", redis_port: int = 0) -> Snapshot:
+    found: Snapshot = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        # comm is in parentheses and may itself hold spaces or parentheses.
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (
+            _group(entry.name, comm, bench_db, redis_port),
+            int(fields[11]) + int(fields[12]),
+        )
+    return found
+
+
+def usage(before: Snapshot, after: Snapshot, named: dict[int, str]) -> Counter[str]:
+    """CPU seconds per group between two snapshots; `named` labels specific pids."""
+    spent: Counter[str] = Counter()
+    for pid, (group, ticks) in after.items():
+        delta = ticks - before.get(pid, (group, 0))[1]
+        if delta > 0:
+            spent[named.get(pid) or group] += delta / TICKS
+    return spent
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from the first line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Percent of one core in use over `seconds` (all processes; 200 = two cores full)."""
+    busy0, total0 = _busy_ticks()
+    time.sleep(seconds)
+    busy1, total1 = _busy_ticks()
+    cores = os.cpu_count() or 1
+    return 100.0 * cores * (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_quiet(threshold: float, timeout: float) -> float:
+    """Wait until the machine is (almost) idle before measuring: other work on these cores
+    (a test suite, a build) would be measured as our latency. Returns the last reading."""
+    deadline = time.monotonic() + timeout
+    busy = machine_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        sys.stderr.write(f"machine busy ({busy:.0f}% of a core); waiting to measure\n")
+        busy = machine_busy(2.0)
+    return busy

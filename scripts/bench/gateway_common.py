@@ -1,0 +1,315 @@
+"""What the gateway benchmarks share: a private Redis, gateway processes on one
+SO_REUSEPORT port, /proc readings (CPU, RSS, who else is using the machine), and
+cleanup that stops every child on exit, error or Ctrl-C.
+
+Nothing here opens a connection at import time; every process it starts is ours and
+is stopped by its pid, never by name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import orjson
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+# User ids far above anything the app or the other benchmarks create: pub/sub is global
+# across Redis db indexes, so our channels must never collide with someone else's.
+USER_BASE = 9_000_000_000
+SECRET = "gateway-bench-secret-not-for-production"  # noqa: S105 - local benchmark only
+
+
+class BenchError(RuntimeError):
+    """A precondition failed or a run went wrong; reported as one line."""
+
+
+def note(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- /proc ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (its threads included)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine (all cores), from /proc/stat."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+    }
+
+
+@dataclass(slots=True)
+class CpuWindow:
+    """CPU used by named processes and by the whole machine between start() and stop():
+    on a shared 2-core machine a number means little without who else was running."""
+
+    pids: dict[str, list[int]]
+    wall: float = 0.0
+    used: dict[str, float] = field(default_factory=dict)
+    machine: float = 0.0
+    _t0: float = 0.0
+    _start: dict[int, float] = field(default_factory=dict)
+    _machine0: float = 0.0
+
+    def start(self) -> CpuWindow:
+        self._t0 = time.monotonic()
+        self._machine0 = machine_busy_seconds()
+        self._start = {pid: _cpu_or_zero(pid) for group in self.pids.values() for pid in group}
+        return self
+
+    def stop(self) -> CpuWindow:
+        self.wall = time.monotonic() - self._t0
+        self.machine = machine_busy_seconds() - self._machine0
+        self.used = {
+            name: sum(_cpu_or_zero(pid) - self._start.get(pid, 0.0) for pid in group)
+            for name, group in self.pids.items()
+        }
+        return self
+
+    def percent(self, name: str) -> float:
+        """Percent of one core."""
+        return 100.0 * self.used.get(name, 0.0) / max(self.wall, 1e-9)
+
+    def other_percent(self) -> float:
+        """Percent of one core used by processes that are not ours (other sessions' tests
+        and benchmarks, the shared Postgres...)."""
+        ours = sum(self.used.values())
+        return 100.0 * max(self.machine - ours, 0.0) / max(self.wall, 1e-9)
+
+    def machine_percent(self) -> float:
+        return 100.0 * self.machine / max(self.wall, 1e-9)
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def wait_quiet(ours: Sequence[int], below_percent: float, max_wait: float) -> float:
+    """Wait (bounded) until processes that are not ours use less than `below_percent` of
+    one core over 2 s; returns what they used last. Never fails: a busy machine is
+    reported with the numbers, not hidden."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        window = CpuWindow({"ours": list(ours)}).start()
+        time.sleep(2.0)
+        other = window.stop().other_percent()
+        if other < below_percent or time.monotonic() > deadline:
+            return other
+        note(f"machine busy ({other:.0f}% of a core used by others); waiting")
+
+
+# -- children ------------------------------------------------------------------------------
+
+
+class Children:
+    """Every process a benchmark starts. stop_all() runs on normal exit, on an error, on
+    Ctrl-C and on SIGTERM; it signals each child by pid (TERM, then KILL)."""
+
+    def __init__(self) -> None:
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._stoppers: list[Callable[[], None]] = []
+        self._stopped = False
+
+    def install(self) -> Children:
+        atexit.register(self.stop_all)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def popen(self, name: str, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
+        self._procs.append((name, proc))
+        return proc  # type: ignore[no-any-return]
+
+    def on_stop(self, stopper: Callable[[], None]) -> None:
+        self._stoppers.append(stopper)
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for stopper in reversed(self._stoppers):
+            with contextlib.suppress(Exception):  # best effort: keep stopping the rest
+                stopper()
+        # Gateways first (their shutdown closes clients politely), Redis last.
+        for _name, proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for name, proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                note(f"{name} (pid {proc.pid}) did not stop; killing it")
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+# -- the stack -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_redis(children: Children) -> Iterator[str]:
+    """A Redis of our own on a free port, configured like scripts/stack.py's: pub/sub
+    load from a benchmark then neither disturbs nor is disturbed by other sessions'
+    commands (pub/sub is global across db indexes). It shares the CPU all the same."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BenchError("redis-server not found (or pass --redis-url)")
+    port = free_port()
+    home = tempfile.mkdtemp(prefix="gateway-bench-redis-")
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    args += ["no", "--maxclients", "10000", "--dir", home, "--protected-mode", "no"]
+    children.popen("redis", args, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/7"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with redis.Redis.from_url(url) as client:
+                client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise BenchError("private redis-server did not start") from None
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def redis_pid(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("server")["process_id"])
+
+
+def gateway_env(redis_url: str, port: int, **settings: object) -> dict[str, str]:
+    """Environment of a gateway process: our Redis, our port, limits that a load test
+    needs raised (connects per address), quiet logs. Other settings stay as the dev
+    stack has them (DATABASE_URL etc. from our own environment)."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "GATEWAY_PORT": str(port),
+            "SECRET_KEY": SECRET,
+            "LOG_LEVEL": "WARNING",
+            "GATEWAY_CONNECTS_PER_IP": "1000000",
+            "DB_POOL_MIN": "1",
+            "DB_POOL_MAX": "4",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update({k.upper(): str(v) for k, v in settings.items()})
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    pid: int
+    stats_key: str
+
+
+def start_gateways(
+    children: Children, count: int, env: dict[str, str], redis_url: str, root: Path = ROOT
+) -> list[Gateway]:
+    """Starts `count` gateway processes sharing env["GATEWAY_PORT"] and waits until each
+    reports its stats key (it is then subscribed and serving)."""
+    procs = [
+        children.popen(f"gateway{i + 1}", [PYTHON, "-m", "gateway"], cwd=root, env=env)
+        for i in range(count)
+    ]
+    deadline = time.monotonic() + 60
+    with redis.Redis.from_url(redis_url) as client:
+        while True:
+            found = {key.decode().rsplit(":", 1)[-1]: key.decode() for key in _stats_keys(client)}
+            if all(str(p.pid) in found for p in procs):
+                return [Gateway(p.pid, found[str(p.pid)]) for p in procs]
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise BenchError(f"gateway pid {proc.pid} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise BenchError("gateways did not report stats within 60 s")
+            time.sleep(0.2)
+
+
+def _stats_keys(client: redis.Redis) -> list[bytes]:
+    return list(client.scan_iter(match="stats:gateway:*", count=1000))
+
+
+def gateway_stats(redis_url: str, gateways: Sequence[Gateway]) -> dict[int, dict[str, int]]:
+    """Each gateway's last once-a-second report (missing: it stopped reporting)."""
+    with redis.Redis.from_url(redis_url) as client:
+        raw = client.mget([g.stats_key for g in gateways])
+    return {g.pid: orjson.loads(r) for g, r in zip(gateways, raw, strict=True) if r is not None}
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * len(ordered)) - 1))
+    return float(ordered[index])
+
+
+def loopback_sources(count: int) -> list[str]:
+    """127.0.0.2, 127.0.0.3, ...: each source address has its own ~28 000 ephemeral
+    ports, so 100 000 connections to one port need several."""
+    return [f"127.0.0.{i + 2}" for i in range(count)]
