@@ -306,7 +306,9 @@ def measure_one(
     if problem:
         row = replace(row, label=f"{label} (INVALID: {problem})")
         context += f"; INVALID: {problem}"
-    note(f"feed: {plan.rate:,.0f} req/s -> p50 {row.p50:.1f} ms p99 {row.p99:.1f} ms; {context}")
+    shares = " / ".join(f"{g} {row.cpu[g]:.0f}%" for g in row.cpu)
+    note(f"feed: {plan.rate:,.0f} req/s -> p50 {row.p50:.1f} ms p99 {row.p99:.1f} ms; CPU {shares}")
+    note(f"feed: {context}")
     return Measured(row, result, context, problem is None)
 
 
