@@ -189,12 +189,18 @@ class Children:
         for stopper in reversed(self._stoppers):
             with contextlib.suppress(Exception):  # best effort: keep stopping the rest
                 stopper()
-        # Gateways first (their shutdown closes clients politely), Redis last.
-        for _name, proc in reversed(self._procs):
+        # Gateways before Redis: a gateway that loses Redis while shutting down logs
+        # errors that are ours, not its.
+        last = [(n, p) for n, p in self._procs if n == "redis"]
+        self._stop([(n, p) for n, p in self._procs if n != "redis"], grace)
+        self._stop(last, grace)
+
+    def _stop(self, procs: list[tuple[str, subprocess.Popen[bytes]]], grace: float) -> None:
+        for _name, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for name, proc in reversed(self._procs):
+        for name, proc in procs:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
