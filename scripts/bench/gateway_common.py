@@ -275,14 +275,25 @@ class Gateway:
 
 
 def start_gateways(
-    children: Children, count: int, env: dict[str, str], redis_url: str, root: Path = ROOT
+    children: Children,
+    count: int,
+    env: dict[str, str],
+    redis_url: str,
+    root: Path = ROOT,
+    log_dir: Path | None = None,
 ) -> list[Gateway]:
     """Starts `count` gateway processes sharing env["GATEWAY_PORT"] and waits until each
-    reports its stats key (it is then subscribed and serving)."""
-    procs = [
-        children.popen(f"gateway{i + 1}", [PYTHON, "-m", "gateway"], cwd=root, env=env)
-        for i in range(count)
-    ]
+    reports its stats key (it is then subscribed and serving). Their output goes to
+    log_dir/gatewayN.log when given (summarised by log_summary), else to our stderr."""
+    procs = []
+    for i in range(count):
+        out = None if log_dir is None else (log_dir / f"gateway{i + 1}.log").open("ab")
+        args = [PYTHON, "-m", "gateway"]
+        procs.append(
+            children.popen(f"gateway{i + 1}", args, cwd=root, env=env, stdout=out, stderr=out)
+        )
+        if out is not None:
+            out.close()  # the child holds its own copy
     deadline = time.monotonic() + 60
     with redis.Redis.from_url(redis_url) as client:
         while True:
@@ -306,6 +317,28 @@ def gateway_stats(redis_url: str, gateways: Sequence[Gateway]) -> dict[int, dict
     with redis.Redis.from_url(redis_url) as client:
         raw = client.mget([g.stats_key for g in gateways])
     return {g.pid: orjson.loads(r) for g, r in zip(gateways, raw, strict=True) if r is not None}
+
+
+def log_summary(log_dir: Path) -> dict[str, int]:
+    """WARNING/ERROR lines the gateways logged, grouped by their text up to the first
+    digit (so "presence of 123 not cleared" and "... of 456 ..." count together)."""
+    found: dict[str, int] = {}
+    for path in sorted(log_dir.glob("gateway*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            for level in (" WARNING ", " ERROR ", "Traceback", "Error:"):
+                if level in line:
+                    text = line.split(level, 1)[-1] if level.startswith(" ") else line
+                    key = f"{level.strip()} {_until_digit(text)[:90]}"
+                    found[key] = found.get(key, 0) + 1
+                    break
+    return found
+
+
+def _until_digit(text: str) -> str:
+    for i, char in enumerate(text):
+        if char.isdigit():
+            return text[:i] + "..."
+    return text
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:

@@ -105,14 +105,17 @@ class Fleet:
         self, timeout: float, show: Callable[[int, int, float], None] | None = None
     ) -> float:
         """Waits until every planned connection is open or has failed; returns the
-        seconds it took. `show(connected, failed, elapsed)` is called every 2 s."""
+        seconds from the first connection to the last (process start-up not counted).
+        `show(connected, failed, elapsed)` is called every 2 s."""
         started = time.monotonic()
-        shown = started
+        shown, first = started, 0.0
         while True:
             connected, failed = self.total("connected"), self.total("failed")
             now = time.monotonic()
+            if connected and not first:
+                first = now
             if connected + failed >= self.expected:
-                return now - started
+                return now - (first or started)
             for proc in self._procs:
                 if not proc.is_alive():
                     raise BenchError(f"client process {proc.name} died ({proc.exitcode})")
@@ -120,7 +123,7 @@ class Fleet:
                 raise BenchError(f"only {connected:,}/{self.expected:,} connected in {timeout} s")
             if show is not None and now - shown >= 2.0:
                 shown = now
-                show(connected, failed, now - started)
+                show(connected, failed, now - (first or started))
             time.sleep(0.1)
 
     def collect(self) -> dict[int, PhaseResult]:

@@ -121,7 +121,9 @@ class Publisher:
         )
         self.seq += count
 
-    def open_loop(self, deliveries_per_s: float, seconds: float, phase: int) -> dict[str, Any]:
+    def open_loop(
+        self, deliveries_per_s: float, seconds: float, phase: int, limit: int = 0
+    ) -> dict[str, Any]:
         """Every TICK, publishes what became due. Each batch is stamped with the intended
         time of its first message, so up to TICK of the measured latency is this
         batching (fan-out batches its PUBLISHes too) and any stall counts in full."""
@@ -130,6 +132,10 @@ class Publisher:
         sent, worst_backlog, tick = 0, 0, 0
         while (elapsed := time.monotonic() - t0) < seconds:
             due = int(elapsed * rate) + 1  # message k is due at k / rate
+            if limit:
+                due = min(due, limit)
+                if sent >= limit:
+                    break
             if due > sent:
                 worst_backlog = max(worst_backlog, due - sent)
                 while sent < due:
@@ -173,7 +179,7 @@ def publisher_main(
     plan: PublishPlan, counters: Any, row_width: int, slot: int, control: Connection
 ) -> None:
     """Entry point of the publisher process (multiprocessing, spawn). Commands:
-    ("open", deliveries_per_s, seconds, phase), ("closed", window, seconds, phase),
+    ("open", deliveries_per_s, seconds, phase[, limit]), ("closed", window, seconds, phase),
     ("stop",). `counters[row * row_width + slot]` are the receivers' message counts."""
 
     def received() -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -42,6 +43,7 @@ from scripts.bench.gateway_common import (
     free_port,
     gateway_env,
     gateway_stats,
+    log_summary,
     loopback_sources,
     machine_info,
     note,
@@ -324,6 +326,7 @@ def modes(args: argparse.Namespace) -> list[Mode]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     children = Children().install()
+    log_dir = Path(tempfile.mkdtemp(prefix="gateway-throughput-"))
     results: dict[str, Any] = {"machine": machine_info(), "argv": sys.argv}
     try:
         with private_redis(children) as redis_url:
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             env = gateway_env(
                 redis_url, port, gateway_max_connections_per_user=args.fanout_per_user + 10
             )
-            gateway = start_gateways(children, 1, env, redis_url, args.gateway_root)[0]
+            gateway = start_gateways(children, 1, env, redis_url, args.gateway_root, log_dir)[0]
             bench = Bench(args, children, redis_url, rpid, gateway, port)
             reports = [r for mode in modes(args) for r in bench.run_mode(mode)]
             results["phases"] = [asdict(r) for r in reports]
@@ -350,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         children.stop_all()
+    results["gateway_log"] = log_summary(log_dir)
     print(markdown(reports))
+    print(f"gateway log ({log_dir}):", results["gateway_log"] or "nothing above INFO")
     if "ceiling" in results:
         print(orjson.dumps(results["ceiling"], option=orjson.OPT_INDENT_2).decode())
     if args.json:
