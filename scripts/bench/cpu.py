@@ -1,7 +1,9 @@
 """CPU used by each process group over a window, read from /proc (Linux only).
 
 The load generator, the server and the data stores share one machine; this shows who
-spent the cores while latency was measured, including anything else that was running.
+spent the cores while latency was measured, including anything else that was running:
+"other" is the whole machine's busy time minus ours, so it also covers processes that
+started and ended inside the window and time the hypervisor gave to other guests.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
 GROUPS = {"postgres": "postgres", "redis-server": "redis", "java": "kafka"}
 
-Snapshot = dict[int, tuple[str, int]]  # pid -> (group, user+system ticks)
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    procs: dict[int, tuple[str, int]]  # pid -> (group, user+system ticks)
+    machine: int  # busy ticks of all cores (including steal)
 
 
 def _group(pid: str, comm: str, bench_db: str, redis_port: int) -> str:
@@ -37,7 +44,7 @@ def _group(pid: str, comm: str, bench_db: str, redis_port: int) -> str:
 
 
 def snapshot(bench_db: str = "", redis_port: int = 0) -> Snapshot:
-    found: Snapshot = {}
+    found: dict[int, tuple[str, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -52,16 +59,19 @@ def snapshot(bench_db: str = "", redis_port: int = 0) -> Snapshot:
             _group(entry.name, comm, bench_db, redis_port),
             int(fields[11]) + int(fields[12]),
         )
-    return found
+    return Snapshot(found, _busy_ticks()[0])
 
 
 def usage(before: Snapshot, after: Snapshot, named: dict[int, str]) -> Counter[str]:
     """CPU seconds per group between two snapshots; `named` labels specific pids."""
     spent: Counter[str] = Counter()
-    for pid, (group, ticks) in after.items():
-        delta = ticks - before.get(pid, (group, 0))[1]
+    for pid, (group, ticks) in after.procs.items():
+        delta = ticks - before.procs.get(pid, (group, 0))[1]
         if delta > 0:
             spent[named.get(pid) or group] += delta / TICKS
+    ours = sum(seconds for group, seconds in spent.items() if group != "other")
+    machine = (after.machine - before.machine) / TICKS
+    spent["other"] = max(spent["other"], machine - ours)
     return spent
 
 

@@ -13,15 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import multiprocessing
-import os
-import platform
-import random
 import signal
-import subprocess
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,17 +24,20 @@ from urllib.parse import urlsplit
 import asyncpg
 import redis
 
-from core import keys
-from core.auth import TokenSigner
-from core.settings import Settings
-from scripts.bench import ceiling, common, cpu, observe
-from scripts.bench.loadgen import Plan, Result, run_in_process
+from scripts.bench import common, observe
+from scripts.bench.bench_data import (
+    DatasetInfo,
+    Target,
+    dataset_info,
+    mint_tokens,
+    prepare_redis,
+)
+from scripts.bench.ceiling import Ceiling, measure_ceiling
+from scripts.bench.loadgen import Plan, Result
 from scripts.bench.progress import note
-from scripts.bench.report import Row, summarize, table
+from scripts.bench.report import Row, machine, revision, summarize, table
+from scripts.bench.runner import run_load
 from scripts.bench.server_proc import ROOT, RunningServer, ServerConfig, running_server
-from scripts.bench.timelines import build_timelines
-
-HEALTHZ_SECONDS = 10.0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -107,148 +104,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetInfo:
-    users: int
-    follows: int
-    posts: int
-    median_following: float
-    max_followers: int
-    celebrities: int
-    readers_following_celebrities: int
-
-    def line(self, throttle_max: int) -> str:
-        return (
-            f"{self.users:,} users, {self.follows:,} follows (median following "
-            f"{self.median_following:.0f}, max followers {self.max_followers:,}), "
-            f"{self.posts:,} posts; {self.celebrities} celebrity-tier authors "
-            f"(> {throttle_max:,} followers, merged at read time), followed by "
-            f"{self.readers_following_celebrities:,} users"
-        )
-
-
-async def dataset_info(url: str, throttle_max: int) -> tuple[DatasetInfo, list[int]]:
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM follows) AS f,"
-            " (SELECT count(*) FROM posts) AS posts,"
-            " (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY following_count) FROM users)"
-            "   AS med, (SELECT max(follower_count) FROM users) AS top,"
-            " (SELECT count(*) FROM users WHERE follower_count > $1) AS celebs,"
-            " (SELECT count(DISTINCT f.follower_id) FROM follows f JOIN users u"
-            "   ON u.id = f.followee_id WHERE u.follower_count > $1) AS celeb_readers",
-            throttle_max,
-        )
-        ids = [r["id"] for r in await conn.fetch("SELECT id FROM users ORDER BY id")]
-    finally:
-        await conn.close()
-    assert row is not None
-    if not row["users"]:
-        raise common.BenchError("the bench database is empty: run scripts.bench.seed first")
-    info = DatasetInfo(
-        row["users"],
-        row["f"],
-        row["posts"],
-        row["med"],
-        row["top"],
-        row["celebs"],
-        row["celeb_readers"],
-    )
-    return info, ids
-
-
-def mint_tokens(user_ids: list[int], sample: int) -> list[str]:
-    """Tokens for `sample` random seeded users (signed like sign-in would, no round trip)."""
-    chosen = user_ids if not sample else random.Random(3).sample(user_ids, sample)  # noqa: S311
-    signer = TokenSigner(common.BENCH_SECRET, 24 * 3600)
-    return [signer.issue(uid) for uid in chosen]
-
-
-def run_load(
-    args: argparse.Namespace, plan: Plan, server_pids: tuple[int, ...]
-) -> tuple[Result, Counter[str]]:
-    """Run one plan in a separate process; CPU per group over its measured window."""
-    cpu.wait_quiet(args.quiet_below, args.quiet_wait)
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=run_in_process, args=(plan, sender), name="loadgen")
-    proc.start()
-    sender.close()
-    named = {pid: "server" for pid in server_pids} | {proc.pid or 0: "loadgen"}
-    before: cpu.Snapshot = {}
-    spent: Counter[str] = Counter()
-    try:
-        while True:
-            kind, value = receiver.recv()
-            if (kind, value) == ("window", "start"):
-                before = cpu.snapshot(args.db, args.redis_port)
-            elif (kind, value) == ("window", "end"):
-                spent = cpu.usage(before, cpu.snapshot(args.db, args.redis_port), named)
-            elif kind == "result":
-                return value, spent
-    except EOFError:
-        raise common.BenchError(f"load generator died (exit code {proc.exitcode})") from None
-    except BaseException:
-        proc.terminate()  # our own child: stopping early, its load is no longer wanted
-        raise
-    finally:
-        proc.join(30)
-
-
-@dataclass(frozen=True, slots=True)
-class Ceiling:
-    redis_get_p16: float | None
-    redis_get_p1: float | None
-    pg_one: float
-    pg_eight: float
-    healthz: Row | None
-
-    def lines(self) -> list[str]:
-        def rate(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:,.0f}/s"
-
-        out = [
-            f"- Redis GET (redis-benchmark, 50 clients): {rate(self.redis_get_p16)} "
-            f"pipelined x16, {rate(self.redis_get_p1)} unpipelined",
-            f"- Postgres `SELECT 1` (asyncpg): {self.pg_one:,.0f}/s on one connection, "
-            f"{self.pg_eight:,.0f}/s over 8 connections",
-        ]
-        if self.healthz is not None:
-            h = self.healthz
-            out.append(
-                f"- the same server's `GET /healthz` (no Redis/Postgres work) at "
-                f"{h.offered:,.0f} req/s: p50 {h.p50:.1f} ms, p99 {h.p99:.1f} ms, "
-                f"max {h.max:.1f} ms, server CPU {h.cpu['server']:.0f}%, "
-                f"client CPU {h.cpu['loadgen']:.0f}%"
-            )
-        return out
-
-
-def measure_ceiling(
-    args: argparse.Namespace, db_url: str, redis_port: int, server: RunningServer, rate: float
-) -> Ceiling:
-    cpu.wait_quiet(args.quiet_below, args.quiet_wait)
-    note("ceiling: redis-benchmark")
-    p16 = ceiling.redis_get_rate(redis_port, 16)
-    p1 = ceiling.redis_get_rate(redis_port, 1)
-    note("ceiling: asyncpg SELECT 1")
-    pg_one = asyncio.run(ceiling.pg_select1_rate(db_url, 1))
-    pg_eight = asyncio.run(ceiling.pg_select1_rate(db_url, 8))
-    note(f"ceiling: /healthz at {rate:,.0f} req/s for {HEALTHZ_SECONDS:.0f} s")
-    plan = Plan(
-        base_url=server.base_url,
-        path="/healthz",
-        tokens=["-"],
-        rate=rate,
-        warmup=2.0,
-        duration=HEALTHZ_SECONDS,
-        connections=args.connections,
-    )
-    result, spent = run_load(args, plan, server.pids)
-    return Ceiling(p16, p1, pg_one, pg_eight, summarize("/healthz", result, spent))
-
-
 def feed_plan(args: argparse.Namespace, server: RunningServer, tokens: list[str]) -> Plan:
     return Plan(
         base_url=server.base_url,
@@ -260,15 +115,6 @@ def feed_plan(args: argparse.Namespace, server: RunningServer, tokens: list[str]
         connections=args.connections,
         second_page_share=args.second_page_share,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """The bench data the server reads."""
-
-    db_url: str
-    redis_url: str
-    user_ids: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,34 +182,6 @@ def measure_feed(
     return done
 
 
-def revision(root: Path) -> str:
-    """The server code measured: commit, and whether the tree had local changes."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return out.stdout.strip()
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
 def markdown(
     args: argparse.Namespace, info: DatasetInfo, runs: list[Measured], ceil: Ceiling | None
 ) -> str:
@@ -393,23 +211,6 @@ def markdown(
     if ceil is not None:
         lines += ["Machine ceiling, measured in the same run:", "", *ceil.lines(), ""]
     return "\n".join(lines)
-
-
-def prepare_redis(args: argparse.Namespace, target: Target, cold: bool) -> None:
-    """Cold: empty the bench Redis db. Warm: make sure every timeline is there (a restart
-    of the shared Redis, which keeps nothing on disk, silently turns a warm run cold)."""
-    with redis.Redis.from_url(target.redis_url) as client:
-        if cold:
-            client.flushdb()
-            note(f"feed: flushed {target.redis_url} (cold start)")
-            return
-        rng = random.Random(5)  # noqa: S311 - a sample to check, not security
-        sample = rng.sample(target.user_ids, min(200, len(target.user_ids)))
-        present = client.exists(*(keys.timeline(u) for u in sample))
-    if present < len(sample):
-        note(f"feed: only {present}/{len(sample)} sampled timelines in Redis; rebuilding them")
-        cap = Settings().timeline_cap
-        asyncio.run(build_timelines(target.db_url, target.redis_url, args.throttle_max, cap))
 
 
 def run(args: argparse.Namespace) -> str:

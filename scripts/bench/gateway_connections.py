@@ -308,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         results: dict[str, Any] = {"machine": machine_info(), "argv": sys.argv}
         results["report"] = asdict(report)
-        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(
+            orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        )
     return 0
 
 

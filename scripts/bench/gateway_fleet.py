@@ -123,7 +123,7 @@ class Fleet:
                 raise BenchError(f"only {connected:,}/{self.expected:,} connected in {timeout} s")
             if show is not None and now - shown >= 2.0:
                 shown = now
-                show(connected, failed, now - (first or started))
+                show(connected, failed, max(now - (first or started), 1e-3))
             time.sleep(0.1)
 
     def collect(self) -> dict[int, PhaseResult]:

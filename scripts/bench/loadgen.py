@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import resource
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import orjson
 import uvloop
 
 TICK = 0.001
+PROGRESS_EVERY = 5.0  # seconds between progress lines on stderr
 # Timestamps come from time.perf_counter(): uvloop's loop.time() only has millisecond
 # resolution, which would round every latency to a whole millisecond.
 
@@ -118,6 +120,16 @@ class _Run:
             self.cursors[user] = page["next_cursor"]
 
 
+def _progress(run: _Run, start: float, sent: int, inflight: int) -> None:
+    plan = run.plan
+    phase = "measuring" if time.perf_counter() >= run.window_start else "warm-up"
+    sys.stderr.write(
+        f"loadgen: {time.perf_counter() - start:4.0f}/{plan.warmup + plan.duration:.0f} s "
+        f"({phase}) sent {sent:,} at {plan.rate:,.0f}/s, in flight {inflight:,}\n"
+    )
+    sys.stderr.flush()
+
+
 async def _schedule(run: _Run, start: float, conn: Connection) -> set[asyncio.Task[None]]:
     """Fire requests at their scheduled times; return the tasks still running."""
     plan = run.plan
@@ -125,6 +137,7 @@ async def _schedule(run: _Run, start: float, conn: Connection) -> set[asyncio.Ta
     inflight: set[asyncio.Task[None]] = set()
     window_open = False
     sent = 0
+    next_report = start + PROGRESS_EVERY
     while sent < total:
         due = min(total, int((time.perf_counter() - start) * plan.rate) + 1)
         for i in range(sent, due):
@@ -142,6 +155,9 @@ async def _schedule(run: _Run, start: float, conn: Connection) -> set[asyncio.Ta
             inflight.add(task)
             task.add_done_callback(inflight.discard)
         sent = due
+        if time.perf_counter() >= next_report:
+            next_report += PROGRESS_EVERY
+            _progress(run, start, sent, len(inflight))
         # Never less than a tick: a zero sleep would spin and steal the server's CPU.
         await asyncio.sleep(max(TICK, start + sent / plan.rate - time.perf_counter()))
     conn.send(("window", "end"))

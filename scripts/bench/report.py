@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
+import subprocess
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from scripts.bench.loadgen import Result
 
@@ -75,3 +79,31 @@ def table(rows: list[Row]) -> str:
 
 def _num(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def revision(root: Path) -> str:
+    """The server code measured: commit, and whether the tree had local changes."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown revision"
+    return out.stdout.strip()
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return (
+        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
