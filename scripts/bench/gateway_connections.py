@@ -73,6 +73,8 @@ class Report:
     connect_failures: int
     connect_seconds: float
     connects_per_s: float
+    connect_cpu_ms: float  # gateway CPU per connection opened, all processes
+    connect_cpu_percent: dict[str, float]  # while connecting, of one core
     lost_during_idle: int
     pings_answered_during_idle: int
     idle_seconds: float
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
         )
         time.sleep(3.0)  # settle (pools, first stats) before the baseline
         before = {g.pid: rss_kib(g.pid) for g in gateways}
-        users = [USER_BASE + USER_OFFSET + i for i in range(args.connections)]
+        users = range(USER_BASE + USER_OFFSET, USER_BASE + USER_OFFSET + args.connections)
         sources = loopback_sources(args.clients)
         plans = split_plans(
             users, args.clients, sources, port, SECRET, args.connect_rate, args.concurrency
@@ -198,7 +200,10 @@ def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
         fleet = Fleet(plans).start()
         children.on_stop(fleet.stop)
         try:
+            groups = {"gateways": [g.pid for g in gateways], "clients": fleet.pids}
+            ramp_cpu = CpuWindow(groups | {"redis": [rpid]}).start()
             took = ramp(fleet, redis_url, gateways)
+            ramp_cpu.stop()
             connected = fleet.total("connected")
             note(f"{connected:,} connected in {took:.1f} s ({connected / took:,.0f}/s)")
             wait_reported(redis_url, gateways, connected)
@@ -226,6 +231,9 @@ def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
         connect_failures=fleet.total("failed"),
         connect_seconds=took,
         connects_per_s=connected / took,
+        connect_cpu_ms=1000 * ramp_cpu.used["gateways"] / max(connected, 1),
+        connect_cpu_percent={k: ramp_cpu.percent(k) for k in ("gateways", "clients", "redis")}
+        | {"others": ramp_cpu.other_percent()},
         lost_during_idle=lost,
         pings_answered_during_idle=pings,
         idle_seconds=cpu.wall,
@@ -259,7 +267,9 @@ def markdown(r: Report) -> str:
         "",
         f"- planned {r.connections_planned:,}, held {r.connections_held:,} (gateways' stats), "
         f"connect failures {r.connect_failures:,}",
-        f"- connect: {r.connect_seconds:.1f} s, {r.connects_per_s:,.0f} connections/s",
+        f"- connect: {r.connect_seconds:.1f} s, {r.connects_per_s:,.0f} connections/s, "
+        f"{r.connect_cpu_ms:.2f} ms gateway CPU per connection; CPU while connecting: "
+        + ", ".join(f"{k} {v:.0f}%" for k, v in r.connect_cpu_percent.items()),
         f"- idle {r.idle_seconds:.0f} s: {r.pings_answered_during_idle:,} pings answered, "
         f"{r.lost_during_idle:,} connections lost",
         f"- broadcast: {r.broadcast_delivered:,}/{r.connections_planned:,} delivered, "

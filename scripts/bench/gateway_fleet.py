@@ -7,7 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -42,7 +42,7 @@ class PhaseResult:
 
 
 def split_plans(
-    user_ids: list[int],
+    user_ids: Sequence[int],
     processes: int,
     sources: list[str],
     port: int,
@@ -98,8 +98,16 @@ class Fleet:
         return self
 
     def total(self, slot: str) -> int:
+        return sum(self.column(slot))
+
+    def column(self, slot: str) -> list[int]:
         index, width = SLOTS.index(slot), len(SLOTS)
-        return sum(self.counters[i] for i in range(index, len(self.counters), width))
+        return [self.counters[i] for i in range(index, len(self.counters), width)]
+
+    def connect_span(self) -> float:
+        """Seconds from the first connection opened (by any process) to the last."""
+        firsts = [ms for ms in self.column("first_ms") if ms]
+        return (max(self.column("last_ms")) - min(firsts)) / 1000 if firsts else 0.0
 
     def wait_connected(
         self, timeout: float, show: Callable[[int, int, float], None] | None = None
@@ -108,14 +116,12 @@ class Fleet:
         seconds from the first connection to the last (process start-up not counted).
         `show(connected, failed, elapsed)` is called every 2 s."""
         started = time.monotonic()
-        shown, first = started, 0.0
+        shown = started
         while True:
             connected, failed = self.total("connected"), self.total("failed")
             now = time.monotonic()
-            if connected and not first:
-                first = now
             if connected + failed >= self.expected:
-                return now - (first or started)
+                return self.connect_span()
             for proc in self._procs:
                 if not proc.is_alive():
                     raise BenchError(f"client process {proc.name} died ({proc.exitcode})")
@@ -123,7 +129,9 @@ class Fleet:
                 raise BenchError(f"only {connected:,}/{self.expected:,} connected in {timeout} s")
             if show is not None and now - shown >= 2.0:
                 shown = now
-                show(connected, failed, max(now - (first or started), 1e-3))
+                firsts = [ms for ms in self.column("first_ms") if ms]
+                since = time.time() - min(firsts) / 1000 if firsts else 0.0
+                show(connected, failed, max(since, 1e-3))
             time.sleep(0.1)
 
     def collect(self) -> dict[int, PhaseResult]:

@@ -17,6 +17,7 @@ import hashlib
 import os
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -33,8 +34,8 @@ RETRIES = 3
 HANDSHAKE_TIMEOUT = 30.0
 # Shared counters, one row per client process (read by the parent for progress and by
 # the publisher to bound messages in flight).
-SLOTS = ("connected", "failed", "received", "lost", "pings")
-CONNECTED, FAILED, RECEIVED, LOST, PINGS = range(len(SLOTS))
+SLOTS = ("connected", "failed", "received", "lost", "pings", "first_ms", "last_ms")
+CONNECTED, FAILED, RECEIVED, LOST, PINGS, FIRST_MS, LAST_MS = range(len(SLOTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,10 @@ class ClientPlan:
     host: str
     port: int
     source: str  # loopback address to bind (its own ephemeral port range)
-    user_ids: list[int]  # one connection per entry; a user may appear several times
+    # One connection per entry; a user may appear several times. Pass a range where
+    # possible: the plan is pickled into a pipe the new process reads only once it has
+    # started, and a large list makes starting each client process block for seconds.
+    user_ids: Sequence[int]
     secret: str
     connect_rate: float  # new connections per second, this process
     concurrency: int  # handshakes in flight at once
@@ -69,6 +73,12 @@ class Sink:
 
     def bump(self, slot: int, n: int = 1) -> None:
         self._counters[self._base + slot] += n
+
+    def connected_at(self, ms: int) -> None:
+        """Wall-clock span of this process's connects (for the connect rate)."""
+        if not self._counters[self._base + FIRST_MS]:
+            self._counters[self._base + FIRST_MS] = ms
+        self._counters[self._base + LAST_MS] = ms
 
     def messages(self, payloads: list[bytes], now_ns: int) -> None:
         for payload in payloads:
@@ -253,6 +263,7 @@ class ClientProcess:
                     continue
                 self.connections.append(conn)
                 self.sink.bump(CONNECTED)
+                self.sink.connected_at(int(time.time() * 1000))
                 return
         finally:
             gate.release()
