@@ -23,6 +23,17 @@ export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
 uv sync --frozen --quiet --python "$(command -v "$PYTHON")" \
   || die "installing Python packages from uv.lock failed (see above)"
 
+# Browser tests drive Debian's Chromium through Playwright (no browser download).
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ]; then
+  [ "$(id -u)" = 0 ] || die "Chromium not found at $CHROMIUM; install the Debian package 'chromium' (or set CHROMIUM=/path)"
+  say "installing Chromium (Debian package) for the browser tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/tmp/feed-setup-apt.log 2>&1 \
+    || { apt-get update -q >>/tmp/feed-setup-apt.log 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >>/tmp/feed-setup-apt.log 2>&1; } \
+    || die "apt-get install chromium failed; see /tmp/feed-setup-apt.log"
+fi
+
 "$PYTHON" scripts/stack.py start
 # Export the stack's URLs for what the user did not point elsewhere.
 eval "$("$PYTHON" scripts/stack.py env)"
