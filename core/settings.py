@@ -81,6 +81,24 @@ class Settings:
     fanout_active_days: int = 30
     timeline_cap: int = 800
 
+    # Push (push/). APNs token auth: the .p8 key as PEM text or a file path.
+    apns_key: str = _secret("")
+    apns_key_file: str = ""
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = "com.example.feed"
+    apns_url: str = "https://api.push.apple.com"
+    # Extra CA bundle trusted for APNs and Web Push (the test stand-ins' CA); empty = system.
+    push_ca_file: str = ""
+    vapid_subject: str = "mailto:ops@example.com"
+    push_timeout_seconds: float = 5.0
+    push_feed_window_seconds: int = 60
+    push_feed_ttl_seconds: int = 3600
+    push_alert_ttl_seconds: int = 86_400
+    push_concurrency: int = 64
+    # Web Push endpoints must be https on a public address; loopback only for tests.
+    push_allow_loopback: bool = False
+
     def __repr__(self) -> str:
         parts = []
         for f in dataclasses.fields(self):
@@ -124,6 +142,11 @@ class Settings:
             "fanout_throttle_rate",
             "timeline_cap",
             "token_ttl_seconds",
+            "push_timeout_seconds",
+            "push_feed_window_seconds",
+            "push_feed_ttl_seconds",
+            "push_alert_ttl_seconds",
+            "push_concurrency",
         )
         for name in positive:
             if getattr(self, name) <= 0:
