@@ -22,7 +22,7 @@ from core.clients import CONNECT_ERRORS
 from core.topics import Topics
 from fanout.handlers import Handlers
 from fanout.metrics import FanoutMetrics
-from fanout.offsets import OffsetTracker
+from core.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
