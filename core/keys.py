@@ -59,6 +59,17 @@ def fanout_checkpoint(post_id: int) -> str:
     return f"fo:ck:{post_id}"
 
 
+def push_feed_window(user_id: int) -> str:
+    """Set (NX, with the window as TTL) when a feed push goes to a user: at most one per
+    window, whatever the number of posts."""
+    return f"push:feed:{user_id}"
+
+
+def push_alert_sent(user_id: int, job_id: str) -> str:
+    """One alert push job claimed for sending: a replayed job is not pushed twice."""
+    return f"push:alert:{user_id}:{job_id}"
+
+
 FANOUT_CONFIG = "fo:config"  # HASH push_max / throttle_max: runtime tier thresholds
 
 

@@ -4,9 +4,9 @@ handled in the background: never past the oldest unfinished one (at-least-once).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 
 class OffsetTracker:
@@ -46,3 +46,20 @@ class OffsetTracker:
             self._next.pop(tp, None)
             self._pending.pop(tp, None)
             self._committed.pop(tp, None)
+
+
+async def pin_new_partitions(
+    consumer: AIOKafkaConsumer,
+    pinned: set[TopicPartition],
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    commit: Callable[[dict[TopicPartition, int]], Awaitable[None]],
+) -> None:
+    """A partition the group never committed starts where the offset reset policy put
+    it; commit that start at once, so a crash before the first commit resumes from
+    there instead of applying the reset policy again (and skipping, with "latest")."""
+    for tp in consumer.assignment() - pinned:
+        if await consumer.committed(tp) is None:
+            messages = batches.get(tp)
+            start = messages[0].offset if messages else await consumer.position(tp)
+            await commit({tp: start})
+        pinned.add(tp)

@@ -64,6 +64,8 @@ class Settings:
     log_level: str = "INFO"
 
     gateway_api_url: str = "http://127.0.0.1:8080"
+    # Gateway URL the web client connects to; empty: the page's host on GATEWAY_PORT.
+    public_stream_url: str = ""
     gateway_allowed_origins: str = "*"
     gateway_max_connections_per_user: int = 10
     gateway_queue_messages: int = 1000
@@ -96,6 +98,8 @@ class Settings:
     push_feed_ttl_seconds: int = 3600
     push_alert_ttl_seconds: int = 86_400
     push_concurrency: int = 64
+    push_group: str = "push"
+    push_offset_reset: str = "earliest"
     # Web Push endpoints must be https on a public address; loopback only for tests.
     push_allow_loopback: bool = False
 
@@ -151,8 +155,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
-        if self.fanout_offset_reset not in ("earliest", "latest"):
-            raise SettingsError("FANOUT_OFFSET_RESET must be earliest or latest")
+        for name in ("fanout_offset_reset", "push_offset_reset"):
+            if getattr(self, name) not in ("earliest", "latest"):
+                raise SettingsError(f"{name.upper()} must be earliest or latest")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError("DB_POOL_MIN must not exceed DB_POOL_MAX")
 

@@ -20,11 +20,13 @@ from core.ids import IdLease
 from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
 from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run, stop_tasks
 from core.settings import Settings
+from core.stats import report_forever
 from core.tiers import TierPolicy
 from core.topics import Topics
 from fanout.consumer import FanoutConsumer
 from fanout.handlers import Deps, Handlers
 from fanout.metrics import FanoutMetrics
+from fanout.stats import snapshotter
 from fanout.timelines import TimelineWriter
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CONSUMER] = consumer
     task = asyncio.create_task(consumer.run(), name="fanout-consumer")
     task.add_done_callback(_stop_process_when_dead)
+    stats = asyncio.create_task(
+        report_forever(app[REDIS], "fanout", app[OPS].node, snapshotter(consumer, metrics)),
+        name="fanout-stats",
+    )
 
     async def alive() -> None:
         if task.done():
@@ -81,7 +87,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     app[OPS].checks.append(Check("consumer", alive))
     yield
     task.remove_done_callback(_stop_process_when_dead)
-    await stop_tasks([task])
+    await stop_tasks([task, stats])
     await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
     await lease.release()
     if timelines is not app[REDIS]:

@@ -10,7 +10,9 @@ after MAX_ATTEMPTS, and the partition moves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -19,10 +21,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from core import events
 from core.clients import CONNECT_ERRORS
+from core.ids import id_timestamp_ms
+from core.offsets import OffsetTracker, pin_new_partitions
+from core.stats import LatencyWindow
 from core.topics import Topics
 from fanout.handlers import Handlers
 from fanout.metrics import FanoutMetrics
-from core.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,10 @@ class FanoutConsumer:
         self._heavy_slots = asyncio.Semaphore(HEAVY_LANES)
         self._heavy: dict[asyncio.Task[None], TopicPartition] = {}
         self.assigned = asyncio.Event()
+        # For the ops dashboard (fanout/stats.py): lag of the partitions held right now,
+        # and post-to-timeline latency of the posts fanned out lately.
+        self.lag: dict[TopicPartition, int] = {}
+        self.post_to_timeline = LatencyWindow()
 
     @property
     def inputs(self) -> list[str]:
@@ -76,7 +84,7 @@ class FanoutConsumer:
         try:
             while True:
                 batches = await self._consumer.getmany(timeout_ms=1000, max_records=500)
-                await self._pin_new_partitions(batches)
+                await pin_new_partitions(self._consumer, self._pinned, batches, self._commit)
                 if self._consumer.assignment():
                     self.assigned.set()
                 async with self.lock:
@@ -95,6 +103,10 @@ class FanoutConsumer:
         await self._cancel_heavy(revoked)
         await self._commit({tp: o for tp, o in self._offsets.to_commit().items() if tp in revoked})
         self._offsets.forget(revoked)
+        for tp in revoked:  # their lag is the next owner's to report now
+            self.lag.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(tp.topic, str(tp.partition))
         self._pinned.difference_update(revoked)
         log.info("partitions revoked: %s", sorted(f"{t.topic}/{t.partition}" for t in revoked))
 
@@ -103,19 +115,6 @@ class FanoutConsumer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _pin_new_partitions(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
-        """A partition the group never committed starts where the offset reset policy put
-        it; commit that start at once, so a crash before the first commit resumes from
-        there instead of applying the reset policy again (and skipping, with "latest")."""
-        for tp in self._consumer.assignment() - self._pinned:
-            if await self._consumer.committed(tp) is None:
-                messages = batches.get(tp)
-                start = messages[0].offset if messages else await self._consumer.position(tp)
-                await self._commit({tp: start})
-            self._pinned.add(tp)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
@@ -164,6 +163,11 @@ class FanoutConsumer:
             attempt += 1
             try:
                 await self._handlers.handle(event)
+                if isinstance(event, events.PostCreated):
+                    # The moment the handler observes fanout_post_to_timeline_seconds.
+                    self.post_to_timeline.add(
+                        max(0.0, time.time() * 1000 - id_timestamp_ms(event.post_id))
+                    )
                 return
             except CONNECT_ERRORS as exc:
                 # A dependency is down: that is not the event's fault, so wait it out.
@@ -205,9 +209,16 @@ class FanoutConsumer:
         )
 
     async def _report_lag(self) -> None:
+        lag: dict[TopicPartition, int] = {}
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is None:
                 continue
             position = await self._consumer.position(tp)
-            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+            lag[tp] = max(0, highwater - position)
+            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(lag[tp])
+        self.lag = lag
+
+    def partitions(self) -> list[TopicPartition]:
+        """The partitions this worker holds now."""
+        return sorted(self._consumer.assignment())

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.codes import Close
+from gateway.latency import DeliveryLatency
 from gateway.outgoing import Outgoing
 from gateway.transport import Transport
 
@@ -26,6 +27,7 @@ class Client:
     __slots__ = (
         "_flush_scheduled",
         "_held",
+        "_latency",
         "_limits",
         "_loop",
         "_on_close",
@@ -35,6 +37,7 @@ class Client:
         "closing",
         "delivered",
         "high_water",
+        "joined",
         "replaying",
         "transport",
         "user_id",
@@ -46,11 +49,13 @@ class Client:
         transport: Transport,
         limits: QueueLimits,
         on_close: Callable[[Client, Close, str], None],
+        latency: DeliveryLatency,
     ) -> None:
         self.user_id = user_id
         self.transport = transport
         self._limits = limits
         self._on_close = on_close
+        self._latency = latency
         self._loop = asyncio.get_running_loop()
         self._queue: list[Outgoing] = []
         self._queued_bytes = 0
@@ -59,6 +64,7 @@ class Client:
         self.replaying = True  # until finish_replay(): live events are held, not sent
         self.closing = False
         self.close_code: Close | None = None
+        self.joined = False  # registered with the node (hub, channels, metrics)
         self.delivered = 0
         self.high_water = 0
 
@@ -107,6 +113,7 @@ class Client:
         batch, self._queue, self._queued_bytes = self._queue, [], 0
         self.transport.write(batch)
         self.delivered += len(batch)
+        self._latency.written(batch)
 
     def close(self, code: Close, reason: str) -> None:
         """Stop sending; the connection's handler performs the actual close."""

@@ -12,9 +12,11 @@ class Close(enum.IntEnum):
     POLICY = 1008  # garbage frames / client sent something it must not: do not retry as is
     TOO_BIG = 1009  # a client frame over the size limit: do not retry as is
     SHUTTING_DOWN = 1012  # this node is restarting: reconnect (another node) with ?since=
+    TRY_AGAIN = 1013  # this node cannot serve right now (Redis/Postgres unavailable): back off
     UNAUTHORIZED = 4001  # token missing/invalid/expired: get a new token, do not retry as is
     TOO_MANY_CONNECTIONS = 4002  # per-user connection limit reached: close another one first
     SLOW_CONSUMER = 4008  # could not keep up: reconnect with ?since= (nothing is lost)
+    RESUME = 4010  # this node's pub/sub link dropped, events may be lost: resume with ?since=
     RATE_LIMITED = 4029  # too many new connections from this address: back off, then retry
 
 
@@ -24,8 +26,10 @@ RECONNECT = {
     Close.POLICY: "no (fix the client)",
     Close.TOO_BIG: "no (fix the client)",
     Close.SHUTTING_DOWN: "yes, at once, with ?since=<last id>",
+    Close.TRY_AGAIN: "yes, after a back-off of a few seconds, with ?since=<last id>",
     Close.UNAUTHORIZED: "only with a new token",
     Close.TOO_MANY_CONNECTIONS: "after closing another connection",
     Close.SLOW_CONSUMER: "yes, with ?since=<last id>",
+    Close.RESUME: "yes, at once, with ?since=<last id>",
     Close.RATE_LIMITED: "yes, after a back-off of a few seconds",
 }

@@ -50,7 +50,7 @@ def _cors(request: web.Request) -> dict[str, str]:
 def _error(status: int, code: str, message: str, request: web.Request) -> web.Response:
     body = orjson.dumps({"error": {"code": code, "message": message}})
     headers = _cors(request)
-    if status == 429:
+    if status in (429, 503):
         headers["Retry-After"] = "2"
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
@@ -76,6 +76,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     client = node.new_client(admission.user_id, WebSocketTransport(ws, request.transport))
     try:
         await node.connect(client, admission.token, since)
+    except Refused as refused:
+        client.close(refused.code, refused.message)  # closed (bounded) by disconnect()
+    try:
         async for message in ws:
             if message.type is WSMsgType.TEXT and message.data.strip() == '{"type":"ping"}':
                 client.send_now([control("pong")])
@@ -105,17 +108,24 @@ async def sse(request: web.Request) -> web.StreamResponse:
             **_cors(request),
         }
     )
-    response.enable_chunked_encoding()
-    await response.prepare(request)
     assert request.transport is not None
-    # The first bytes go through aiohttp's own writer: it holds the headers back until
-    # the first body chunk, and raw writes must never overtake them.
-    await response.write(b"retry: 2000\n\n")
     transport = SSETransport(response, request.transport)
     client = node.new_client(admission.user_id, transport)
     ping = node.settings.gateway_ping_seconds
     try:
-        await node.connect(client, admission.token, since)
+        # Joined before the response starts, so a node that cannot serve answers 503.
+        # Live events meanwhile are held by the client until the catch-up.
+        try:
+            await node.join(client)
+        except Refused as refused:
+            return _error(refused.status, refused.error, refused.message, request)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        # The first bytes go through aiohttp's own writer: it holds the headers back until
+        # the first body chunk, and raw writes must never overtake them.
+        await response.write(b"retry: 2000\n\n")
+        transport.started = True
+        await node.catch_up(client, admission.token, since)
         while not transport.closed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(transport.closed.wait(), ping)

@@ -32,21 +32,21 @@ class Hub:
         return [c for clients in self._clients.values() for c in clients]
 
     def add(self, client: Client, authors: list[int]) -> list[bytes]:
-        """Register a connection; returns channels this node must newly subscribe."""
+        """Register a connection; returns the channels its user needs (`authors` counts
+        for the user's first connection only). Another connection of the same user, or
+        of a user following the same author, may still be waiting for one of them to be
+        subscribed: the broker is asked for all of them, and knows which are new."""
         user = client.user_id
         first = user not in self._clients
         self._clients[user].add(client)
         if not first:
-            return []
+            return self._channels_of[user]
         channels = [keys.user_channel(user).encode()]
         channels += [keys.author_channel(a).encode() for a in authors]
         self._channels_of[user] = channels
-        fresh = []
         for channel in channels:
-            if not self._listeners[channel]:
-                fresh.append(channel)
             self._listeners[channel].add(user)
-        return fresh
+        return channels
 
     def remove(self, client: Client) -> list[bytes]:
         """Forget a connection; returns channels nobody on this node needs any more."""
@@ -71,7 +71,7 @@ class Hub:
         users = self._listeners.get(channel)
         if not users:
             return 0
-        message = Outgoing(payload)
+        message = Outgoing(payload, live=True)
         count = 0
         for user in users:
             for client in self._clients.get(user, ()):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +17,9 @@ class GatewayMetrics:
     slow_disconnects: Counter
     high_water: Gauge
     refused: Counter
+    post_latency: Histogram
+    pubsub_reconnects: Counter
+    task_restarts: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -43,5 +48,22 @@ class GatewayMetrics:
             ),
             refused=Counter(
                 "gateway_refused", "Connections refused by reason", ["reason"], registry=registry
+            ),
+            post_latency=Histogram(
+                "gateway_post_to_socket_seconds",
+                "From a post's creation to its bytes handed to a client's socket (sampled)",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            pubsub_reconnects=Counter(
+                "gateway_pubsub_reconnects",
+                "Pub/sub links lost and re-established (local clients told to resume)",
+                registry=registry,
+            ),
+            task_restarts=Counter(
+                "gateway_task_restarts",
+                "Long-lived tasks that died and were restarted",
+                ["task"],
+                registry=registry,
             ),
         )

@@ -1,5 +1,6 @@
 """This gateway node: admission (auth, limits), connect/disconnect of clients (hub,
-subscriptions, presence, resume), closing, and the once-a-second stats report."""
+subscriptions, presence, resume), closing, its supervised long-lived tasks, and the
+once-a-second stats report."""
 
 from __future__ import annotations
 
@@ -9,31 +10,26 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
-import redis.exceptions
 
-from core import keys
 from core.auth import TokenError, TokenSigner
 from core.settings import Settings
+from core.stats import Snapshot, report_forever
 from core.tiers import TierPolicy
-from gateway.broker import RedisBroker
+from gateway.authors import AuthorsUnavailable, PullAuthors
+from gateway.broker import BrokerUnavailable, RedisAddress, RedisBroker
 from gateway.client import Client, QueueLimits
 from gateway.codes import Close
 from gateway.hub import Hub
+from gateway.latency import DeliveryLatency
 from gateway.metrics import GatewayMetrics
 from gateway.outgoing import control
-from gateway.presence import Presence
+from gateway.presence import Presence, PresenceUnavailable
 from gateway.resume import Resumer
+from gateway.supervisor import Supervisor
 from gateway.transport import Transport
 
 log = logging.getLogger(__name__)
-STATS_TTL = 5
-FOLLOWED_PULL_AUTHORS = """
-SELECT f.followee_id FROM follows f JOIN users u ON u.id = f.followee_id
- WHERE f.follower_id = $1
-   AND (u.fanout_tier = 'pull' OR (u.fanout_tier IS NULL AND u.follower_count > $2))
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +77,35 @@ class GatewayNode:
         self.settings = settings
         self.name = name
         self._redis = redis_client
-        self._db = db
         self._resumer = resumer
         self._metrics = metrics
         self._signer = TokenSigner(settings.secret_key, settings.token_ttl_seconds)
-        self._tiers = TierPolicy(settings, redis_client)
         self._limiter = RateLimiter(settings.gateway_connects_per_ip)
         self.limits = QueueLimits(settings.gateway_queue_messages, settings.gateway_queue_bytes)
         self.hub = Hub()
-        self.broker = RedisBroker(redis_client, f"gw:{name}", self._dispatch)
-        self.presence = Presence(redis_client, name, settings.presence_ttl_seconds)
+        self.latency = DeliveryLatency(metrics.post_latency)
+        self.broker = RedisBroker(
+            RedisAddress.of(redis_client), f"gw:{name}", self._dispatch, self._on_gap
+        )
+        self.presence = Presence(
+            redis_client,
+            name,
+            settings.presence_ttl_seconds,
+            connected=lambda user: self.hub.connections(user) > 0,
+            users=self.hub.user_ids,
+        )
+        self.authors = PullAuthors(db, TierPolicy(settings, redis_client))
+        self.supervisor = Supervisor(
+            "gateway",
+            {
+                "pubsub-link": self.broker.run,
+                "pubsub-subscriptions": self.broker.run_subscriptions,
+                "presence": self.presence.run,
+                "pull-authors": self.authors.run,
+                "stats": self.report_stats,
+            },
+            on_restart=lambda task: metrics.task_restarts.labels(task).inc(),
+        )
         self._closing: dict[Client, asyncio.Task[None]] = {}
         self._slow_disconnects = 0
         self._delivered = 0
@@ -99,14 +114,14 @@ class GatewayNode:
 
     def admit(self, address: str, token: str | None) -> Admission:
         if not self._limiter.allow(address):
-            raise Refused(
+            raise self._refused(
                 Close.RATE_LIMITED,
                 429,
                 "rate_limited",
                 "too many new connections from this address",
             )
         if not token:
-            raise Refused(
+            raise self._refused(
                 Close.UNAUTHORIZED,
                 401,
                 "unauthorized",
@@ -115,9 +130,9 @@ class GatewayNode:
         try:
             claims = self._signer.verify(token)
         except TokenError as exc:
-            raise Refused(Close.UNAUTHORIZED, 401, exc.code, str(exc)) from None
+            raise self._refused(Close.UNAUTHORIZED, 401, exc.code, str(exc)) from None
         if self.hub.connections(claims.user_id) >= self.settings.gateway_max_connections_per_user:
-            raise Refused(
+            raise self._refused(
                 Close.TOO_MANY_CONNECTIONS,
                 429,
                 "too_many_connections",
@@ -125,44 +140,67 @@ class GatewayNode:
             )
         return Admission(claims.user_id, token)
 
+    def _refused(self, code: Close, status: int, error: str, message: str) -> Refused:
+        self._metrics.refused.labels(error).inc()
+        return Refused(code, status, error, message)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def new_client(self, user_id: int, transport: Transport) -> Client:
-        return Client(user_id, transport, self.limits, self._on_close)
+        return Client(user_id, transport, self.limits, self._on_close, self.latency)
 
     async def connect(self, client: Client, token: str, since: int | None) -> None:
+        await self.join(client)
+        await self.catch_up(client, token, since)
+
+    async def join(self, client: Client) -> None:
+        """Registers the connection and returns once its channels are subscribed and its
+        user is marked online, so that what it missed can be asked for without a gap.
+        Bounded: raises Refused(TRY_AGAIN) when Redis or Postgres cannot answer in time
+        (call disconnect() either way)."""
         started = time.monotonic()
-        authors = await self._pull_authors(client.user_id)
-        first = self.hub.connections(client.user_id) == 0
-        await self.broker.subscribe(self.hub.add(client, authors))
-        if first:
-            await self.presence.online([client.user_id])
-        self._metrics.connections.labels(client.transport.name).inc()
-        if since is None:
-            client.finish_replay(set())
-        else:
-            missed, ids = await self._resumer.missed(token, since)
-            client.send_now(missed)
-            client.finish_replay(ids)
+        user = client.user_id
+        try:
+            # A user's pull-tier authors count for their first connection here only.
+            authors = await self.authors.of(user) if self.hub.connections(user) == 0 else []
+            channels = self.hub.add(client, authors)
+            client.joined = True
+            self._metrics.connections.labels(client.transport.name).inc()
+            await self.broker.subscribe(channels)
+            await self.presence.join(user)
+        except (AuthorsUnavailable, BrokerUnavailable, PresenceUnavailable) as exc:
+            log.warning("user %d not connected, node cannot serve: %s", user, exc)
+            raise self._refused(
+                Close.TRY_AGAIN,
+                503,
+                "unavailable",
+                "the live stream is unavailable right now; retry in a few seconds",
+            ) from None
         log.debug(
-            "user %d connected over %s in %.1f ms (resume: %s)",
-            client.user_id,
+            "user %d joined over %s in %.1f ms",
+            user,
             client.transport.name,
             (time.monotonic() - started) * 1000,
-            since,
         )
 
+    async def catch_up(self, client: Client, token: str, since: int | None) -> None:
+        """Sends what the client missed since `since` (if given), then goes live."""
+        if since is None:
+            client.finish_replay(set())
+            return
+        missed, ids = await self._resumer.missed(token, since)
+        client.send_now(missed)
+        client.finish_replay(ids)
+
     async def disconnect(self, client: Client) -> None:
-        if not client.closing:
-            client.closing = True
-        self._metrics.connections.labels(client.transport.name).dec()
-        self._delivered += client.delivered
-        self.broker.unsubscribe(self.hub.remove(client))
-        if self.hub.connections(client.user_id) == 0:
-            try:
-                await self.presence.offline(client.user_id)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                log.warning("presence of %d not cleared: %s", client.user_id, exc)
+        client.closing = True
+        if client.joined:
+            client.joined = False
+            self._metrics.connections.labels(client.transport.name).dec()
+            self._delivered += client.delivered
+            self.broker.unsubscribe(self.hub.remove(client))
+            if self.hub.connections(client.user_id) == 0:
+                self.presence.leave(client.user_id)
         closer = self._closing.pop(client, None)
         if closer is not None:
             await closer
@@ -175,6 +213,16 @@ class GatewayNode:
             client.transport.write([control("reconnect")])
         self._closing[client] = asyncio.create_task(client.transport.close(code, reason))
 
+    def _on_gap(self) -> None:
+        """The pub/sub link dropped: events may have been lost (Redis closes a subscriber
+        past its output buffer limit, CLIENT KILL, a restart), and nothing tells which or
+        for whom. Every local client resumes from its last id and misses nothing."""
+        clients = self.hub.all_clients()
+        for client in clients:
+            client.close(Close.RESUME, "events may have been lost; resume with since")
+        self._metrics.pubsub_reconnects.inc()
+        log.warning("pub/sub link lost: %d connections told to resume", len(clients))
+
     async def shutdown(self, wait: float) -> None:
         """Tell every client to reconnect elsewhere, then wait (bounded) for the closes."""
         for client in self.hub.all_clients():
@@ -186,18 +234,14 @@ class GatewayNode:
     def _dispatch(self, channel: bytes, payload: bytes) -> None:
         self._metrics.delivered.inc(self.hub.dispatch(channel, payload))
 
-    async def _pull_authors(self, user_id: int) -> list[int]:
-        thresholds = await self._tiers.thresholds()
-        rows = await self._db.fetch(FOLLOWED_PULL_AUTHORS, user_id, thresholds.throttle_max)
-        return [r["followee_id"] for r in rows]
-
     # -- stats -------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, int | float | None]:
         clients = self.hub.all_clients()
         by_transport = {"websocket": 0, "sse": 0}
         for client in clients:
             by_transport[client.transport.name] += 1
+        p50, p99 = self.latency.percentiles()
         return {
             "connections_websocket": by_transport["websocket"],
             "connections_sse": by_transport["sse"],
@@ -205,19 +249,18 @@ class GatewayNode:
             "delivered_total": self._delivered + sum(c.delivered for c in clients),
             "slow_disconnects_total": self._slow_disconnects,
             "queue_high_water_bytes": max((c.high_water for c in clients), default=0),
-            "reported_at_ms": int(time.time() * 1000),
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+            "pubsub_reconnects_total": self.broker.reconnects,
         }
+
+    def _report(self) -> Snapshot:
+        stats = self.snapshot()
+        self._metrics.users.set(stats["users"] or 0)
+        self._metrics.high_water.set(stats["queue_high_water_bytes"] or 0)
+        return stats
 
     async def report_stats(self) -> None:
         """Every second, this node's numbers in Redis (for the ops dashboard: a node
         whose key expired has stopped reporting) and in /metrics."""
-        key = keys.node_stats("gateway", self.name)
-        while True:
-            stats = self.snapshot()
-            self._metrics.users.set(stats["users"])
-            self._metrics.high_water.set(stats["queue_high_water_bytes"])
-            try:
-                await self._redis.set(key, orjson.dumps(stats), ex=STATS_TTL)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                log.warning("stats not reported: %s", exc)
-            await asyncio.sleep(1.0)
+        await report_forever(self._redis, "gateway", self.name, self._report)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import orjson
 
+from core.ids import id_timestamp_ms
+
 
 def ws_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket text frame (RFC 6455 5.2): servers never mask."""
@@ -19,9 +21,9 @@ def ws_frame(payload: bytes) -> bytes:
 
 
 class Outgoing:
-    __slots__ = ("_sse", "_ws", "event_id", "kind", "payload")
+    __slots__ = ("_sse", "_ws", "created_ms", "event_id", "kind", "payload")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, live: bool = False) -> None:
         self.payload = payload
         self._ws: bytes | None = None
         self._sse: bytes | None = None
@@ -32,6 +34,11 @@ class Outgoing:
             self.event_id: int | None = int(raw_id) if raw_id is not None else None
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             self.kind, self.event_id = "", None
+        # A live post's creation time (from its id), for post-to-socket latency; replayed
+        # posts are old by design and do not count.
+        self.created_ms: int | None = (
+            id_timestamp_ms(self.event_id) if live and self.event_id is not None else None
+        )
 
     @property
     def ws(self) -> bytes:

@@ -8,6 +8,7 @@ taken yet so the client can be judged slow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -37,13 +38,16 @@ class WebSocketTransport:
         # Frames are complete units, so these writes never split one of aiohttp's own
         # frames (pings, close): everything here runs on one thread, synchronously.
         if not self._raw.is_closing():
-            self._raw.write(b"".join(m.ws for m in messages))
+            with contextlib.suppress(RuntimeError):  # uvloop: closed under us
+                self._raw.write(b"".join(m.ws for m in messages))
 
     def buffered(self) -> int:
         return self._raw.get_write_buffer_size()
 
     async def close(self, code: int, reason: str) -> None:
-        await self._ws.close(code=code, message=reason.encode())
+        # The peer may be gone already (uvloop raises RuntimeError on a closed transport).
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._ws.close(code=code, message=reason.encode())
 
 
 class SSETransport:
@@ -53,6 +57,7 @@ class SSETransport:
         self._response = response
         self._raw = raw
         self.closed = asyncio.Event()
+        self.started = False  # headers sent: raw writes may follow
 
     def write(self, messages: Sequence[Outgoing]) -> None:
         body = b"".join(m.sse for m in messages)
@@ -61,8 +66,9 @@ class SSETransport:
     def write_raw(self, body: bytes) -> None:
         # The response uses chunked transfer encoding; frame the chunk ourselves since we
         # bypass aiohttp's writer to coalesce.
-        if body and not self._raw.is_closing():
-            self._raw.write(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+        if body and self.started and not self._raw.is_closing():
+            with contextlib.suppress(RuntimeError):  # uvloop: closed under us
+                self._raw.write(f"{len(body):x}\r\n".encode() + body + b"\r\n")
 
     def buffered(self) -> int:
         return self._raw.get_write_buffer_size()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from core import vapid
 from core.auth import TokenSigner
 from core.ids import IdLease
 from core.resources import DB, KAFKA_LINK, REDIS, kafka_link_ctx, postgres_ctx, redis_ctx
@@ -22,10 +23,11 @@ from server import auth
 from server.context import CTX, ServerContext
 from server.errors import error_middleware
 from server.feed import FEED, CelebrityDirectory, HomeFeed
-from server.handlers import feed, posts, users
+from server.handlers import devices, feed, ops, posts, users
 from server.metrics import METRICS, ServerMetrics, metrics_middleware
 from server.openapi import openapi
 from server.outbox import OutboxRelay
+from server.stats import SERVER_STATS, ServerStats, stats_ctx, stats_middleware
 from web import STATIC_DIR
 
 MAX_BODY = 16 * 1024  # a post is 280 characters; nothing we accept needs more
@@ -33,6 +35,24 @@ MAX_BODY = 16 * 1024  # a post is 280 characters; nothing we accept needs more
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def service_worker(request: web.Request) -> web.FileResponse:
+    """The web client's service worker, at the root so its scope is the whole site."""
+    return web.FileResponse(
+        STATIC_DIR / "sw.js",
+        headers={"Content-Type": "text/javascript", "Cache-Control": "no-cache"},
+    )
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """Where the web client finds the gateway: PUBLIC_STREAM_URL, else the page's host on
+    GATEWAY_PORT."""
+    settings = request.app[SETTINGS]
+    url = settings.public_stream_url.rstrip("/")
+    if not url:
+        url = str(request.url.with_port(settings.gateway_port).origin())
+    return web.json_response({"stream_url": url})
 
 
 async def server_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,6 +71,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
         hasher=hasher,
         dummy_hash=await asyncio.to_thread(hasher.hash, "unknown-user-placeholder"),
         topics=Topics.for_settings(settings),
+        vapid_public_key=(await vapid.load_or_create(app[DB])).public_key,
     )
     app[CTX] = c
     metrics = app[METRICS]
@@ -83,23 +104,32 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/feed/delta", feed.delta)
     r.add_get("/v1/search", feed.search)
     r.add_get("/v1/notifications", feed.notifications)
+    r.add_post("/v1/devices", devices.register)
+    r.add_get("/v1/devices", devices.list_devices)
+    r.add_delete("/v1/devices/{id}", devices.delete_device)
+    r.add_get("/v1/push/vapid-public-key", devices.vapid_public_key)
     r.add_get("/v1/openapi.json", openapi)
+    r.add_get("/v1/ops/stats", ops.stats)
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[metrics_middleware, error_middleware, auth.auth_middleware],
+        middlewares=[metrics_middleware, stats_middleware, error_middleware, auth.auth_middleware],
     )
     app[SETTINGS] = settings
     app[OPS] = Ops("server", node_name("server", settings.server_port))
     app[METRICS] = ServerMetrics.create(app[OPS].registry)
+    app[SERVER_STATS] = ServerStats()
     app.cleanup_ctx.extend(
-        [postgres_ctx(), redis_ctx(critical=False), kafka_link_ctx(), server_ctx]
+        [postgres_ctx(), redis_ctx(critical=False), kafka_link_ctx(), server_ctx, stats_ctx]
     )
     add_ops_routes(app)
     add_routes(app)
     app.router.add_get("/", index)
+    app.router.add_get("/ops", ops.page)
+    app.router.add_get("/sw.js", service_worker)
+    app.router.add_get("/client-config.json", client_config)
     app.router.add_static("/static", STATIC_DIR)
     return app
 

@@ -20,6 +20,7 @@ from core.auth import TokenError
 from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
 from server.errors import ApiError, Handler
+from server.handlers import ops
 from server.hydrate import REDIS_ERRORS
 from server.service_json import json
 
@@ -53,7 +54,9 @@ def bearer_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if requires_auth(request):
+    if request.path.startswith(ops.OPERATOR_PREFIX):  # operators' token, never a user's
+        ops.require_operator(request)
+    elif requires_auth(request):
         token = bearer_token(request)
         if token is None:
             raise ApiError(

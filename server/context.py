@@ -28,6 +28,7 @@ class ServerContext:
     hasher: PasswordHasher
     dummy_hash: str  # verified against for unknown handles, so timing reveals nothing
     topics: Topics
+    vapid_public_key: str  # base64url P-256 point browsers subscribe with (core/vapid.py)
 
 
 # A connection checked out of the pool, or a plain one (same query API).

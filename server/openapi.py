@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from server.handlers.devices import APNS_TOKEN, MAX_DEVICES
 from server.handlers.feed import MAX_QUERY
 from server.handlers.posts import MAX_MEDIA, RATE_LIMIT_POSTS
 from server.validation import (
@@ -46,9 +47,13 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "not_found": "no such route, or the path id is not a valid id",
         "post_not_found": "no such post, or it was deleted",
         "user_not_found": "no such user",
+        "device_not_found": "no such device of yours",
     },
     405: {"method_not_allowed": "the path exists but not with this method (see `Allow`)"},
-    409: {"handle_taken": "the handle is taken (handles are unique case-insensitively)"},
+    409: {
+        "handle_taken": "the handle is taken (handles are unique case-insensitively)",
+        "too_many_devices": f"at most {MAX_DEVICES} push devices per user; delete one first",
+    },
     413: {"body_too_large": "the body is larger than 16 KiB"},
     422: {
         "invalid_body": "the body is JSON but not an object",
@@ -64,6 +69,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "invalid_cursor": "the cursor is malformed or belongs to another list",
         "post_not_found": "`reply_to` or `repost_of` names a post that does not exist",
         "self_follow": "you cannot follow (or unfollow) yourself",
+        "endpoint_refused": "a Web Push endpoint must be https on a public address",
     },
     429: {"rate_limited": f"more than {RATE_LIMIT_POSTS} posts in 3 hours; see `Retry-After`"},
 }
@@ -126,6 +132,13 @@ def page_of(item: str, key: str) -> Json:
 def count(description: str) -> Json:
     return {"type": "integer", "minimum": 0, "description": description}
 
+
+OPS_WORST: Json = {
+    "type": ["number", "null"],
+    "minimum": 0,
+    "description": "The slowest node's (percentiles of nodes cannot be merged); null "
+    "without recent samples.",
+}
 
 SCHEMAS: Json = {
     "Id": {
@@ -344,12 +357,167 @@ SCHEMAS: Json = {
             }
         ],
     ),
+    "NewDevice": {
+        "description": "An APNs device token, or a browser's `PushSubscription.toJSON()`. "
+        "A token or endpoint registered again moves to the caller and is enabled again.",
+        "oneOf": [
+            obj(
+                {
+                    "kind": {"const": "apns"},
+                    "token": {"type": "string", "pattern": APNS_TOKEN.pattern},
+                }
+            ),
+            obj(
+                {
+                    "kind": {"const": "webpush"},
+                    "subscription": obj(
+                        {
+                            "endpoint": {
+                                "type": "string",
+                                "maxLength": 2048,
+                                "description": "https, on a public address (checked "
+                                "again when sending).",
+                            },
+                            "keys": obj(
+                                {
+                                    "p256dh": {
+                                        "type": "string",
+                                        "description": "base64url, 65 bytes",
+                                    },
+                                    "auth": {
+                                        "type": "string",
+                                        "description": "base64url, 16 bytes",
+                                    },
+                                }
+                            ),
+                            "expirationTime": {"type": ["number", "null"]},
+                        },
+                        optional=("expirationTime",),
+                    ),
+                }
+            ),
+        ],
+        "examples": [{"kind": "apns", "token": "ab" * 32}],
+    },
+    "Device": obj(
+        {
+            "id": ref("Id"),
+            "kind": {"type": "string", "enum": ["apns", "webpush"]},
+            "enabled": {"type": "boolean"},
+            "disabled_reason": {
+                "type": ["string", "null"],
+                "description": "Why pushes stopped, e.g. `apns:Unregistered`, `webpush:410`.",
+            },
+            "created_at": ref("Timestamp"),
+            "endpoint": {"type": "string", "description": "Web Push only."},
+            "token_suffix": {"type": "string", "description": "APNs only: last 8 digits."},
+        },
+        optional=("endpoint", "token_suffix"),
+    ),
+    "DeviceRegistered": obj({"device": ref("Device")}),
+    "DeviceList": obj({"devices": {"type": "array", "items": ref("Device")}}),
+    "VapidKey": obj(
+        {
+            "public_key": {
+                "type": "string",
+                "description": "base64url of the uncompressed P-256 point: "
+                "`applicationServerKey` for `pushManager.subscribe()`.",
+            }
+        }
+    ),
     "Health": obj(
         {
             "status": {"const": "ok"},
             "service": {"type": "string"},
             "node": {"type": "string"},
             "uptime_s": {"type": "number", "minimum": 0},
+        }
+    ),
+    "OpsNode": {
+        "type": "object",
+        "description": "One live node's latest one-second snapshot (`stats:<service>:<node>` "
+        "in Redis, 5 s TTL: a node that stops reporting disappears). Fields beyond `node` "
+        "and `reported_at_ms` are the service's own; see the README's Ops dashboard section.",
+        "properties": {
+            "node": {"type": "string"},
+            "reported_at_ms": {"type": "integer", "description": "Unix time in ms."},
+        },
+        "required": ["node", "reported_at_ms"],
+    },
+    "OpsStats": obj(
+        {
+            "server_time_ms": {"type": "integer", "description": "Unix time in ms."},
+            "services": obj(
+                {
+                    name: {"type": "array", "items": ref("OpsNode")}
+                    for name in ("gateway", "fanout", "push", "server")
+                }
+            ),
+            "totals": obj(
+                {
+                    "gateway": obj(
+                        {
+                            "nodes": count("live gateway nodes"),
+                            "users_online": count("distinct users per node, summed"),
+                            "connections": count("open connections"),
+                            "connections_websocket": count("WebSocket connections"),
+                            "connections_sse": count("SSE connections"),
+                            "delivered_total": count("events queued to connections"),
+                            "slow_disconnects_total": count("slow consumers closed"),
+                            "latency_p50_ms": OPS_WORST,
+                            "latency_p99_ms": OPS_WORST,
+                        }
+                    ),
+                    "fanout": obj(
+                        {
+                            "nodes": count("live fan-out workers"),
+                            "lag_total": count("messages not yet consumed"),
+                            "timeline_writes_total": count("post ids added to timelines"),
+                            "batches_total": count("follower batches written"),
+                            "posts_total": count("posts fanned out"),
+                            "dead_letters_total": count("events dead-lettered"),
+                            "post_to_timeline_p50_ms": OPS_WORST,
+                            "post_to_timeline_p99_ms": OPS_WORST,
+                        }
+                    ),
+                    "push": obj(
+                        {
+                            "nodes": count("live push workers"),
+                            "queue": count("jobs waiting"),
+                            "outcomes": {
+                                "type": "object",
+                                "additionalProperties": {"type": "integer", "minimum": 0},
+                                "description": "`provider:result:reason` -> sends.",
+                            },
+                            "by_provider": {
+                                "type": "object",
+                                "additionalProperties": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer", "minimum": 0},
+                                },
+                                "description": "provider -> result -> sends.",
+                            },
+                        }
+                    ),
+                    "server": obj(
+                        {
+                            "nodes": count("live API servers"),
+                            "requests_total": count("HTTP requests answered"),
+                            "timeline_cache_hits_total": count("feeds read from Redis"),
+                            "timeline_cache_misses_total": count(
+                                "feeds rebuilt from or served by Postgres"
+                            ),
+                            "timeline_cache_hit_rate": {
+                                "type": ["number", "null"],
+                                "minimum": 0,
+                                "maximum": 1,
+                            },
+                            "feed_read_p50_ms": OPS_WORST,
+                            "feed_read_p99_ms": OPS_WORST,
+                        }
+                    ),
+                }
+            ),
         }
     ),
     "Readiness": obj(
@@ -400,6 +568,7 @@ PARAMETERS: Json = {
     "PostId": path("id", ref("Id"), "A post id; not an id at all: 404 `not_found`."),
     "UserId": path("user_id", ref("Id"), "A user id; not an id at all: 404 `not_found`."),
     "Handle": path("handle", {"type": "string"}, "A handle, any case."),
+    "DeviceId": path("id", ref("Id"), "A device id; not an id at all: 404 `not_found`."),
 }
 
 
@@ -540,6 +709,23 @@ SEARCH_Q = query(
 SIGN_UP_ERRORS = (*BODY, "invalid_field", "invalid_handle", "invalid_password")
 NEW_POST_ERRORS = (*BODY, "invalid_field", "empty_text", REFERENCED_POST_MISSING)
 TEXT_ERRORS = ("invalid_characters", "too_long")
+
+OPS_STATS: Json = {
+    "tags": ["ops"],
+    "summary": "Live stats of every node of every service (the ops dashboard's data)",
+    "description": "Needs the operator token (`OPERATOR_TOKEN`), never a user token.",
+    "security": [{"operatorToken": []}],
+    "responses": {
+        **responses(
+            ok(200, "OpsStats", "Every live node, and totals."), "unauthorized", "invalid_token"
+        ),
+        "503": {
+            "description": "Redis (where nodes report) is unreachable: "
+            "`error.code` is `stats_unavailable`; retry.",
+            "content": json_content(ref("Error")),
+        },
+    },
+}
 
 PATHS: Json = {
     "/v1/users": {
@@ -698,6 +884,33 @@ PATHS: Json = {
             params=PAGED,
         )
     },
+    "/v1/devices": {
+        "post": op(
+            "push",
+            "Register a push device",
+            ok(201, "DeviceRegistered", "Registered (or refreshed and moved to you)."),
+            (*BODY, "invalid_field", "endpoint_refused", "too_many_devices"),
+            body="NewDevice",
+        ),
+        "get": op("push", "My push devices", ok(200, "DeviceList", "Newest first.")),
+    },
+    "/v1/devices/{id}": {
+        "delete": op(
+            "push",
+            "Delete one of my push devices",
+            {"204": {"description": "Deleted; nothing more is pushed to it."}},
+            ("not_found", "device_not_found"),
+            params=(param("DeviceId"),),
+        )
+    },
+    "/v1/push/vapid-public-key": {
+        "get": op(
+            "push",
+            "The VAPID public key for Web Push subscriptions",
+            ok(200, "VapidKey", "The key; stable for the deployment."),
+            public=True,
+        )
+    },
     "/v1/openapi.json": {
         "get": op(
             "ops",
@@ -726,11 +939,44 @@ PATHS: Json = {
             public=True,
         )
     },
+    "/v1/ops/stats": {"get": OPS_STATS},
+    "/ops": {
+        "get": op(
+            "ops",
+            "The ops dashboard",
+            text("text/html", "The dashboard's page; it asks for the operator token."),
+            public=True,
+        )
+    },
     "/": {
         "get": op(
             "ops",
             "The web client",
             text("text/html", "The web client's page; its files are under `/static/`."),
+            public=True,
+        )
+    },
+    "/sw.js": {
+        "get": op(
+            "ops",
+            "The web client's service worker",
+            text("text/javascript", "Served at the root so its scope is the whole site."),
+            public=True,
+        )
+    },
+    "/client-config.json": {
+        "get": op(
+            "ops",
+            "Where the web client connects for live updates",
+            {
+                "200": {
+                    "description": "`PUBLIC_STREAM_URL`, or the page's host on `GATEWAY_PORT`.",
+                    "content": json_content(
+                        obj({"stream_url": {"type": "string", "format": "uri"}}),
+                        {"stream_url": "http://127.0.0.1:8081"},
+                    ),
+                }
+            },
             public=True,
         )
     },
@@ -741,7 +987,8 @@ The HTTP API of the feed server. Bodies are JSON. Ids are decimal **strings** (6
 integers do not survive JavaScript); timestamps are ISO-8601 UTC.
 
 Authentication: `Authorization: Bearer <token>` with the token from sign-up or sign-in,
-on every `/v1/` operation except sign-up, sign-in and this document.
+on every `/v1/` operation except sign-up, sign-in and this document. `/v1/ops/` takes
+the operator token (`OPERATOR_TOKEN`) instead, never a user's.
 
 Errors always have the shape `{{"error": {{"code", "message", "field"?}}}}`; `code` is
 machine-readable and each operation lists the codes it can answer. Unknown body fields
@@ -760,6 +1007,7 @@ DOCUMENT: Json = {
         {"name": "users", "description": "Profiles and the social graph."},
         {"name": "posts", "description": "Writing, reading, deleting and liking posts."},
         {"name": "feed", "description": "Home timeline, search and notifications."},
+        {"name": "push", "description": "Push devices (APNs, Web Push) for offline users."},
         {"name": "ops", "description": "Health, readiness, metrics and documents."},
     ],
     "security": [{"bearerAuth": []}],
@@ -770,7 +1018,12 @@ DOCUMENT: Json = {
                 "type": "http",
                 "scheme": "bearer",
                 "description": "A token from `POST /v1/users` or `POST /v1/sessions`.",
-            }
+            },
+            "operatorToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The operator token (`OPERATOR_TOKEN`), for `/v1/ops/`.",
+            },
         },
         "schemas": SCHEMAS,
         "parameters": PARAMETERS,

@@ -25,6 +25,7 @@ from core.auth import TokenSigner
 from core.ids import IdGenerator, IdLease
 from core.settings import Settings
 from server.app import create_app
+from server.handlers.devices import MAX_DEVICES
 from server.handlers.posts import RATE_LIMIT_POSTS
 from server.openapi import DOCUMENT_BYTES, ERROR_CODES
 from tests.support.api import User, follow, new_handle, post, sign_up
@@ -212,7 +213,12 @@ async def test_document_is_served_once_serialised_and_public(api: Client) -> Non
         for method, operation in item.items()
         if operation.get("security") == []
     }
-    public_api = {("POST", "/v1/users"), ("POST", "/v1/sessions"), ("GET", "/v1/openapi.json")}
+    public_api = {
+        ("POST", "/v1/users"),
+        ("POST", "/v1/sessions"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/push/vapid-public-key"),  # a public key, by definition
+    }
     assert {op for op in public if op[1].startswith("/v1/")} == public_api
     assert spec["security"] == [{"bearerAuth": []}]
 
@@ -256,7 +262,7 @@ async def test_examples_match_their_schemas(api: Client) -> None:
 
 
 async def test_success_responses_match_the_document(
-    conformance: Conformance, api: Client, db: asyncpg.Pool, ids: IdGenerator
+    conformance: Conformance, api: Client, db: asyncpg.Pool, ids: IdGenerator, settings: Settings
 ) -> None:
     c = conformance
     word = f"w{uuid.uuid4().hex[:12]}"
@@ -364,6 +370,14 @@ async def test_success_responses_match_the_document(
     _, rest = await c.call("GET", "/v1/notifications", bob, params={"cursor": notes["next_cursor"]})
     assert rest["notifications"][-1]["post_id"] is None and not rest["has_more"]
 
+    token = "ab" * 32
+    _, device = await c.call("POST", "/v1/devices", ada, json={"kind": "apns", "token": token})
+    _, listed = await c.call("GET", "/v1/devices", ada)
+    assert [d["id"] for d in listed["devices"]] == [device["device"]["id"]]
+    await c.call("DELETE", "/v1/devices/{id}", ada, path={"id": device["device"]["id"]})
+    _, key = await c.call("GET", "/v1/push/vapid-public-key", ada)
+    assert len(key["public_key"]) == 87  # 65 bytes, base64url without padding
+
     _, unfollowed = await c.call(
         "DELETE", "/v1/users/{user_id}/follow", ada, path={"user_id": bob.id}
     )
@@ -375,6 +389,13 @@ async def test_success_responses_match_the_document(
     _, metrics = await c.call("GET", "/metrics")
     assert "feed_service_info" in metrics
     await c.call("GET", "/")
+    await c.call("GET", "/ops")
+    operator = {"Authorization": f"Bearer {settings.operator_token}"}
+    _, ops_stats = await c.call("GET", "/v1/ops/stats", headers=operator)
+    assert ops_stats["totals"]["server"]["requests_total"] >= 0
+    await c.call("GET", "/sw.js")
+    _, config = await c.call("GET", "/client-config.json")
+    assert config["stream_url"].startswith("http://")
     await c.call("GET", "/v1/openapi.json")
 
     documented_success = {
@@ -513,6 +534,35 @@ async def test_error_responses_match_the_document(
         me,
         path={"handle": me.handle},
         params={"cursor": "x" * 201},
+    )
+
+    # Push devices.
+    await c.expect(
+        422,
+        "endpoint_refused",
+        "POST",
+        "/v1/devices",
+        me,
+        json={
+            "kind": "webpush",
+            "subscription": {
+                "endpoint": "https://169.254.169.254/latest",
+                "keys": {"p256dh": "BA" + "A" * 85, "auth": "A" * 22},
+            },
+        },
+    )
+    await c.expect(404, "device_not_found", "DELETE", "/v1/devices/{id}", me, path={"id": "1"})
+    await db.executemany(
+        "INSERT INTO devices (id, user_id, kind, token) VALUES ($1, $2, 'apns', $3)",
+        [(ids.next_id(), int(me.id), f"{n:064x}") for n in range(MAX_DEVICES)],
+    )
+    await c.expect(
+        409,
+        "too_many_devices",
+        "POST",
+        "/v1/devices",
+        me,
+        json={"kind": "apns", "token": "cd" * 32},
     )
 
     # Rate limit: the posts of the last 3 hours, as earlier requests would have left them.

@@ -15,7 +15,7 @@ EXPECTED_CHECKS = {
     "server": {"postgres", "redis", "kafka"},
     "gateway": {"redis", "postgres"},
     "fanout": {"postgres", "redis", "kafka", "consumer"},
-    "push": {"postgres", "redis", "kafka"},
+    "push": {"postgres", "redis", "kafka", "consumer"},
 }
 
 

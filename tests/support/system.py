@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,15 @@ from tests.support.procs import PORT_FIELD, get
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts"
 READY_TIMEOUT = 30.0
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def publish_screenshot(path: Path, name: str) -> None:
+    """Copy a screenshot to docs/screenshots/ (linked from the README) when asked with
+    UPDATE_SCREENSHOTS=1; otherwise it stays under artifacts/ and the tree stays clean."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOTS / name)
 
 
 def _ready(port: int) -> bool:

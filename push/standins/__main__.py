@@ -1,0 +1,177 @@
+"""Run both stand-ins in one process (the demo mode of the run command):
+
+    python -m push.standins --dir .stack/standins [--control-port 8090]
+        [--apns-port N] [--webpush-port N] [--host 127.0.0.1] [--topic com.example.feed]
+
+Writes the CA and the APNs .p8 key into --dir, prints the settings a push worker needs
+(KEY=VALUE lines, also written to <dir>/standins.env) and serves a plain-HTTP control
+API on 127.0.0.1:--control-port:
+
+    GET  /received        what both stand-ins accepted and refused (JSON)
+    POST /subscriptions   a new Web Push subscription; body {"application_server_key"?}
+    POST /script          queue answers: {"kind": "apns", "token": ..., "answers":
+                          [{"status", "reason"?, "retry_after"?}]} or {"kind": "webpush",
+                          "endpoint": ..., "answers": [{"status", "retry_after"?}]}
+
+The CA is new on every start: start the push worker after the stand-ins. Ctrl-C or
+SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from push.standins.apns import ApnsAnswer, ApnsStandin
+from push.standins.tls import LocalCA
+from push.standins.webpush import WebPushAnswer, WebPushStandin
+
+MAX_ANSWERS = 1000  # per script call: a demo control API, not a load generator
+
+
+def _received_json(apns: ApnsStandin, webpush: WebPushStandin) -> dict[str, Any]:
+    pushes = []
+    for item in webpush.received.items:
+        entry = dataclasses.asdict(item)
+        plaintext: bytes = entry.pop("plaintext")
+        entry["plaintext_base64"] = base64.b64encode(plaintext).decode()
+        with contextlib.suppress(UnicodeDecodeError):
+            entry["plaintext"] = plaintext.decode()
+        pushes.append(entry)
+    return {
+        "apns": [dataclasses.asdict(item) for item in apns.received.items],
+        "apns_refused": [dataclasses.asdict(item) for item in apns.refused.items],
+        "webpush": pushes,
+        "webpush_refused": [dataclasses.asdict(item) for item in webpush.refused.items],
+    }
+
+
+def _answers(body: dict[str, Any], kind: str) -> list[Any]:
+    raw = body.get("answers")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ANSWERS:
+        raise web.HTTPBadRequest(text=f"answers: a list of 1-{MAX_ANSWERS} objects")
+    answers: list[Any] = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("status"), int):
+            raise web.HTTPBadRequest(text="each answer needs an integer status")
+        retry_after = item.get("retry_after")
+        if retry_after is not None and not isinstance(retry_after, int | float):
+            raise web.HTTPBadRequest(text="retry_after must be a number")
+        if kind == "apns":
+            answers.append(ApnsAnswer(item["status"], item.get("reason"), retry_after))
+        else:
+            answers.append(WebPushAnswer(item["status"], retry_after))
+    return answers
+
+
+def control_app(apns: ApnsStandin, webpush: WebPushStandin) -> web.Application:
+    async def received(request: web.Request) -> web.Response:
+        return web.json_response(_received_json(apns, webpush))
+
+    async def subscriptions(request: web.Request) -> web.Response:
+        body = await _json(request)
+        key = body.get("application_server_key")
+        if key is not None and not isinstance(key, str):
+            raise web.HTTPBadRequest(text="application_server_key must be a string")
+        return web.json_response(webpush.create_subscription(key), status=201)
+
+    async def script(request: web.Request) -> web.Response:
+        body = await _json(request)
+        kind = body.get("kind")
+        target = body.get("token" if kind == "apns" else "endpoint")
+        if kind not in ("apns", "webpush") or not isinstance(target, str):
+            raise web.HTTPBadRequest(
+                text='{"kind": "apns", "token"} or {"kind": "webpush", "endpoint"}'
+            )
+        answers = _answers(body, kind)
+        if kind == "apns":
+            apns.script(target, *answers)
+        else:
+            webpush.script(target, *answers)
+        return web.json_response({"queued": len(answers)})
+
+    app = web.Application(client_max_size=256 * 1024)
+    app.router.add_get("/received", received)
+    app.router.add_post("/subscriptions", subscriptions)
+    app.router.add_post("/script", script)
+    return app
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return body
+
+
+async def serve(args: argparse.Namespace) -> None:
+    directory, host = args.dir, args.host
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tls = LocalCA.create(directory)
+    async with (
+        ApnsStandin(tls, topic=args.topic, host=host, port=args.apns_port) as apns,
+        WebPushStandin(tls, host=host, port=args.webpush_port) as webpush,
+    ):
+        key_file = apns.write_key(directory / "apns-key.p8")
+        runner = web.AppRunner(control_app(apns, webpush), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, args.control_port)
+            await site.start()
+            bound = runner.addresses[0][1]
+            settings = {
+                "APNS_URL": apns.url,
+                "APNS_KEY_FILE": str(key_file.resolve()),
+                "APNS_KEY_ID": apns.key_id,
+                "APNS_TEAM_ID": apns.team_id,
+                "APNS_TOPIC": apns.topic,
+                "PUSH_CA_FILE": str(tls.ca_file.resolve()),
+                "PUSH_ALLOW_LOOPBACK": "true",
+                "STANDINS_CONTROL_URL": f"http://{host}:{bound}",
+                "STANDINS_WEBPUSH_URL": webpush.url,
+            }
+            lines = "".join(f"{name}={value}\n" for name, value in settings.items())
+            (directory / "standins.env").write_text(lines)
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m push.standins", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--dir", required=True, type=Path, help="where the CA and .p8 key go")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--control-port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--apns-port", type=int, default=0)
+    parser.add_argument("--webpush-port", type=int, default=0)
+    parser.add_argument("--topic", default="com.example.feed", help="the accepted apns-topic")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args))
+    except OSError as exc:
+        sys.exit(f"push stand-ins: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The ops dashboard's backend: GET /ops (the page) and GET /v1/ops/stats (every live node
+of every service, from the one-second `stats:<service>:<node>` keys, plus totals).
+
+The page itself holds no data and is public (a browser cannot send a bearer header when
+navigating); everything under /v1/ops/ needs the operator token, never a user token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from core import keys
+from core.resources import REDIS
+from core.service import SETTINGS
+from server.errors import ApiError
+from server.hydrate import REDIS_ERRORS
+from server.service_json import json
+from web import STATIC_DIR
+
+OPERATOR_PREFIX = "/v1/ops/"
+SERVICES = ("gateway", "fanout", "push", "server")
+MAX_NODES = 1000  # per service: a bound on one answer, far above any real deployment
+Node = dict[str, Any]
+
+
+def require_operator(request: web.Request) -> None:
+    """401 in the API's error shape unless `Authorization: Bearer <operator token>`."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "operator token required: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    scheme, _, token = header.partition(" ")
+    expected = request.app[SETTINGS].operator_token.encode()
+    # Constant time, so the token cannot be guessed byte by byte from response times.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise ApiError(
+            401,
+            "invalid_token",
+            "not the operator token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "ops.html", headers={"Cache-Control": "no-cache"})
+
+
+async def read_nodes(client: aioredis.Redis, service: str) -> list[Node]:
+    """Every live node's latest snapshot, named after its key when the snapshot does not
+    carry its own name. Like core.stats.read_all (SCAN, never KEYS), keeping the key."""
+    pattern = keys.node_stats(service, "*")
+    prefix = pattern[:-1]
+    found = [key async for key in client.scan_iter(match=pattern, count=1000)][:MAX_NODES]
+    if not found:
+        return []
+    nodes: list[Node] = []
+    for key, raw in zip(found, await client.mget(found), strict=True):
+        if raw is None:  # expired between SCAN and MGET: that node is down
+            continue
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(body, dict):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            body.setdefault("node", name[len(prefix) :])
+            nodes.append(body)
+    return sorted(nodes, key=lambda n: str(n["node"]))
+
+
+def _sum(nodes: Iterable[Node], field: str) -> int:
+    return sum(int(n.get(field) or 0) for n in nodes)
+
+
+def _worst(nodes: Iterable[Node], field: str) -> float | None:
+    """Percentiles of several nodes cannot be merged; the slowest node's is shown."""
+    values = [float(n[field]) for n in nodes if isinstance(n.get(field), int | float)]
+    return max(values) if values else None
+
+
+def gateway_totals(nodes: list[Node]) -> dict[str, Any]:
+    websocket, sse = _sum(nodes, "connections_websocket"), _sum(nodes, "connections_sse")
+    return {
+        "nodes": len(nodes),
+        "users_online": _sum(nodes, "users"),
+        "connections": websocket + sse,
+        "connections_websocket": websocket,
+        "connections_sse": sse,
+        "delivered_total": _sum(nodes, "delivered_total"),
+        "slow_disconnects_total": _sum(nodes, "slow_disconnects_total"),
+        "latency_p50_ms": _worst(nodes, "latency_p50_ms"),
+        "latency_p99_ms": _worst(nodes, "latency_p99_ms"),
+    }
+
+
+def fanout_totals(nodes: list[Node]) -> dict[str, Any]:
+    return {
+        "nodes": len(nodes),
+        "lag_total": _sum(nodes, "lag_total"),
+        "timeline_writes_total": _sum(nodes, "timeline_writes_total"),
+        "batches_total": _sum(nodes, "batches_total"),
+        "posts_total": _sum(nodes, "posts_total"),
+        "dead_letters_total": _sum(nodes, "dead_letters_total"),
+        "post_to_timeline_p50_ms": _worst(nodes, "post_to_timeline_p50_ms"),
+        "post_to_timeline_p99_ms": _worst(nodes, "post_to_timeline_p99_ms"),
+    }
+
+
+def push_totals(nodes: list[Node]) -> dict[str, Any]:
+    """Outcomes are `provider:result:reason` -> count; also grouped by provider/result."""
+    outcomes: dict[str, int] = {}
+    by_provider: dict[str, dict[str, int]] = {}
+    for node in nodes:
+        raw = node.get("outcomes")
+        if not isinstance(raw, dict):
+            continue
+        for outcome, n in raw.items():
+            if not isinstance(n, int):
+                continue
+            outcomes[outcome] = outcomes.get(outcome, 0) + n
+            provider, _, rest = str(outcome).partition(":")
+            result = rest.partition(":")[0] or "unknown"
+            results = by_provider.setdefault(provider, {})
+            results[result] = results.get(result, 0) + n
+    return {
+        "nodes": len(nodes),
+        "queue": _sum(nodes, "queue"),
+        "outcomes": dict(sorted(outcomes.items())),
+        "by_provider": dict(sorted(by_provider.items())),
+    }
+
+
+def server_totals(nodes: list[Node]) -> dict[str, Any]:
+    hits = _sum(nodes, "timeline_cache_hits_total")
+    misses = _sum(nodes, "timeline_cache_misses_total")
+    return {
+        "nodes": len(nodes),
+        "requests_total": _sum(nodes, "requests_total"),
+        "timeline_cache_hits_total": hits,
+        "timeline_cache_misses_total": misses,
+        "timeline_cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+        "feed_read_p50_ms": _worst(nodes, "feed_read_p50_ms"),
+        "feed_read_p99_ms": _worst(nodes, "feed_read_p99_ms"),
+    }
+
+
+TOTALS = {
+    "gateway": gateway_totals,
+    "fanout": fanout_totals,
+    "push": push_totals,
+    "server": server_totals,
+}
+
+
+async def stats(request: web.Request) -> web.Response:
+    client = request.app[REDIS]
+    try:
+        services = {service: await read_nodes(client, service) for service in SERVICES}
+    except REDIS_ERRORS:
+        # The stats live in Redis: without it there is nothing to show, which is not the
+        # caller's fault. Say so plainly; the dashboard keeps its history and retries.
+        raise ApiError(503, "stats_unavailable", "Redis is unreachable; retry") from None
+    return json(
+        {
+            "server_time_ms": int(time.time() * 1000),
+            "services": services,
+            "totals": {service: TOTALS[service](nodes) for service, nodes in services.items()},
+        },
+    )

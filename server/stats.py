@@ -1,0 +1,77 @@
+"""The API server's one-second stats for the ops dashboard (`stats:server:<node>`): feed
+read latency (p50/p99 of recent GET /v1/feed), timeline cache hits and misses, requests.
+
+Totals are read from the Prometheus counters the server already keeps, so the dashboard
+and /metrics can never disagree. Reporting must never slow down or fail a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from core import stats
+from core.metric_totals import counter_by, counter_total
+from core.resources import REDIS
+from core.service import OPS, stop_tasks
+from server.errors import Handler
+from server.metrics import METRICS
+
+FEED_ROUTE = "/v1/feed"
+CACHE_HIT_SOURCES = frozenset({"redis"})  # rebuild and postgres are misses
+
+
+@dataclass(slots=True)
+class ServerStats:
+    feed_reads: stats.LatencyWindow = field(default_factory=stats.LatencyWindow)
+
+    def snapshot(self, requests: Counter, timeline_reads: Counter) -> dict[str, object]:
+        window = self.feed_reads.percentiles()
+        by_source = counter_by(timeline_reads, "source")
+        hits = sum(n for source, n in by_source.items() if source in CACHE_HIT_SOURCES)
+        return {
+            "feed_read_p50_ms": window["p50"],
+            "feed_read_p99_ms": window["p99"],
+            "feed_reads_recent": window["count"],
+            "timeline_cache_hits_total": hits,
+            "timeline_cache_misses_total": sum(by_source.values()) - hits,
+            "requests_total": counter_total(requests),
+        }
+
+
+SERVER_STATS = web.AppKey("server_stats", ServerStats)
+
+
+@web.middleware
+async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Times successful GET /v1/feed reads (refusals would only flatter the numbers)."""
+    if request.method != "GET" or request.path != FEED_ROUTE:
+        return await handler(request)
+    started = time.perf_counter()
+    response = await handler(request)
+    if response.status < 300:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        request.app[SERVER_STATS].feed_reads.add(elapsed_ms)
+    return response
+
+
+async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Reports this node's snapshot every second while the app runs."""
+    server_stats = app[SERVER_STATS]
+    metrics = app[METRICS]
+    task = asyncio.create_task(
+        stats.report_forever(
+            app[REDIS],
+            "server",
+            app[OPS].node,
+            lambda: server_stats.snapshot(metrics.requests, metrics.timeline_reads),
+        ),
+        name="server-stats",
+    )
+    yield
+    await stop_tasks([task])

@@ -1,0 +1,237 @@
+"""The ops dashboard's backend: /v1/ops/stats only for the operator token, and what it
+shows is what real gateway, fan-out and server processes report (their one-second stats
+keys in Redis); a node that stops reporting disappears once its key expires."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from core import keys, stats
+from core.settings import Settings
+from tests.support.api import error_of, sign_up
+from tests.support.ops import node, operator_auth, ops_stats, wait_for_stats
+from tests.support.system import running_system
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_stats_refuse_anyone_without_the_operator_token(
+    api: Client, settings: Settings
+) -> None:
+    user = await sign_up(api)
+    refused = [
+        ({}, "unauthorized"),
+        (user.auth, "invalid_token"),  # a valid user token is not an operator token
+        ({"Authorization": "Bearer not-the-operator-token"}, "invalid_token"),
+        ({"Authorization": f"Bearer {settings.operator_token}x"}, "invalid_token"),
+        ({"Authorization": f"Basic {settings.operator_token}"}, "invalid_token"),
+        ({"Authorization": "Bearer"}, "invalid_token"),
+    ]
+    for headers, code in refused:
+        resp = await api.get("/v1/ops/stats", headers=headers)
+        assert resp.status == 401, (headers, await resp.text())
+        assert (await error_of(resp))["code"] == code
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+    # And the operator token is not a user token anywhere else.
+    resp = await api.get("/v1/feed", headers=operator_auth(settings))
+    assert resp.status == 401
+
+    resp = await api.get("/v1/ops/stats", headers=operator_auth(settings))
+    assert resp.status == 200
+    body = await resp.json()
+    assert set(body) == {"server_time_ms", "services", "totals"}
+    assert set(body["services"]) == set(body["totals"]) == {"gateway", "fanout", "push", "server"}
+
+
+async def test_the_page_is_public_and_asks_for_the_token(api: Client) -> None:
+    resp = await api.get("/ops")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert '<label for="token">Operator token</label>' in page
+    for asset in ("/static/ops.js", "/static/ops.css"):
+        assert asset in page
+        assert (await api.get(asset)).status == 200
+
+
+async def test_a_node_that_stops_reporting_disappears_and_push_outcomes_add_up(
+    api: Client, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    name = f"test-push-{uuid.uuid4().hex[:8]}"
+    outcomes = {"apns:sent:": 5, "apns:failed:BadDeviceToken": 2, "webpush:invalid:410": 1}
+    reporter = asyncio.create_task(
+        stats.report_forever(redis_client, "push", name, lambda: {"outcomes": outcomes, "queue": 3})
+    )
+    try:
+        body: dict[str, object] = {}
+        for _ in range(100):
+            body = await ops_stats_in_process(api, settings)
+            if node(body, "push", name):
+                break
+            await asyncio.sleep(0.1)
+        reported = node(body, "push", name)
+        assert reported is not None, body
+        assert reported["outcomes"] == outcomes and reported["queue"] == 3
+        totals = body["totals"]["push"]  # type: ignore[index]
+        assert totals["by_provider"]["apns"]["sent"] >= 5
+        assert totals["by_provider"]["apns"]["failed"] >= 2
+        assert totals["by_provider"]["webpush"]["invalid"] >= 1
+        assert totals["outcomes"]["apns:failed:BadDeviceToken"] >= 2
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+
+    # It stopped reporting: once its key's TTL runs out, it is no longer listed.
+    key = keys.node_stats("push", name)
+    for _ in range(int(stats.STATS_TTL * 10) + 50):
+        if not await redis_client.exists(key):
+            break
+        await asyncio.sleep(0.1)
+    body = await ops_stats_in_process(api, settings)
+    assert node(body, "push", name) is None
+
+
+async def ops_stats_in_process(api: Client, settings: Settings) -> dict[str, object]:
+    resp = await api.get("/v1/ops/stats", headers=operator_auth(settings))
+    assert resp.status == 200, await resp.text()
+    body: dict[str, object] = await resp.json()
+    return body
+
+
+@pytest.mark.slow
+async def test_real_processes_report_connections_fanout_and_feed_reads(
+    settings: Settings,
+) -> None:
+    host = socket.gethostname()
+    async with running_system(settings) as system, aiohttp.ClientSession() as http:
+        api = system.api_url
+        gateway = system.services["gateway"]
+        gateway_node = f"{host}:gateway:{gateway.port}:{gateway.proc.pid}"
+        fanout_node = f"{host}:fanout:{system.services['fanout'].port}"
+        server_node = f"{host}:server:{system.services['server'].port}"
+
+        async def signed_up() -> tuple[str, dict[str, str]]:
+            handle = f"ops_{uuid.uuid4().hex[:10]}"
+            body = {"handle": handle, "password": "correct horse"}
+            async with http.post(f"{api}/v1/users", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                user = await resp.json()
+            return user["user_id"], {"Authorization": f"Bearer {user['token']}"}
+
+        alice_id, alice = await signed_up()
+        _, bob = await signed_up()
+        async with http.post(f"{api}/v1/users/{alice_id}/follow", headers=bob) as resp:
+            assert resp.status == 200
+
+        # Fan-out starts at the newest events: wait until it holds its partitions.
+        await wait_for_stats(
+            http,
+            api,
+            settings,
+            lambda s: bool((node(s, "fanout", fanout_node) or {}).get("partitions")),
+            "fan-out worker with assigned partitions",
+        )
+        before = await ops_stats(http, api, settings)
+        assert node(before, "gateway", gateway_node)["connections_websocket"] == 0  # type: ignore[index]
+
+        stream = gateway.url.replace("http://", "ws://") + "/v1/stream"
+        async with http.ws_connect(stream, headers=bob) as ws:
+            seen = await wait_for_stats(
+                http,
+                api,
+                settings,
+                lambda s: (
+                    (node(s, "gateway", gateway_node) or {}).get("connections_websocket") == 1
+                ),
+                "the gateway node's WebSocket connection",
+            )
+            gw = node(seen, "gateway", gateway_node)
+            assert gw is not None and gw["users"] == 1 and gw["connections_sse"] == 0
+            assert seen["totals"]["gateway"]["users_online"] >= 1
+            assert seen["totals"]["gateway"]["connections_websocket"] >= 1
+
+            # Bob's first read builds his timeline (a miss); fan-out then writes into it.
+            async with http.get(f"{api}/v1/feed", headers=bob) as resp:
+                assert resp.status == 200
+            for i in range(3):
+                async with http.post(
+                    f"{api}/v1/posts", json={"text": f"ops {i}"}, headers=alice
+                ) as resp:
+                    assert resp.status == 201, await resp.text()
+            for _ in range(3):
+                await ws.receive_json(timeout=30)  # delivered live
+
+            fanned = await wait_for_stats(
+                http,
+                api,
+                settings,
+                lambda s: (
+                    (node(s, "fanout", fanout_node) or {}).get("posts_total", 0) >= 3
+                    and (node(s, "fanout", fanout_node) or {}).get("timeline_writes_total", 0) >= 3
+                ),
+                "fan-out of 3 posts",
+            )
+            fo = node(fanned, "fanout", fanout_node)
+            assert fo is not None
+            assert fo["post_to_timeline_p50_ms"] is not None
+            assert fo["post_to_timeline_p99_ms"] >= fo["post_to_timeline_p50_ms"]
+            assert fo["batches_total"] >= 1 and fo["dead_letters_total"] == 0
+            assert fo["lag_total"] == sum(fo["lag"].values())
+            assert set(fo["lag"]) <= set(fo["partitions"])
+            assert fanned["totals"]["fanout"]["timeline_writes_total"] >= 3
+
+            delivered = await wait_for_stats(
+                http,
+                api,
+                settings,
+                lambda s: (node(s, "gateway", gateway_node) or {}).get("delivered_total", 0) >= 3,
+                "3 events delivered by the gateway",
+            )
+            assert delivered["totals"]["gateway"]["delivered_total"] >= 3
+
+            for _ in range(5):
+                async with http.get(f"{api}/v1/feed", headers=bob) as resp:
+                    assert resp.status == 200
+            read = await wait_for_stats(
+                http,
+                api,
+                settings,
+                lambda s: (node(s, "server", server_node) or {}).get("feed_reads_recent", 0) >= 6,
+                "6 feed reads in the server's window",
+            )
+            sv = node(read, "server", server_node)
+            assert sv is not None
+            assert 0 < sv["feed_read_p50_ms"] <= sv["feed_read_p99_ms"]
+            assert sv["timeline_cache_misses_total"] >= 1  # the first read rebuilt it
+            assert sv["timeline_cache_hits_total"] >= 5
+            assert sv["requests_total"] >= 10
+            assert 0 < read["totals"]["server"]["timeline_cache_hit_rate"] < 1
+
+        await wait_for_stats(
+            http,
+            api,
+            settings,
+            lambda s: (node(s, "gateway", gateway_node) or {}).get("connections_websocket") == 0,
+            "the WebSocket closed",
+        )
+
+        # A node that stops reporting is gone once its key expires.
+        gateway.stop()
+        await wait_for_stats(
+            http,
+            api,
+            settings,
+            lambda s: node(s, "gateway", gateway_node) is None,
+            "the stopped gateway node to disappear",
+        )
