@@ -1,10 +1,13 @@
 # Two commands a newcomer needs: `make run` and `make test`. Everything else is optional.
-.PHONY: run test setup lint check stack-start stack-stop stack-status bench clean
+.PHONY: run demo test setup lint check stack-start stack-stop stack-status bench clean
 
 PY := .venv/bin/python
 
 run: setup ## install what is missing, start the stack and every service (Ctrl-C stops all)
 	$(PY) scripts/run.py
+
+demo: setup ## `make run` plus local APNs/Web Push stand-ins; then try scripts/demo_push.py
+	$(PY) scripts/run.py --demo
 
 test: setup ## the same set-up, then lint, types and the whole test suite
 	bash scripts/test.sh

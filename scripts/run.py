@@ -2,7 +2,12 @@
 service under one supervisor with prefixed logs. Ctrl-C stops everything cleanly.
 
     make run                       # or: .venv/bin/python scripts/run.py
+    make demo                      # the same, plus local APNs/Web Push stand-ins
     python scripts/run.py --keep-stack    # leave Postgres/Redis/Kafka running on exit
+
+Demo mode (--demo) starts `python -m push.standins` first (fake APNs and Web Push services
+that speak the real protocols, decrypt and record what they get) and points the push
+worker at them, so `scripts/demo_push.py` can show pushes happening end to end.
 
 Settings: every service setting in README.md, plus GATEWAY_PROCESSES (default: number of
 cores) and READY_TIMEOUT (seconds to wait for every /readyz, default 90).
@@ -20,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +40,13 @@ class Child:
     module: str
     port: int
     color: str
-    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    ready_path: str = "/readyz"
     proc: asyncio.subprocess.Process | None = None
 
     @property
     def ready_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/readyz"
+        return f"http://127.0.0.1:{self.port}{self.ready_path}"
 
 
 def say(message: str) -> None:
@@ -121,8 +127,57 @@ async def stop_all(kids: list[Child]) -> None:
         await asyncio.gather(*(p.wait() for p in live))
 
 
-async def supervise(env: dict[str, str], ready_timeout: float) -> int:
+STANDINS_DIR = ROOT / ".stack" / "standins"
+STANDINS_PORTS = {"control": 8090, "apns": 8091, "webpush": 8092}
+
+
+def standins_child() -> Child:
+    return Child(
+        "standins",
+        "push.standins",
+        STANDINS_PORTS["control"],
+        COLORS[4],
+        args=(
+            "--dir",
+            str(STANDINS_DIR),
+            *("--control-port", str(STANDINS_PORTS["control"])),
+            *("--apns-port", str(STANDINS_PORTS["apns"])),
+            *("--webpush-port", str(STANDINS_PORTS["webpush"])),
+        ),
+        ready_path="/received",
+    )
+
+
+def standins_env() -> dict[str, str]:
+    """The settings the stand-ins printed (APNS_URL, APNS_KEY_FILE, PUSH_CA_FILE, ...)."""
+    found = {}
+    for line in (STANDINS_DIR / "standins.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            found[key.strip()] = value.strip()
+    return found
+
+
+async def start(kid: Child, env: dict[str, str], width: int) -> asyncio.Task[None]:
+    # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
+    kid.proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        kid.module,
+        *kid.args,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    return asyncio.create_task(pump(kid, width))
+
+
+async def supervise(env: dict[str, str], ready_timeout: float, demo: bool) -> int:
     kids = children(env)
+    if demo:
+        kids.insert(0, standins_child())
     width = max(len(k.name) for k in kids)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,19 +186,13 @@ async def supervise(env: dict[str, str], ready_timeout: float) -> int:
     pumps = []
     started = time.monotonic()
     try:
-        for kid in kids:
-            # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
-            kid.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                kid.module,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            pumps.append(asyncio.create_task(pump(kid, width)))
+        if demo:
+            # The stand-ins make a new CA and key on start: the services need their settings.
+            pumps.append(await start(kids[0], env, width))
+            await wait_ready(kids[:1], ready_timeout)
+            env = {**env, **standins_env()}
+        for kid in kids[1 if demo else 0 :]:
+            pumps.append(await start(kid, env, width))
         ready = asyncio.create_task(wait_ready(kids, ready_timeout))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,7 +200,7 @@ async def supervise(env: dict[str, str], ready_timeout: float) -> int:
             ready.cancel()
             return 130
         ready.result()  # raises when a child died or timed out
-        print_urls(env, time.monotonic() - started)
+        print_urls(env, time.monotonic() - started, demo)
         waits = {asyncio.create_task(k.proc.wait()): k for k in kids if k.proc}
         done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -170,7 +219,7 @@ async def supervise(env: dict[str, str], ready_timeout: float) -> int:
                 await task
 
 
-def print_urls(env: dict[str, str], took: float) -> None:
+def print_urls(env: dict[str, str], took: float, demo: bool) -> None:
     host = "127.0.0.1"
     server, gateway = env.get("SERVER_PORT", "8080"), env.get("GATEWAY_PORT", "8081")
     say(f"all services ready in {took:.1f} s")
@@ -181,10 +230,18 @@ def print_urls(env: dict[str, str], took: float) -> None:
   health / metrics   http://{host}:{server}/readyz  http://{host}:{server}/metrics
   fan-out worker     http://{host}:{env.get("FANOUT_PORT", "8082")}/metrics
   push worker        http://{host}:{env.get("PUSH_PORT", "8083")}/metrics
+  ops dashboard      http://{host}:{server}/ops   (token: OPERATOR_TOKEN)
   Press Ctrl-C to stop everything.
 """,
         flush=True,
     )
+    if demo:
+        print(
+            f"""  Demo: push stand-ins at {env.get("STANDINS_CONTROL_URL")}/received
+  Try:  .venv/bin/python scripts/demo_push.py   (a post and a like become pushes)
+""",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -193,6 +250,11 @@ def main() -> int:
         "--keep-stack",
         action="store_true",
         help="leave the local Postgres, Redis and Kafka running on exit",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also start local APNs/Web Push stand-ins and point the push worker at them",
     )
     args = parser.parse_args()
     if subprocess.run([*STACK, "start"], check=False).returncode != 0:
@@ -207,7 +269,7 @@ def main() -> int:
     ):
         return 1
     try:
-        code = asyncio.run(supervise(env, float(env.get("READY_TIMEOUT", "90"))))
+        code = asyncio.run(supervise(env, float(env.get("READY_TIMEOUT", "90")), args.demo))
     finally:
         if not args.keep_stack:
             subprocess.run([*STACK, "stop"], check=False)
