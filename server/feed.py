@@ -10,6 +10,7 @@ one Postgres query over followed authors serves the same pages (slower, never an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,9 +38,17 @@ SELECT id FROM posts
    AND deleted_at IS NULL AND id < $2 AND NOT (author_id = ANY($4::bigint[]))
  ORDER BY id DESC LIMIT $3
 """
-AUTHORS_POSTS = """
-SELECT id FROM posts WHERE author_id = ANY($1::bigint[]) AND deleted_at IS NULL AND id < $2
- ORDER BY id DESC LIMIT $3
+# Recent posts of the given authors this user follows: at most $4 per author, each read
+# in index order (a plain `author_id = ANY(...) ORDER BY id` reads every post of every
+# author, then sorts them).
+FOLLOWED_AUTHORS_POSTS = """
+SELECT p.id FROM follows f
+ CROSS JOIN LATERAL (
+       SELECT id FROM posts
+        WHERE author_id = f.followee_id AND deleted_at IS NULL AND id < $3
+        ORDER BY id DESC LIMIT $4) p
+ WHERE f.follower_id = $1 AND f.followee_id = ANY($2::bigint[])
+ ORDER BY p.id DESC LIMIT $4
 """
 MAX_ID = 2**63 - 1
 
@@ -80,16 +89,12 @@ class HomeFeed:
         self._hydrator = Hydrator(c.db, c.redis)
 
     async def page(self, user_id: int, before: int | None, limit: int) -> FeedPage:
-        followed_celebs = await self._followed_celebs(user_id)
-        try:
-            sources = [await self._timeline_source(user_id, followed_celebs)]
-        except REDIS_ERRORS as exc:
-            log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
-            self._reads.labels("postgres").inc()
-            sources = [self._postgres_source(user_id, [])]
-        else:
-            if followed_celebs:
-                sources.append(self._authors_source(followed_celebs))
+        # All pull-tier authors, followed or not: excluding the ones this user does not
+        # follow changes nothing in a query over followed authors, and it saves asking.
+        celebs = await self._celebs.ids()
+        sources = [self._timeline_source(user_id, celebs)]
+        if celebs:
+            sources.append(self._celebrity_source(user_id, celebs))
         try:
             return await self._merge(user_id, sources, before, limit)
         except REDIS_ERRORS as exc:
@@ -104,28 +109,22 @@ class HomeFeed:
         more = len(fresh) == len(page.posts) and page.has_more
         return FeedPage(fresh, None, more)
 
-    async def _followed_celebs(self, user_id: int) -> list[int]:
-        celebs = await self._celebs.ids()
-        if not celebs:
-            return []
-        rows = await self._c.db.fetch(
-            "SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($2)",
-            user_id,
-            celebs,
-        )
-        return [r["followee_id"] for r in rows]
-
-    async def _timeline_source(self, user_id: int, celebs: list[int]) -> Fetch:
+    def _timeline_source(self, user_id: int, celebs: list[int]) -> Fetch:
         redis_client = self._c.redis
-        if await store.page(redis_client, user_id, None, 1) is None:
-            await self._rebuild(user_id, celebs)
-            self._reads.labels("rebuild").inc()
-        else:
-            self._reads.labels("redis").inc()
         postgres = self._postgres_source(user_id, celebs)
+        first = True
 
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:
+            nonlocal first
             found = await store.page(redis_client, user_id, before, n)
+            if first:  # the first read doubles as the existence check
+                first = False
+                if found is None:
+                    await self._rebuild(user_id, celebs)
+                    self._reads.labels("rebuild").inc()
+                    found = await store.page(redis_client, user_id, before, n)
+                else:
+                    self._reads.labels("redis").inc()
             if found is None:  # evicted while paging: Postgres has the same history
                 return await postgres(before, n)
             if len(found.ids) == n or found.complete:
@@ -144,9 +143,9 @@ class HomeFeed:
 
         return fetch
 
-    def _authors_source(self, authors: list[int]) -> Fetch:
+    def _celebrity_source(self, user_id: int, celebs: list[int]) -> Fetch:
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:
-            rows = await self._c.db.fetch(AUTHORS_POSTS, authors, before, n)
+            rows = await self._c.db.fetch(FOLLOWED_AUTHORS_POSTS, user_id, celebs, before, n)
             return [r["id"] for r in rows], len(rows) < n
 
         return fetch
@@ -165,7 +164,7 @@ class HomeFeed:
         has_more = False
         for _ in range(MAX_ROUNDS):
             want = limit - len(emitted) + 1  # one extra tells whether more remain
-            batches = [await fetch(cursor, want) for fetch in sources]
+            batches = await _together([fetch(cursor, want) for fetch in sources])
             boundary = max(
                 (ids[-1] for ids, exhausted in batches if ids and not exhausted), default=0
             )
@@ -199,6 +198,18 @@ class HomeFeed:
             )
             followed.update(r["followee_id"] for r in rows)
         return [posts[i] for i in ids if i in posts and int(posts[i]["author"]["id"]) in followed]
+
+
+async def _together(
+    calls: list[Awaitable[tuple[list[int], bool]]],
+) -> list[tuple[list[int], bool]]:
+    """Sources are independent (Redis, Postgres): wait for them at once. Every call runs
+    to its end before the first error is raised, so none is left running unowned."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 FEED = web.AppKey("home_feed", HomeFeed)

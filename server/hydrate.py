@@ -25,10 +25,26 @@ COUNTER_TTL = 3600
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
+# KEYS: n post bodies, then the same n posts' counter hashes. One call instead of MGET +
+# n HGETALLs: redis-py spends ~40 us of CPU per command in a pipeline, Redis ~1 us.
+# Returns n bodies (false when missing) then n {likes, reposts, replies} triples.
+READ_POSTS = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  out[i] = redis.call('GET', KEYS[i])
+  out[n + i] = redis.call('HMGET', KEYS[n + i], 'likes', 'reposts', 'replies')
+end
+return out
+"""
+COUNTER_NAMES = ("likes", "reposts", "replies")
+
+
 class Hydrator:
     def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
         self._db = db
         self._redis = redis_client
+        self._read_posts = redis_client.register_script(READ_POSTS)
 
     async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Live (not deleted) posts by id; unknown and deleted ids are simply absent."""
@@ -46,21 +62,19 @@ class Hydrator:
             }
 
     async def _from_cache(self, ids: list[int]) -> dict[int, dict[str, Any]]:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.mget([keys.post_cache(i) for i in ids])
-        for i in ids:
-            pipe.hgetall(keys.post_counters(i))
-        bodies, *counters = await pipe.execute()
+        names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
+        found = await self._read_posts(keys=names)
+        bodies, counters = found[: len(ids)], found[len(ids) :]
         result: dict[int, dict[str, Any]] = {}
         missing: set[int] = set()
         for post_id, raw, counter in zip(ids, bodies, counters, strict=True):
-            if raw is None or not counter:
+            if raw is None or None in counter:
                 missing.add(post_id)
                 continue
             if raw == b"-":  # tombstone: deleted
                 continue
             post = orjson.loads(raw)
-            post["counts"] = {k.decode(): int(n) for k, n in counter.items()}
+            post["counts"] = dict(zip(COUNTER_NAMES, map(int, counter), strict=True))
             result[post_id] = post
         if missing:
             await self._fill(sorted(missing), result)
