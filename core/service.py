@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -180,6 +181,20 @@ def run(
 
 def node_name(service: str, port: int) -> str:
     return f"{socket.gethostname()}:{service}:{port}"
+
+
+def stop_process_when_dead(what: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback for the one task a worker process exists for: if it dies, stop
+    the process (its supervisor restarts it) instead of serving a green /healthz while
+    doing nothing. Remove the callback before cancelling the task on shutdown."""
+
+    def callback(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        log.critical("%s died: %r; stopping", what, task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return callback
 
 
 async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float = 5.0) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator
 
@@ -18,7 +17,17 @@ from redis.asyncio.cluster import RedisCluster
 from core.clients import build_consumer, create_redis_cluster
 from core.ids import IdLease
 from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
-from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run, stop_tasks
+from core.service import (
+    OPS,
+    SETTINGS,
+    Check,
+    Ops,
+    add_ops_routes,
+    node_name,
+    run,
+    stop_process_when_dead,
+    stop_tasks,
+)
 from core.settings import Settings
 from core.stats import report_forever
 from core.tiers import TierPolicy
@@ -31,15 +40,6 @@ from fanout.timelines import TimelineWriter
 
 log = logging.getLogger(__name__)
 CONSUMER = web.AppKey("fanout_consumer", FanoutConsumer)
-
-
-def _stop_process_when_dead(task: asyncio.Task[None]) -> None:
-    """The consumer is the whole point of this process: if it dies, stop the process
-    (the supervisor restarts it) instead of serving a green /healthz doing nothing."""
-    if task.cancelled():
-        return
-    log.critical("fan-out consumer died: %r; stopping", task.exception())
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -74,7 +74,8 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     consumer = FanoutConsumer(kafka_consumer, app[PRODUCER], Handlers(deps), topics, metrics)
     app[CONSUMER] = consumer
     task = asyncio.create_task(consumer.run(), name="fanout-consumer")
-    task.add_done_callback(_stop_process_when_dead)
+    on_death = stop_process_when_dead("fan-out consumer")
+    task.add_done_callback(on_death)
     stats = asyncio.create_task(
         report_forever(app[REDIS], "fanout", app[OPS].node, snapshotter(consumer, metrics)),
         name="fanout-stats",
@@ -86,7 +87,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
 
     app[OPS].checks.append(Check("consumer", alive))
     yield
-    task.remove_done_callback(_stop_process_when_dead)
+    task.remove_done_callback(on_death)
     await stop_tasks([task, stats])
     await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
     await lease.release()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +14,17 @@ from aiohttp import web
 from core import stats, vapid
 from core.clients import build_consumer
 from core.resources import DB, REDIS, postgres_ctx, producer_ctx, redis_ctx
-from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run, stop_tasks
+from core.service import (
+    OPS,
+    SETTINGS,
+    Check,
+    Ops,
+    add_ops_routes,
+    node_name,
+    run,
+    stop_process_when_dead,
+    stop_tasks,
+)
 from core.settings import Settings
 from core.topics import Topics
 from push.channels import apns_channel, webpush_channel
@@ -27,15 +36,6 @@ from push.providers.webpush import WebPushSender
 
 log = logging.getLogger(__name__)
 CONSUMER = web.AppKey("push_consumer", PushConsumer)
-
-
-def _stop_process_when_dead(task: asyncio.Task[None]) -> None:
-    """The consumer is this process's whole job: if it dies, stop (the supervisor
-    restarts it) instead of serving a green /healthz that pushes nothing."""
-    if task.cancelled():
-        return
-    log.critical("push consumer died: %r; stopping", task.exception())
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def push_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -66,7 +66,8 @@ async def push_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[CONSUMER] = consumer
     task = asyncio.create_task(consumer.run(), name="push-consumer")
-    task.add_done_callback(_stop_process_when_dead)
+    on_death = stop_process_when_dead("push consumer")
+    task.add_done_callback(on_death)
 
     def snapshot() -> stats.Snapshot:
         return {
@@ -85,7 +86,7 @@ async def push_ctx(app: web.Application) -> AsyncIterator[None]:
 
     ops.checks.append(Check("consumer", alive))
     yield
-    task.remove_done_callback(_stop_process_when_dead)
+    task.remove_done_callback(on_death)
     await stop_tasks([task, reporter])
     await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
     await webpush.close()
