@@ -27,7 +27,8 @@ def post_id_from_member(member: bytes | str) -> int:
 
 
 def presence(user_id: int) -> str:
-    """String with a TTL, set while the user has a live connection on some gateway."""
+    """Set of the gateway nodes holding a live connection of the user, with a TTL the
+    gateways refresh (gateway/presence.py). Test it with EXISTS: MGET/GET see no value."""
     return f"online:{{{user_id}}}"
 
 

@@ -1,7 +1,12 @@
 """The fan-out consumer loop: Kafka in, handlers, offsets out.
 
-Partitions are processed concurrently, messages of one partition in order. Offsets are
-committed only after every message before them is fully handled (at-least-once; the
+Partitions are processed concurrently. Within a partition batch, PostCreated events of
+small authors are delivered together first (Handlers.small_posts: creates of different
+posts commute, and a delete later in the batch still comes after its create); the rest
+go in order per key (one author's posts, one follower's follows) and different keys side
+by side, at most LANES handlers at once. A delete of a post whose throttled-tier fan-out
+is still running in the background stops that fan-out and waits for it first. Offsets
+are committed only after every message before them is fully handled (at-least-once; the
 handlers are idempotent). Infrastructure errors are retried until they pass; an event
 that keeps failing for any other reason goes to the dead-letter topic with the reason
 after MAX_ATTEMPTS, and the partition moves on.
@@ -13,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Iterable
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -33,6 +40,18 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 MAX_BACKOFF = 5.0
 HEAVY_LANES = 2  # throttled-tier fan-outs running at once, beside the partition lanes
+# Handlers running at once across all partitions (not per partition: 18 partitions x 16
+# lanes could outgrow the Redis pool, whose limit fails calls instead of queueing them).
+LANES = 64
+
+Decoded: TypeAlias = tuple[ConsumerRecord[bytes, bytes], events.Event | events.EventDecodeError]
+
+
+def _decoded(message: ConsumerRecord[bytes, bytes]) -> Decoded:
+    try:
+        return message, events.decode(message.value or b"")
+    except events.EventDecodeError as exc:
+        return message, exc
 
 
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -69,6 +88,8 @@ class FanoutConsumer:
         self._offsets = OffsetTracker()
         self._heavy_slots = asyncio.Semaphore(HEAVY_LANES)
         self._heavy: dict[asyncio.Task[None], TopicPartition] = {}
+        self._heavy_posts: defaultdict[int, set[asyncio.Task[None]]] = defaultdict(set)
+        self._lanes = asyncio.Semaphore(LANES)
         self.assigned = asyncio.Event()
         # For the ops dashboard (fanout/stats.py): lag of the partitions held right now,
         # and post-to-timeline latency of the posts fanned out lately.
@@ -89,7 +110,9 @@ class FanoutConsumer:
                     self.assigned.set()
                 async with self.lock:
                     if batches:
-                        await asyncio.gather(*(self._partition(m) for m in batches.values()))
+                        async with asyncio.TaskGroup() as group:  # a failure stops them all
+                            for messages in batches.values():
+                                group.create_task(self._partition(messages))
                     # Also after background fan-outs finish with no new messages.
                     await self._commit(self._offsets.to_commit())
                 await self._report_lag()
@@ -128,18 +151,67 @@ class FanoutConsumer:
             log.warning("commit failed after rebalance: %s", exc)
 
     async def _partition(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
-        for message in messages:
-            tp = TopicPartition(message.topic, message.partition)
-            try:
-                event = events.decode(message.value or b"")
-            except events.EventDecodeError as exc:
-                await self._dead_letter(message, f"undecodable: {exc}", 1)
-            else:
-                if await self._handlers.is_heavy(event):
-                    await self._start_heavy(tp, message, event)
-                else:
-                    await self._process(message, event)
-            self._offsets.read(tp, message.offset)
+        """Small authors' posts together first, then the rest in order per key, keys side
+        by side: a partition carries many authors, and a small post spends most of its
+        time waiting on round trips. The batch counts as read once all of it is done (or
+        held by a background fan-out)."""
+        decoded = [_decoded(message) for message in messages]
+        done = await self._small_posts(decoded)
+        chains: defaultdict[bytes | None, list[Decoded]] = defaultdict(list)
+        for message, event in decoded:
+            if message.offset not in done:
+                chains[message.key].append((message, event))
+        async with asyncio.TaskGroup() as group:
+            for chain in chains.values():
+                group.create_task(self._chain(chain))
+        last = messages[-1]
+        self._offsets.read(TopicPartition(last.topic, last.partition), last.offset)
+
+    async def _small_posts(self, decoded: list[Decoded]) -> set[int]:
+        """Offsets of the PostCreated events delivered together (Handlers.small_posts).
+        The posts it did not take care of, or all of them if it fails, go the one-by-one
+        path, which retries, dead-letters and is idempotent."""
+        created = [(m, e) for m, e in decoded if isinstance(e, events.PostCreated)]
+        if not created:
+            return set()
+        try:
+            handled = await self._handlers.small_posts([e for _, e in created])
+        except Exception as exc:  # noqa: BLE001 - the one-by-one path handles it properly
+            log.warning("grouped delivery failed (%r); one by one instead", exc)
+            return set()
+        now_ms = time.time() * 1000
+        for post_id in handled:
+            self.post_to_timeline.add(max(0.0, now_ms - id_timestamp_ms(post_id)))
+        return {m.offset for m, e in created if e.post_id in handled}
+
+    async def _chain(self, chain: list[Decoded]) -> None:
+        async with self._lanes:
+            for message, event in chain:
+                await self._one(message, event)
+
+    async def _one(
+        self, message: ConsumerRecord[bytes, bytes], event: events.Event | events.EventDecodeError
+    ) -> None:
+        if isinstance(event, events.EventDecodeError):
+            await self._dead_letter(message, f"undecodable: {event}", 1)
+        elif await self._handlers.is_heavy(event):
+            await self._start_heavy(
+                TopicPartition(message.topic, message.partition), message, event
+            )
+        else:
+            if isinstance(event, events.PostDeleted):
+                await self._heavy_done(event.post_id)
+            await self._process(message, event)
+
+    async def _heavy_done(self, post_id: int) -> None:
+        """A delete must not overtake its create: a background fan-out of the post would
+        go on writing it after the delete's sweep. Stop it after its batches in flight
+        and wait for it (not for the rest of its followers)."""
+        tasks = self._heavy_posts.get(post_id)
+        if not tasks:
+            return
+        with self._handlers.withdrawing(post_id):
+            await asyncio.wait(set(tasks))
 
     async def _start_heavy(
         self, tp: TopicPartition, message: ConsumerRecord[bytes, bytes], event: events.Event
@@ -148,9 +220,17 @@ class FanoutConsumer:
         self._offsets.hold(tp, message.offset)
         task = asyncio.create_task(self._process(message, event), name="heavy-fanout")
         self._heavy[task] = tp
+        post_id = event.post_id if isinstance(event, events.PostCreated) else None
+        if post_id is not None:
+            self._heavy_posts[post_id].add(task)
 
         def finished(done: asyncio.Task[None]) -> None:
             self._heavy.pop(done, None)
+            if post_id is not None:
+                running = self._heavy_posts.pop(post_id, set())
+                running.discard(done)
+                if running:
+                    self._heavy_posts[post_id] = running
             self._heavy_slots.release()
             if not done.cancelled():
                 self._offsets.release(tp, message.offset)

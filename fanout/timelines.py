@@ -66,6 +66,36 @@ class TimelineWriter:
             offline.extend(int(u) for u in away)
         return BatchResult(written, offline)
 
+    async def add_many(
+        self, posts: Sequence[tuple[int, bytes, Sequence[int]]], own: Sequence[tuple[int, int]]
+    ) -> list[BatchResult]:
+        """Several posts, each into its own short follower list, plus (author, post) pairs
+        for the authors' own timelines: one script call each, all in one pipelined round
+        trip. For small authors the round trips, not the writes, were the cost."""
+        if not isinstance(self._client, aioredis.Redis):  # a cluster: slot by slot
+            for author, post_id in own:
+                await self.add_posts(author, [post_id])
+            return [await self.add(p, payload, f) for p, payload, f in posts]
+        pipe = self._client.pipeline(transaction=False)
+        for post_id, payload, followers in posts:
+            group = list(followers)
+            args: list[bytes | int] = [
+                keys.timeline_member(post_id),
+                self._cap,
+                payload,
+                CHANNEL_PREFIX,
+                *group,
+            ]
+            await self._add(keys=self._keys(group), args=args, client=pipe)
+        for author, post_id in own:
+            await self._add_posts(
+                keys=[keys.timeline(author)],
+                args=[self._cap, keys.timeline_member(post_id)],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        return [BatchResult(int(c), [int(u) for u in away]) for c, away in replies[: len(posts)]]
+
     async def remove(self, post_id: int, payload: bytes, followers: Sequence[int]) -> int:
         member = keys.timeline_member(post_id)
         removed = 0

@@ -16,10 +16,12 @@ from aiokafka import AIOKafkaProducer
 
 from core import events, keys
 from core.clients import build_consumer, create_producer
+from core.ids import IdGenerator, id_timestamp_ms
 from core.settings import Settings
 from core.topics import Topics
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
+from fanout.timelines import TimelineWriter
 from server.app import create_app as create_server
 from tests.support.api import User, follow, post, sign_up
 from tests.support.wait import eventually
@@ -51,6 +53,12 @@ async def timeline(redis_client: aioredis.Redis, user: User | int) -> list[str]:
     uid = int(user.id) if isinstance(user, User) else user
     members = await redis_client.zrange(keys.timeline(uid), 0, -1)
     return [str(keys.post_id_from_member(m)) for m in members if keys.post_id_from_member(m)]
+
+
+async def go_online(redis_client: aioredis.Redis, user_id: int) -> None:
+    """Presence the way gateways write it (gateway/presence.py): a set of nodes, TTL."""
+    await redis_client.sadd(keys.presence(user_id), "gateway-test-node")
+    await redis_client.expire(keys.presence(user_id), 60)
 
 
 async def read_feed(api: Client, user: User) -> list[str]:
@@ -95,7 +103,7 @@ async def test_online_follower_gets_the_post_live_offline_one_with_device_a_push
     for f in (online, offline):
         await follow(api, f, author)
         await read_feed(api, f)
-    await redis_client.set(keys.presence(int(online.id)), b"1", ex=60)
+    await go_online(redis_client, int(online.id))
     await db.execute(
         "INSERT INTO devices (id, user_id, kind, token) VALUES ($1, $2, 'apns', $3)",
         int(offline.id),
@@ -168,7 +176,7 @@ async def test_delete_is_removed_everywhere_and_sent_live(
         return all([post_id in await timeline(redis_client, f) for f in fans])
 
     await eventually(in_all, what="post fanned out")
-    await redis_client.set(keys.presence(int(fans[0].id)), b"1", ex=60)
+    await go_online(redis_client, int(fans[0].id))
     pubsub = redis_client.pubsub()
     await pubsub.subscribe(keys.user_channel(int(fans[0].id)))
     try:
@@ -218,7 +226,7 @@ async def test_engagement_becomes_a_notification_live_or_pushed(
     api, _ = system
     author, fan = await sign_up(api), await sign_up(api)
     post_id = await post(api, author, "likeable")
-    await redis_client.set(keys.presence(int(author.id)), b"1", ex=60)
+    await go_online(redis_client, int(author.id))
     pubsub = redis_client.pubsub()
     await pubsub.subscribe(keys.user_channel(int(author.id)))
     try:
@@ -311,3 +319,100 @@ async def test_inactive_followers_are_skipped_and_rebuilt_when_they_return(
     assert resp.status == 200
     assert await redis_client.exists(keys.timeline(int(dormant.id))) == 0
     assert (await read_feed(api, dormant))[0] == post_id
+
+
+async def test_events_of_one_key_apply_in_order_within_a_kafka_batch(
+    system: tuple[Client, Client],
+    redis_client: aioredis.Redis,
+    db: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    """Small authors' posts are delivered together ahead of the rest of their batch; a
+    delete after its create, and an unfollow after its follow, must still come after.
+    The database is left as if each pair raced (post live, no follow row), so only the
+    order the worker applies them in decides the outcome."""
+    api, _ = system
+    author, reader, followee, marker = [await sign_up(api) for _ in range(4)]
+    await follow(api, reader, author)
+    await read_feed(api, reader)
+    old_posts = [await post(api, followee, f"old {i}") for i in range(2)]
+    marker_post = await post(api, marker, "marker")
+    post_id = IdGenerator(1016).next_id()
+    await db.execute(
+        "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, 'racing')",
+        post_id,
+        int(author.id),
+    )
+    reader_id, created_at = int(reader.id), id_timestamp_ms(post_id)
+    await go_online(redis_client, reader_id)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.user_channel(reader_id))
+    topics = Topics.for_settings(settings)
+    producer = await create_producer(settings)
+    try:
+        sent = [
+            (topics.posts, author.id, events.PostCreated(post_id, int(author.id), created_at)),
+            (topics.posts, author.id, events.PostDeleted(post_id, int(author.id))),
+            (topics.follows, reader.id, events.FollowCreated(reader_id, int(followee.id))),
+            (topics.follows, reader.id, events.FollowRemoved(reader_id, int(followee.id))),
+            (topics.follows, reader.id, events.FollowCreated(reader_id, int(marker.id))),
+        ]
+        for topic, key, event in sent:  # one flush: they share Kafka batches
+            await producer.send(topic, events.encode(event), key=key.encode())
+        await producer.flush()
+        live: list[dict[str, str]] = []
+        async with asyncio.timeout(20):
+            while not live or live[-1]["type"] != "delete":
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message:
+                    live.append(orjson.loads(message["data"]))
+        assert [(m["type"], m["id"]) for m in live] == [
+            ("post", str(post_id)),
+            ("delete", str(post_id)),
+        ]
+    finally:
+        await producer.stop()
+        await pubsub.aclose()
+
+    async def marker_backfilled() -> bool:  # the follows before it on its key are done
+        return marker_post in await timeline(redis_client, reader)
+
+    await eventually(marker_backfilled, what="backfill after the unfollow")
+    in_timeline = await timeline(redis_client, reader)
+    assert str(post_id) not in in_timeline
+    assert not set(old_posts) & set(in_timeline)
+
+
+async def test_writer_trims_to_the_cap_and_a_replay_changes_nothing(
+    redis_client: aioredis.Redis,
+) -> None:
+    writer = TimelineWriter(redis_client, cap=5)
+    at_cap, over_cap, short, missing = users = [9_000_001, 9_000_002, 9_000_003, 9_000_004]
+    for user, count in ((at_cap, 5), (over_cap, 7), (short, 2)):  # over: the cap was lowered
+        await redis_client.zadd(
+            keys.timeline(user), {keys.timeline_member(i): 0 for i in range(1, count + 1)}
+        )
+
+    async def contents() -> list[list[int]]:
+        return [
+            [
+                keys.post_id_from_member(m)
+                for m in await redis_client.zrange(keys.timeline(u), 0, -1)
+            ]
+            for u in users
+        ]
+
+    payload = events.live_post({"id": "100"})
+    assert (await writer.add(100, payload, users)).written == 3
+    expected = [[2, 3, 4, 5, 100], [4, 5, 6, 7, 100], [1, 2, 100], []]
+    assert await contents() == expected
+    assert (await writer.add(100, payload, users)).written == 0
+    assert await contents() == expected
+    # Small authors' posts, pipelined, with the authors' own timelines.
+    for _ in range(2):
+        results = await writer.add_many(
+            [(101, payload, [at_cap, missing]), (102, payload, [over_cap])], [(short, 102)]
+        )
+    assert [r.written for r in results] == [0, 0]  # the second round was a replay
+    assert [sorted(r.offline) for r in results] == [[at_cap, missing], [over_cap]]
+    assert await contents() == [[3, 4, 5, 100, 101], [5, 6, 7, 100, 102], [1, 2, 100, 102], []]

@@ -55,7 +55,8 @@ async def test_batches_spanning_many_slots_are_written_and_published(
         await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
     online = followers[::7]
     for user in online:
-        await cluster.set(keys.presence(user), b"1", ex=60)
+        await cluster.sadd(keys.presence(user), "gateway-test-node")  # as gateways do
+        await cluster.expire(keys.presence(user), 60)
     # Cluster PUBLISH reaches subscribers on any node.
     listener = aioredis.Redis.from_url(cluster_url)
     pubsub = listener.pubsub()

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from core import keys
+from core import events, keys
 from core.clients import create_producer
 from core.ids import IdGenerator
 from core.settings import Settings
@@ -195,8 +195,14 @@ async def test_a_throttled_author_does_not_hold_up_other_posts_on_its_partition(
     await assigned(port)
     topics = Topics.for_settings(settings)
     # Same partition, huge post first: in a strictly sequential partition the small post
-    # would wait ~10 s behind it.
+    # would wait ~10 s behind it. The small one is sent once the huge one is under way
+    # (in one Kafka batch, small posts would be delivered first anyway).
     huge = await publish_post(db, producer, topics, ids, big, partition=0)
+
+    async def under_way() -> bool:
+        return await redis_client.exists(keys.fanout_checkpoint(huge)) == 1
+
+    await eventually(under_way, seconds=60, what="the huge fan-out under way")
     normal = await publish_post(db, producer, topics, ids, small, partition=0)
 
     async def normal_delivered() -> bool:
@@ -207,3 +213,44 @@ async def test_a_throttled_author_does_not_hold_up_other_posts_on_its_partition(
     # The huge fan-out was still under way when the small post arrived.
     assert await redis_client.exists(keys.fanout_checkpoint(huge)) == 1
     assert await holders(redis_client, followers, huge) < len(followers)
+
+
+async def test_a_delete_during_a_throttled_fanout_stops_it_and_is_applied_after_it(
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    producer: AIOKafkaProducer,
+    workers: Workers,
+) -> None:
+    ids = IdGenerator(1017)
+    big, *followers = await seed_users(db, ids, 20_001)
+    await db.copy_records_to_table(
+        "follows", columns=["follower_id", "followee_id"], records=[(f, big) for f in followers]
+    )
+    await db.execute("UPDATE users SET fanout_tier = 'throttle' WHERE id = $1", big)
+    await build_timelines(redis_client, followers)
+    _, port = workers.start(FANOUT_BATCH_SIZE="500", FANOUT_THROTTLE_RATE="2000")
+    await assigned(port)
+    topics = Topics.for_settings(settings)
+    post_id = await publish_post(db, producer, topics, ids, big)
+    checkpoint = keys.fanout_checkpoint(post_id)
+
+    async def under_way() -> bool:
+        return await redis_client.exists(checkpoint) == 1
+
+    await eventually(under_way, seconds=60, what="the fan-out under way")
+    await db.execute("UPDATE posts SET deleted_at = now() WHERE id = $1", post_id)
+    deleted = events.PostDeleted(post_id=post_id, author_id=big)
+    await producer.send_and_wait(topics.posts, events.encode(deleted), key=str(big).encode())
+
+    # Applied while the fan-out still ran, the delete's sweep (unthrottled) would finish
+    # long before the fan-out (~10 s), which would then leave the post in most timelines.
+    async def gone() -> bool:
+        return await redis_client.exists(checkpoint) == 0 and (
+            await holders(redis_client, followers, post_id) == 0
+        )
+
+    await eventually(gone, seconds=60, what="the post removed and its fan-out stopped")
+    await asyncio.sleep(1)
+    assert await holders(redis_client, followers, post_id) == 0
+    assert metric(port, "fanout_timeline_writes_total") < len(followers) // 2

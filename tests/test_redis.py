@@ -1,8 +1,13 @@
 import asyncio
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
 
 from core import keys
+from core.clients import HiredisPackingConnection
 
 
 async def test_round_trip_and_timeline_ordering_is_exact(redis_client: aioredis.Redis) -> None:
@@ -43,3 +48,41 @@ async def test_key_with_ttl_expires(redis_client: aioredis.Redis) -> None:
     assert await redis_client.exists(key) == 1
     await asyncio.sleep(0.3)
     assert await redis_client.exists(key) == 0
+
+
+def test_hiredis_packing_matches_redis_py_byte_for_byte() -> None:
+    fast, plain = HiredisPackingConnection(), Connection()
+    commands: list[tuple[Any, ...]] = [
+        ("EVALSHA", "ab12", 2, "tl:{1}", "online:{1}", b"\x00\xff\r\n$*-", 800, "u:", 7),
+        ("ZADD", "k", 1.5, "é", -(2**63), 2**70, float("inf"), 1e-7),
+        ("CONFIG GET", "maxmemory"),
+        (b"CLIENT LIST",),
+        ("SET", "k", memoryview(b"view")),
+        ("SET", "k", bytearray(b"array")),  # hiredis refuses it: redis-py's packer
+    ]
+    for args in commands:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args)), args
+    for bad in (None, True, object()):
+        with pytest.raises(DataError):
+            fast.pack_command("SET", "k", bad)
+    latin = HiredisPackingConnection(encoding="latin-1")
+    assert (
+        b"".join(latin.pack_command("SET", "k", "é"))
+        == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\xe9\r\n"
+    )
+
+
+async def test_binary_values_and_pipelines_round_trip_through_the_hiredis_packer(
+    redis_client: aioredis.Redis,
+) -> None:
+    assert redis_client.connection_pool.connection_class is HiredisPackingConnection
+    payload = bytes(range(256)) * 64
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.set("probe:bin", payload).get("probe:bin").delete("probe:bin")
+    assert await pipe.execute() == [True, payload, 1]
+    script = redis_client.register_script("return {ARGV[1], #ARGV[2], KEYS[1]}")
+    assert await script(keys=["k:{1}"], args=[b"\r\n\x00", payload]) == [
+        b"\r\n\x00",
+        len(payload),
+        b"k:{1}",
+    ]
