@@ -21,6 +21,11 @@ class Hub:
     def connections(self, user_id: int) -> int:
         return len(self._clients.get(user_id, ()))
 
+    def live_connections(self, user_id: int) -> int:
+        """Connections of the user past their catch-up: an event published now reaches
+        every one of them."""
+        return sum(1 for client in self._clients.get(user_id, ()) if not client.replaying)
+
     def user_ids(self) -> list[int]:
         return list(self._clients)
 

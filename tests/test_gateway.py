@@ -57,11 +57,12 @@ def post_event(post_id: int, text: str = "hi") -> bytes:
 
 
 async def until_live(gw: Client, user: User, connections: int) -> None:
-    """A handshake completes before the node has registered the connection; events
-    published in between are (rightly) not live for it. Wait until it is."""
+    """A handshake completes before the node has subscribed the connection's channels,
+    marked its user online and sent what it missed; events published before that are
+    (rightly) not live for it. Wait until it is."""
     node = gw.app[NODE]
     async with asyncio.timeout(10):
-        while node.hub.connections(int(user.id)) < connections:
+        while node.hub.live_connections(int(user.id)) < connections:
             await asyncio.sleep(0.02)
 
 

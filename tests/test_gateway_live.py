@@ -49,7 +49,7 @@ async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client,
 async def live_on(gw: Client, user: User, count: int = 1) -> None:
     node = gw.app[NODE]
     async with asyncio.timeout(10):
-        while node.hub.connections(int(user.id)) < count:
+        while node.hub.live_connections(int(user.id)) < count:
             await asyncio.sleep(0.02)
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 EXPECTED_CHECKS = {
     "server": {"postgres", "redis", "kafka"},
-    "gateway": {"redis", "postgres"},
+    "gateway": {"redis", "postgres", "pubsub", "tasks"},
     "fanout": {"postgres", "redis", "kafka", "consumer"},
     "push": {"postgres", "redis", "kafka", "consumer"},
 }
