@@ -3,10 +3,14 @@ handled in the background: never past the oldest unfinished one (at-least-once).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+log = logging.getLogger(__name__)
 
 
 class OffsetTracker:
@@ -63,3 +67,18 @@ async def pin_new_partitions(
             start = messages[0].offset if messages else await consumer.position(tp)
             await commit({tp: start})
         pinned.add(tp)
+
+
+async def commit(
+    consumer: AIOKafkaConsumer, tracker: OffsetTracker, offsets: dict[TopicPartition, int]
+) -> None:
+    """Commit `offsets` and record them in `tracker`. A commit refused because the group
+    moved on (rebalance) is only logged: the new owner re-delivers, and handlers are
+    idempotent, so it costs duplicated work, never lost events."""
+    if not offsets:
+        return
+    try:
+        await consumer.commit(offsets)
+        tracker.committed(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("commit failed after rebalance: %s", exc)

@@ -24,12 +24,11 @@ from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from core import events
 from core.clients import CONNECT_ERRORS
 from core.ids import id_timestamp_ms
-from core.offsets import OffsetTracker, pin_new_partitions
+from core.offsets import OffsetTracker, commit, pin_new_partitions
 from core.stats import LatencyWindow
 from core.topics import Topics
 from fanout.handlers import Handlers
@@ -140,15 +139,7 @@ class FanoutConsumer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-            self._offsets.committed(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group moved on (rebalance): the new owner re-delivers, handlers are
-            # idempotent, so this costs duplicates of work, never lost events.
-            log.warning("commit failed after rebalance: %s", exc)
+        await commit(self._consumer, self._offsets, offsets)
 
     async def _partition(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Small authors' posts together first, then the rest in order per key, keys side

@@ -14,11 +14,10 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from core import events
 from core.clients import CONNECT_ERRORS
-from core.offsets import OffsetTracker, pin_new_partitions
+from core.offsets import OffsetTracker, commit, pin_new_partitions
 from push.dispatcher import Dispatcher
 from push.metrics import PushMetrics
 
@@ -141,10 +140,4 @@ class PushConsumer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-            self._offsets.committed(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit failed after rebalance: %s", exc)
+        await commit(self._consumer, self._offsets, offsets)

@@ -7,14 +7,10 @@ backends serving another database and another Redis server count as "other".
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TICKS = os.sysconf("SC_CLK_TCK")
-GROUPS = {"postgres": "postgres", "redis-server": "redis", "java": "kafka"}
+from scripts.bench.cpu import GROUPS, TICKS
 
 Snapshot = dict[int, tuple[str, int]]  # pid -> (group, user+system ticks)
 
@@ -74,29 +70,3 @@ def usage(before: Snapshot, after: Snapshot) -> dict[str, float]:
         if delta > 0:
             spent[group] = spent.get(group, 0.0) + delta / TICKS
     return spent
-
-
-def _busy_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores since boot, from the first line of /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """Percent of one core in use over `seconds`, by everything (200 = two cores full)."""
-    busy0, total0 = _busy_ticks()
-    time.sleep(seconds)
-    busy1, total1 = _busy_ticks()
-    cores = os.cpu_count() or 1
-    return 100.0 * cores * (busy1 - busy0) / max(1, total1 - total0)
-
-
-def wait_quiet(threshold: float, timeout: float) -> float:
-    """Wait (bounded) until other work leaves the cores alone; returns the last reading."""
-    deadline = time.monotonic() + timeout
-    busy = machine_busy()
-    while busy > threshold and time.monotonic() < deadline:
-        sys.stderr.write(f"machine busy ({busy:.0f}% of a core); waiting to measure\n")
-        busy = machine_busy(2.0)
-    return busy

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from core.clients import CONNECT_ERRORS, create_admin, create_producer, ensure_topics
 from core.settings import Settings
 from core.topics import Topics
-from scripts.bench import fanout_cpu as cpu
+from scripts.bench import cpu as load
 from scripts.bench.fanout_ceiling import (
     follower_query_rate,
     writer_rate,
@@ -204,9 +204,9 @@ async def main_async(args: argparse.Namespace, command: str) -> Report:
     # Other work on these two cores would be measured as fan-out slowness: wait for a
     # quiet machine (bounded), and report what was running anyway.
     if args.quiet_below > 0:
-        busy = cpu.wait_quiet(args.quiet_below, args.quiet_timeout)
+        busy = load.wait_quiet(args.quiet_below, args.quiet_timeout)
     else:
-        busy = cpu.machine_busy(1.0)
+        busy = load.machine_busy(1.0)
     note(f"machine: {busy:.0f}% of a core busy before the run (other processes)")
     report = Report(
         title=args.title or f"Fan-out throughput, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
