@@ -52,7 +52,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     timelines: aioredis.Redis | RedisCluster = app[REDIS]
     if settings.redis_cluster:
         timelines = await create_redis_cluster(settings)
-    writer = TimelineWriter(timelines, settings.timeline_cap)
+    writer = TimelineWriter(timelines, settings.timeline_cap, settings.timeline_trim_slack)
     deps = Deps(
         settings=settings,
         db=app[DB],

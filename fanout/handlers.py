@@ -26,9 +26,9 @@ from core.postview import fetch_rows, full_post, iso
 from core.settings import Settings
 from core.tiers import Tier, TierPolicy
 from core.topics import Topics
-from fanout.followers import follower_batches, followers_of_many
+from fanout.followers import Followers, all_follower_batches, follower_batches, followers_of_many
 from fanout.metrics import FanoutMetrics
-from fanout.timelines import BatchResult, TimelineWriter
+from fanout.timelines import TimelineWriter
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +186,28 @@ class Handlers:
         live = [e for e in group if e.post_id in posts and posts[e.post_id]["deleted_at"] is None]
         payloads = [events.live_post(full_post(posts[e.post_id])) for e in live]
         results = await d.writer.add_many(
-            [(e.post_id, p, followers[e.author_id]) for e, p in zip(live, payloads, strict=True)],
+            [
+                (e.post_id, p, followers[e.author_id].ids, followers[e.author_id].with_device)
+                for e, p in zip(live, payloads, strict=True)
+            ],
             [(e.author_id, e.post_id) for e in live],
         )
-        offline = {u for result in results for u in result.offline}
-        await self._feed_pushes_many(live, results, offline)
+        await self._send_push_jobs(
+            [
+                events.PushJob(
+                    kind="feed", user_id=u, created_at_ms=e.created_at_ms, post_id=e.post_id
+                )
+                for e, result in zip(live, results, strict=True)
+                for u in result.offline
+            ]
+        )
         # Counted once delivered: a group that fails part-way is counted by post_created.
         now = time.time()
         d.metrics.events.labels(events.PostCreated.TYPE).inc(len(group))
         for event, result in zip(live, results, strict=True):
             d.metrics.timeline_writes.inc(result.written)
             d.metrics.batches.labels(Tier.PUSH.value).inc()
-            d.metrics.live_publishes.inc(len(followers[event.author_id]) - len(result.offline))
+            d.metrics.live_publishes.inc(result.published)
             d.metrics.post_to_timeline.observe(
                 max(0.0, now - id_timestamp_ms(event.post_id) / 1000)
             )
@@ -209,24 +219,6 @@ class Handlers:
             (time.monotonic() - started) * 1000,
         )
         return {e.post_id for e in group}
-
-    async def _feed_pushes_many(
-        self, live: list[events.PostCreated], results: list[BatchResult], offline: set[int]
-    ) -> None:
-        if not offline:
-            return
-        rows = await self.d.db.fetch(
-            "SELECT DISTINCT user_id FROM devices WHERE enabled AND user_id = ANY($1::bigint[])",
-            list(offline),
-        )
-        with_device = {r["user_id"] for r in rows}
-        jobs = [
-            events.PushJob(kind="feed", user_id=u, created_at_ms=e.created_at_ms, post_id=e.post_id)
-            for e, result in zip(live, results, strict=True)
-            for u in result.offline
-            if u in with_device
-        ]
-        await self._send_push_jobs(jobs)
 
     async def post_created(self, event: events.PostCreated) -> None:
         rows = await fetch_rows(self.d.db, [event.post_id])
@@ -283,13 +275,13 @@ class Handlers:
                 task = asyncio.create_task(self._deliver(event, payload, tier, batch))
                 # Only a full batch can have a next one: a one-batch fan-out (most posts)
                 # has nothing to resume, so it skips the SET and the DEL.
-                full = len(batch) == d.settings.fanout_batch_size
+                full = len(batch.ids) == d.settings.fanout_batch_size
                 saved = saved or full
-                in_flight.append((task, batch[-1] if full else None))
+                in_flight.append((task, batch.ids[-1] if full else None))
                 if len(in_flight) >= PIPELINE_DEPTH:
                     await self._settle(in_flight.popleft(), checkpoint)
                 if throttle is not None:
-                    await throttle.spend(len(batch))
+                    await throttle.spend(len(batch.ids))
             while in_flight:
                 await self._settle(in_flight.popleft(), checkpoint)
         finally:
@@ -301,13 +293,13 @@ class Handlers:
             await d.redis.delete(checkpoint)
 
     async def _deliver(
-        self, event: events.PostCreated, payload: bytes, tier: Tier, batch: list[int]
+        self, event: events.PostCreated, payload: bytes, tier: Tier, batch: Followers
     ) -> None:
         d = self.d
-        result = await d.writer.add(event.post_id, payload, batch)
+        result = await d.writer.add(event.post_id, payload, batch.ids, batch.with_device)
         d.metrics.timeline_writes.inc(result.written)
         d.metrics.batches.labels(tier.value).inc()
-        d.metrics.live_publishes.inc(len(batch) - len(result.offline))
+        d.metrics.live_publishes.inc(result.published)
         await self._feed_pushes(result.offline, event)
 
     async def _settle(
@@ -321,22 +313,14 @@ class Handlers:
 
     async def _feed_pushes(self, offline: list[int], event: events.PostCreated) -> None:
         """Offline followers with a device get a (coalesced, silent) feed push job."""
-        if not offline:
-            return
-        rows = await self.d.db.fetch(
-            "SELECT DISTINCT user_id FROM devices WHERE enabled AND user_id = ANY($1::bigint[])",
-            offline,
+        await self._send_push_jobs(
+            [
+                events.PushJob(
+                    kind="feed", user_id=u, created_at_ms=event.created_at_ms, post_id=event.post_id
+                )
+                for u in offline
+            ]
         )
-        jobs = [
-            events.PushJob(
-                kind="feed",
-                user_id=r["user_id"],
-                created_at_ms=event.created_at_ms,
-                post_id=event.post_id,
-            )
-            for r in rows
-        ]
-        await self._send_push_jobs(jobs)
 
     async def _send_push_jobs(self, jobs: list[events.PushJob]) -> None:
         futures = [
@@ -359,9 +343,8 @@ class Handlers:
             await d.redis.publish(keys.author_channel(event.author_id), payload)
             return
         removed = 0
-        async for batch in follower_batches(
-            d.db, event.author_id, 0, d.settings.fanout_batch_size, None
-        ):
+        batch_size = d.settings.fanout_batch_size
+        async for batch in all_follower_batches(d.db, event.author_id, batch_size):
             removed += await d.writer.remove(event.post_id, payload, batch)
         log.info("post %d removed from %d timelines", event.post_id, removed)
 

@@ -75,10 +75,17 @@ async def test_post_lands_in_every_followers_timeline_once_and_trims_at_the_cap(
     for f in followers:
         await follow(api, f, author)
         await read_feed(api, f)  # a reader's timeline exists from the first read
-    full = followers[0]
+    # One timeline at the cap (it may grow into the slack), one at cap + slack (the next
+    # write trims it back to the cap, oldest entries first).
+    at_cap, full = followers[0], followers[1]
+    cap, slack = settings.timeline_cap, settings.timeline_trim_slack
+    await redis_client.delete(keys.timeline(int(at_cap.id)), keys.timeline(int(full.id)))
+    await redis_client.zadd(
+        keys.timeline(int(at_cap.id)), {keys.timeline_member(i): 0 for i in range(1, cap + 1)}
+    )
     await redis_client.zadd(
         keys.timeline(int(full.id)),
-        {keys.timeline_member(i): 0 for i in range(1, settings.timeline_cap + 1)},
+        {keys.timeline_member(i): 0 for i in range(1, cap + slack + 1)},
     )
     post_id = await post(api, author, "to everyone")
 
@@ -88,8 +95,11 @@ async def test_post_lands_in_every_followers_timeline_once_and_trims_at_the_cap(
     await eventually(everywhere, what="post in every timeline")
     for f in followers:
         assert (await timeline(redis_client, f)).count(post_id) == 1
-    assert await redis_client.zcard(keys.timeline(int(full.id))) == settings.timeline_cap
-    assert (await read_feed(api, followers[1]))[0] == post_id
+    assert await redis_client.zcard(keys.timeline(int(at_cap.id))) == cap + (1 if slack else 0)
+    kept = await timeline(redis_client, full)
+    assert len(kept) == cap and kept[-1] == post_id  # oldest first
+    assert min(map(int, kept)) == slack + 2  # the oldest slack + 1 went
+    assert (await read_feed(api, followers[2]))[0] == post_id
 
 
 async def test_online_follower_gets_the_post_live_offline_one_with_device_a_push_job(
@@ -408,11 +418,13 @@ async def test_writer_trims_to_the_cap_and_a_replay_changes_nothing(
     assert await contents() == expected
     assert (await writer.add(100, payload, users)).written == 0
     assert await contents() == expected
-    # Small authors' posts, pipelined, with the authors' own timelines.
+    # Small authors' posts, pipelined, with the authors' own timelines. Only offline
+    # followers with a device come back (as push candidates), on a replay too.
     for _ in range(2):
         results = await writer.add_many(
-            [(101, payload, [at_cap, missing]), (102, payload, [over_cap])], [(short, 102)]
+            [(101, payload, [at_cap, missing], {missing}), (102, payload, [over_cap], set())],
+            [(short, 102)],
         )
     assert [r.written for r in results] == [0, 0]  # the second round was a replay
-    assert [sorted(r.offline) for r in results] == [[at_cap, missing], [over_cap]]
+    assert [r.offline for r in results] == [[missing], []]
     assert await contents() == [[3, 4, 5, 100, 101], [5, 6, 7, 100, 102], [1, 2, 100, 102], []]

@@ -64,9 +64,10 @@ async def test_batches_spanning_many_slots_are_written_and_published(
     writer = TimelineWriter(cluster, cap=800)
     payload = events.live_post({"id": "77", "text": "cluster"})
     try:
-        result = await writer.add(77, payload, followers)
-        assert result.written == len(followers)
-        assert sorted(result.offline) == sorted(set(followers) - set(online))
+        with_device = set(followers[::3])
+        result = await writer.add(77, payload, followers, with_device)
+        assert result.written == len(followers) and result.published == len(online)
+        assert sorted(result.offline) == sorted(with_device - set(online))
         received = set()
         for _ in range(200):
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
@@ -78,7 +79,7 @@ async def test_batches_spanning_many_slots_are_written_and_published(
         assert received == set(online)
         # A replay writes nothing and publishes nothing again.
         again = await writer.add(77, payload, followers)
-        assert again.written == 0
+        assert again.written == 0 and again.published == 0 and again.offline == []
         for user in followers:
             assert await cluster.zscore(keys.timeline(user), keys.timeline_member(77)) == 0
         removed = await writer.remove(77, events.live_delete(77), followers)

@@ -36,6 +36,7 @@ def test_settings_are_frozen() -> None:
         ({"FANOUT_PUSH_MAX": "10", "FANOUT_THROTTLE_MAX": "5"}, "FANOUT_PUSH_MAX must not exceed"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY must be at least 16"),
         ({"TIMELINE_CAP": "0"}, "TIMELINE_CAP must be positive"),
+        ({"TIMELINE_TRIM_SLACK": "-1"}, "TIMELINE_TRIM_SLACK must not be negative"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

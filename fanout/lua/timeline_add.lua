@@ -1,40 +1,57 @@
 -- Adds one post to a batch of followers' home timelines and publishes it live to those
--- who are online, atomically per batch. Serialized once by the caller (ARGV[3]).
+-- who are online, atomically per batch. Serialized once by the caller (ARGV[4]).
 --
 -- KEYS[1..n]     timeline keys (tl:{uid})      KEYS[n+1..2n] presence keys (online:{uid})
--- ARGV[1] member (zero-padded post id)  ARGV[2] cap  ARGV[3] live event payload
--- ARGV[4] channel prefix ("u:")         ARGV[5..4+n] follower ids, same order as KEYS
+-- ARGV[1] member (zero-padded post id)  ARGV[2] cap  ARGV[3] trim limit (cap + slack)
+-- ARGV[4] live event payload  ARGV[5] channel prefix ("u:")
+-- ARGV[6] one byte per follower, "1" where they have a push device, else "0"
+-- ARGV[7..6+n] follower ids, same order as KEYS
 --
 -- Only timelines that exist are written: a missing one is rebuilt from Postgres when its
 -- owner reads it, so writing into it would make a partial timeline look complete.
 -- A replay (the member is already there) publishes nothing again.
--- Returns {timelines written, {offline follower ids}}.
+-- Returns {timelines written, live publishes, {offline follower ids with a device}}.
 --
--- This loop is fan-out's hot path and each redis.call costs about 1 us: one ZCARD
--- answers both "does the timeline exist" (Redis never keeps an empty ZSET) and "is it at
--- the cap". Presence stays one EXISTS per follower: it is a set of gateway nodes
--- (gateway/presence.py), and MGET would read every set as missing (offline).
+-- This loop is fan-out's hot path; each redis.call costs about 1 us, so:
+-- * one ZCARD answers both "does the timeline exist" (Redis never keeps an empty ZSET)
+--   and "is it due a trim";
+-- * a timeline grows to the trim limit and is then cut back to the cap in one call,
+--   instead of one ZREMRANGEBYRANK per write once it is full;
+-- * presence is asked with one EXISTS per chunk of followers (most are offline), and
+--   per follower only in a chunk where someone is online. Presence is a set of gateway
+--   nodes (gateway/presence.py): MGET would read every set as missing (offline);
+-- * only offline followers with a device are returned: the others get nothing anyway,
+--   and returning every offline id cost more than the timeline write itself.
 local n = #KEYS / 2
-local member, cap, payload, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local written, offline = 0, {}
-for i = 1, n do
-  local timeline, fresh = KEYS[i], true
-  local size = redis.call('ZCARD', timeline)
-  if size > 0 then
-    if redis.call('ZADD', timeline, 0, member) == 1 then
-      written = written + 1
-      if size >= cap then
-        -- size + 1 entries now: drop the oldest size + 1 - cap
-        redis.call('ZREMRANGEBYRANK', timeline, 0, size - cap)
+local member, cap, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local payload, prefix, devices = ARGV[4], ARGV[5], ARGV[6]
+local written, published, offline = 0, 0, {}
+local CHUNK = 16
+for first = 1, n, CHUNK do
+  local last = math.min(first + CHUNK - 1, n)
+  local anyone_online = redis.call('EXISTS', unpack(KEYS, n + first, n + last)) > 0
+  for i = first, last do
+    local timeline, fresh = KEYS[i], true
+    local size = redis.call('ZCARD', timeline)
+    if size > 0 then
+      if redis.call('ZADD', timeline, 0, member) == 1 then
+        written = written + 1
+        if size >= limit then
+          -- size + 1 entries now: keep the newest cap
+          redis.call('ZREMRANGEBYRANK', timeline, 0, size - cap)
+        end
+      else
+        fresh = false
       end
-    else
-      fresh = false
+    end
+    if anyone_online and redis.call('EXISTS', KEYS[n + i]) == 1 then
+      if fresh then
+        redis.call('PUBLISH', prefix .. ARGV[6 + i], payload)
+        published = published + 1
+      end
+    elseif string.byte(devices, i) == 49 then -- "1"
+      offline[#offline + 1] = ARGV[6 + i]
     end
   end
-  if redis.call('EXISTS', KEYS[n + i]) == 1 then
-    if fresh then redis.call('PUBLISH', prefix .. ARGV[4 + i], payload) end
-  else
-    offline[#offline + 1] = ARGV[4 + i]
-  end
 end
-return {written, offline}
+return {written, published, offline}

@@ -36,13 +36,13 @@ PIPELINE = 64
 CLIENTS = 50
 CREATE_CHUNK = 5_000
 FILL_CHUNK = 200
-# Timelines at the cap, the steady state of an active user: every write also trims, and
-# at 800 entries a ZSET is a skiplist (above zset-max-listpack-entries), not a listpack.
+# Timelines at the cap, the steady state of an active user: at 800 entries a ZSET is a
+# skiplist (above zset-max-listpack-entries), not a listpack. ARGV[i]: entries of KEYS[i].
 FILL_TO_CAP = f"""
 for i = 1, #KEYS do
   redis.call('UNLINK', KEYS[i])
   local args = {{}}
-  for j = 1, tonumber(ARGV[1]) do
+  for j = 1, tonumber(ARGV[i]) do
     args[#args + 1] = 0
     args[#args + 1] = string.format('%0{keys.TIMELINE_ID_WIDTH}d', j)
   end
@@ -151,7 +151,7 @@ async def follower_query_rate(
     for n in range(passes):
         started, rows = time.monotonic(), 0
         async for batch in follower_batches(db, author, 0, batch_size, active_days):
-            rows += len(batch)
+            rows += len(batch.ids)
         result = LayerRate("follower query", rows, time.monotonic() - started)
         note(f"ceiling: follower query pass {n + 1}: {result.per_second:,.0f} rows/s")
     return result
@@ -173,12 +173,17 @@ def _payload() -> bytes:
 
 
 async def writer_rate(
-    client: aioredis.Redis, followers: list[int], batch_size: int, cap: int, posts: int
+    client: aioredis.Redis,
+    followers: list[int],
+    batch_size: int,
+    cap: int,
+    posts: int,
+    slack: int = 0,
 ) -> LayerRate:
     """TimelineWriter.add over every follower, `posts` times, batch by batch as the
     worker calls it (one script call per batch, sequentially). Writes fake post ids:
     the caller rebuilds the timelines afterwards."""
-    writer = TimelineWriter(client, cap)
+    writer = TimelineWriter(client, cap, slack)
     ids = IdGenerator(POST_WORKER_ID)
     payload = _payload()
     progress = Progress("ceiling: TimelineWriter.add", posts * len(followers), " writes")
@@ -198,23 +203,27 @@ async def writer_rate(
     return LayerRate("TimelineWriter.add", written, elapsed, spent)
 
 
-async def _fill_to_cap(client: aioredis.Redis, users: list[int], cap: int) -> None:
+async def _fill_to_cap(client: aioredis.Redis, users: list[int], cap: int, slack: int) -> None:
+    """Steady state: a full timeline holds between cap and cap + slack entries (fan-out
+    trims back to the cap when it reaches cap + slack), spread evenly, so each write has
+    the steady-state chance of paying for a trim."""
     script = client.register_script(FILL_TO_CAP)
     for start in range(0, len(users), FILL_CHUNK):
         chunk = users[start : start + FILL_CHUNK]
-        await script(keys=[keys.timeline(u) for u in chunk], args=[cap])
+        sizes = [cap + u % (slack + 1) for u in chunk]
+        await script(keys=[keys.timeline(u) for u in chunk], args=sizes)
 
 
 async def writer_rate_at_cap(
-    client: aioredis.Redis, count: int, batch_size: int, cap: int, posts: int
+    client: aioredis.Redis, count: int, batch_size: int, cap: int, slack: int, posts: int
 ) -> LayerRate:
-    """TimelineWriter.add into `count` throwaway timelines already holding `cap` entries
-    (user ids 1..count: seeded users have snowflake ids, far above)."""
+    """TimelineWriter.add into `count` throwaway full timelines (user ids 1..count:
+    seeded users have snowflake ids, far above)."""
     users = list(range(1, count + 1))
-    note(f"ceiling: filling {count:,} throwaway timelines to the cap ({cap})")
-    await _fill_to_cap(client, users, cap)
+    note(f"ceiling: filling {count:,} throwaway timelines to the cap ({cap} + up to {slack})")
+    await _fill_to_cap(client, users, cap, slack)
     try:
-        rate = await writer_rate(client, users, batch_size, cap, posts)
+        rate = await writer_rate(client, users, batch_size, cap, posts, slack)
     finally:
         for start in range(0, count, CREATE_CHUNK):
             await client.unlink(*[keys.timeline(u) for u in users[start : start + CREATE_CHUNK]])

@@ -133,10 +133,10 @@ async def _layers(
         )
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=60)
     try:
-        cap = settings.timeline_cap
-        report.layers.append(await writer_rate(client, data.pool, args.batch_size, cap, 1))
+        cap, slack = settings.timeline_cap, settings.timeline_trim_slack
+        report.layers.append(await writer_rate(client, data.pool, args.batch_size, cap, 1, slack))
         report.layers.append(
-            await writer_rate_at_cap(client, args.at_cap, args.batch_size, cap, AT_CAP_POSTS)
+            await writer_rate_at_cap(client, args.at_cap, args.batch_size, cap, slack, AT_CAP_POSTS)
         )
     finally:
         await client.aclose()
