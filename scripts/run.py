@@ -9,8 +9,8 @@ Demo mode (--demo) starts `python -m push.standins` first (fake APNs and Web Pus
 that speak the real protocols, decrypt and record what they get) and points the push
 worker at them, so `scripts/demo_push.py` can show pushes happening end to end.
 
-Settings: every service setting in README.md, plus GATEWAY_PROCESSES (default: number of
-cores) and READY_TIMEOUT (seconds to wait for every /readyz, default 90).
+Settings: every service setting in README.md, plus SERVER_PROCESSES and GATEWAY_PROCESSES
+(default: number of cores each) and READY_TIMEOUT (seconds to wait for every /readyz, default 90).
 """
 
 from __future__ import annotations
@@ -66,9 +66,14 @@ def stack_env() -> dict[str, str]:
 
 def children(env: dict[str, str]) -> list[Child]:
     port = lambda key, default: int(env.get(key, default))  # noqa: E731
+    servers = int(env.get("SERVER_PROCESSES", os.cpu_count() or 1))
     gateways = int(env.get("GATEWAY_PROCESSES", os.cpu_count() or 1))
-    found = [Child("server", "server", port("SERVER_PORT", 8080), COLORS[0])]
-    # Gateway processes share one port (SO_REUSEPORT); the kernel spreads connections.
+    # API and gateway processes share their port (SO_REUSEPORT); the kernel spreads
+    # connections. One outbox relay among the API servers holds its lock at a time.
+    found = [
+        Child(f"server{index + 1}", "server", port("SERVER_PORT", 8080), COLORS[0])
+        for index in range(servers)
+    ]
     for index in range(gateways):
         found.append(Child(f"gateway{index + 1}", "gateway", port("GATEWAY_PORT", 8081), COLORS[1]))
     found.append(Child("fanout", "fanout", port("FANOUT_PORT", 8082), COLORS[2]))

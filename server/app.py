@@ -118,7 +118,8 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[metrics_middleware, stats_middleware, error_middleware, auth.auth_middleware],
     )
     app[SETTINGS] = settings
-    app[OPS] = Ops("server", node_name("server", settings.server_port))
+    # Several server processes may share the port (SO_REUSEPORT): one stats node each.
+    app[OPS] = Ops("server", f"{node_name('server', settings.server_port)}:{os.getpid()}")
     app[METRICS] = ServerMetrics.create(app[OPS].registry)
     app[SERVER_STATS] = ServerStats()
     app.cleanup_ctx.extend(
@@ -135,4 +136,4 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    run("server", create_app, lambda s: s.server_port)
+    run("server", create_app, lambda s: s.server_port, reuse_port=True)

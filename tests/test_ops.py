@@ -119,7 +119,8 @@ async def test_real_processes_report_connections_fanout_and_feed_reads(
         gateway = system.services["gateway"]
         gateway_node = f"{host}:gateway:{gateway.port}:{gateway.proc.pid}"
         fanout_node = f"{host}:fanout:{system.services['fanout'].port}"
-        server_node = f"{host}:server:{system.services['server'].port}"
+        server = system.services["server"]
+        server_node = f"{host}:server:{server.port}:{server.proc.pid}"
 
         async def signed_up() -> tuple[str, dict[str, str]]:
             handle = f"ops_{uuid.uuid4().hex[:10]}"
