@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import math
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +38,7 @@ from scripts.bench.ceiling import Ceiling, measure_ceiling
 from scripts.bench.loadgen import Plan, Result
 from scripts.bench.progress import note
 from scripts.bench.report import Row, machine, revision, summarize, table
-from scripts.bench.runner import run_load
+from scripts.bench.runner import CLIENT_NAMES, CLIENTS, default_client, go_binary, run_load
 from scripts.bench.server_proc import ROOT, RunningServer, ServerConfig, running_server
 
 
@@ -47,6 +49,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=10.0, help="unmeasured seconds per rate")
     p.add_argument("--users", type=int, default=0, help="readers drawn from (0: every user)")
     p.add_argument("--connections", type=int, default=64, help="client connection pool size")
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=default_client(),
+        help="load generator, for the feed runs and the /healthz ceiling alike (default: go "
+        "when `go` is on PATH, else python; go is several times cheaper per request)",
+    )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--second-page-share", type=float, default=0.1)
     p.add_argument("--port", type=int, default=common.BENCH_PORT)
@@ -117,6 +126,24 @@ def feed_plan(args: argparse.Namespace, server: RunningServer, tokens: list[str]
     )
 
 
+def client_cost(args: argparse.Namespace, result: Result, spent: Counter[str]) -> str:
+    """The load generator's own CPU over the measured window, per request scheduled."""
+    seconds = spent.get("loadgen", 0.0)
+    per_request = 1000.0 * seconds / result.scheduled if result.scheduled else math.nan
+    return (
+        f"{args.client} client {100.0 * seconds / result.duration:.0f}% of a core, "
+        f"{per_request:.3f} ms CPU per request"
+    )
+
+
+def page2_share(result: Result) -> str:
+    """Second pages actually asked for: only readers with a cursor learnt in warm-up can."""
+    answered = sum(len(v) for v in result.latencies.values())
+    page2 = len(result.latencies.get("page2", []))
+    share = page2 / answered if answered else 0.0
+    return f"{page2:,} second pages ({share:.1%} of answers)"
+
+
 @dataclass(frozen=True, slots=True)
 class Measured:
     row: Row
@@ -139,7 +166,7 @@ def measure_one(
         f"{plan.rate:,.0f} req/s: timeline reads (warm-up included) "
         + (", ".join(f"{k} {n:,}" for k, n in sorted(reads.items())) or "not exported")
         + f"; Redis ran {commands / (plan.warmup + plan.duration):,.0f} commands/s "
-        "(all clients)"
+        f"(all clients); {page2_share(result)}; {client_cost(args, result, spent)}"
     )
     problem = None
     redis_rate = commands / (plan.warmup + plan.duration)
@@ -153,7 +180,10 @@ def measure_one(
         row = replace(row, label=f"{label} (INVALID: {problem})")
         context += f"; INVALID: {problem}"
     shares = " / ".join(f"{g} {row.cpu[g]:.0f}%" for g in row.cpu)
-    note(f"feed: {plan.rate:,.0f} req/s -> p50 {row.p50:.1f} ms p99 {row.p99:.1f} ms; CPU {shares}")
+    note(
+        f"feed: {plan.rate:,.0f} req/s ({args.client} client) -> p50 {row.p50:.1f} ms "
+        f"p99 {row.p99:.1f} ms; CPU {shares}"
+    )
     note(f"feed: {context}")
     return Measured(row, result, context, problem is None)
 
@@ -196,8 +226,10 @@ def markdown(
         f"- server: {args.server_processes} `python -m server` process(es) at "
         f"`{revision(args.server_root)}` "
         f"(`{args.server_root}`), FANOUT_THROTTLE_MAX={args.throttle_max}; "
-        f"client: one process, {args.connections} connections, open loop, "
-        f"`limit={args.limit}`, {args.second_page_share:.0%} second pages, "
+        f"client: {CLIENT_NAMES[args.client]}, one process, {args.connections} connections, "
+        "open loop, "
+        f"`limit={args.limit}`, {args.second_page_share:.0%} second pages among readers "
+        "with a cursor from warm-up, "
         f"{args.users or info.users:,} distinct readers",
         f"- each rate: {args.warmup:.0f} s warm-up (not measured), {args.duration:.0f} s "
         "measured; latency from the scheduled send time",
@@ -209,7 +241,13 @@ def markdown(
         )
     lines += ["", table([m.row for m in runs]), *(f"- {m.context}" for m in runs), ""]
     if ceil is not None:
-        lines += ["Machine ceiling, measured in the same run:", "", *ceil.lines(), ""]
+        lines += [
+            f"Machine ceiling, measured in the same run (`/healthz` through the same "
+            f"{args.client} client):",
+            "",
+            *ceil.lines(),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -235,6 +273,8 @@ def run(args: argparse.Namespace) -> str:
             module="scripts.bench.profiled_server",
             extra_env=(("BENCH_PROFILE", args.profile), ("BENCH_PROFILE_OUT", args.profile_out)),
         )
+    if args.client == "go":
+        note(f"feed: Go load generator {go_binary()}")
     with running_server(config) as server:
         note(f"feed: server pids {server.pids} ready at {server.base_url} (log {server.log_path})")
         runs = measure_feed(args, server, tokens, target)

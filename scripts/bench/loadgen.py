@@ -68,17 +68,20 @@ class _Run:
         self.window_end = self.window_start + plan.duration
         self.headers = [{"Authorization": f"Bearer {t}"} for t in plan.tokens]
         self.cursors: dict[int, str] = {}
+        self.learnt: list[int] = []  # users with a cursor, for page-2 picks
         self.result = Result(plan.rate, plan.duration)
         self.rng = random.Random(plan.seed)  # noqa: S311 - load pattern, not security
 
     def pick(self, measured: bool) -> tuple[int, str, str]:
         """(user index, kind, url) of the next request."""
-        user = self.rng.randrange(len(self.headers))
         url = self.plan.base_url + self.plan.path
         share = self.plan.second_page_share if measured else 0.0
-        if user in self.cursors and share > 0 and self.rng.random() < share:
+        # Page 2 goes to a user whose cursor was learnt in warm-up (only some users were
+        # seen then), so the share holds whatever the warm-up covered.
+        if self.learnt and share > 0 and self.rng.random() < share:
+            user = self.rng.choice(self.learnt)
             return user, "page2", f"{url}&cursor={self.cursors[user]}"
-        return user, "page1", url
+        return self.rng.randrange(len(self.headers)), "page1", url
 
     async def one(self, user: int, kind: str, url: str, scheduled: float) -> None:
         measured = scheduled >= self.window_start
@@ -117,6 +120,8 @@ class _Run:
         self.result.warm_pages += 1
         self.result.warm_posts += len(page.get("posts", []))
         if page.get("next_cursor"):
+            if user not in self.cursors:
+                self.learnt.append(user)
             self.cursors[user] = page["next_cursor"]
 
 

@@ -1,21 +1,93 @@
 """Runs one load plan in a separate process and accounts the CPU each process group used
 over its measured window. The load generator never shares a process with the server.
+
+Two load generators take the same Plan and give the same Result: the Python one
+(scripts/bench/loadgen.py: aiohttp on uvloop) and a Go one (scripts/bench/loadgen_go:
+one thread running its own epoll loop), several times cheaper per request, which
+matters because the client shares the cores with the system under test. The Go one is
+built from source at run time into a git-ignored directory and rebuilt when its source
+changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
 
 from scripts.bench import common, cpu
-from scripts.bench.loadgen import Plan, Result, run_in_process
+from scripts.bench.loadgen import PROGRESS_EVERY, Plan, Result, run_in_process
+
+CLIENTS = ("python", "go")
+CLIENT_NAMES = {
+    "python": "Python (aiohttp on uvloop, scripts/bench/loadgen.py)",
+    "go": "Go (one thread, own epoll loop, scripts/bench/loadgen_go)",
+}
+GO_SOURCE = Path(__file__).resolve().parent / "loadgen_go"
+GO_BINARY = Path(__file__).resolve().parents[2] / ".stack" / "bench-bin" / "loadgen"
+GO_BUILD_TIMEOUT = 300.0
+# The Go client sends what is due at most once per tick (unless a response wakes it
+# first), like the Python client's 1 ms loop: at 2 000 req/s this halves its timer
+# wake-ups (0.06 instead of 0.09 ms of CPU per request) for at most 1 ms of dispatch lag,
+# which is part of the latency and reported. 0 sends each request at its own time.
+GO_TICK = 0.001
+WINDOW_START = "@window start"
+WINDOW_END = "@window end"
+
+
+def default_client() -> str:
+    """Go when a Go toolchain is on PATH (to build the client), else Python."""
+    return "go" if shutil.which("go") else "python"
+
+
+def go_binary() -> Path:
+    """The Go load generator, built now if it is missing or older than its source."""
+    sources = [GO_SOURCE / name for name in ("main.go", "go.mod")]
+    newest = max(p.stat().st_mtime for p in sources)
+    if GO_BINARY.exists() and GO_BINARY.stat().st_mtime >= newest:
+        return GO_BINARY
+    go = shutil.which("go")
+    if go is None:
+        raise common.BenchError("the Go client needs `go` on PATH to build it (or --client python)")
+    GO_BINARY.parent.mkdir(parents=True, exist_ok=True)
+    partial = GO_BINARY.with_name(f"{GO_BINARY.name}.{os.getpid()}.tmp")
+    env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod", CGO_ENABLED="0")
+    try:
+        subprocess.run(
+            [go, "build", "-trimpath", "-o", str(partial), "."],
+            cwd=GO_SOURCE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GO_BUILD_TIMEOUT,
+            check=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        partial.unlink(missing_ok=True)
+        raise common.BenchError(f"building the Go client failed:\n{exc.stderr[-2000:]}") from None
+    except subprocess.TimeoutExpired:
+        partial.unlink(missing_ok=True)
+        raise common.BenchError("building the Go client timed out") from None
+    partial.replace(GO_BINARY)  # atomic: a concurrent run sees the old or the new binary
+    return GO_BINARY
 
 
 def run_load(
     args: argparse.Namespace, plan: Plan, server_pids: tuple[int, ...]
 ) -> tuple[Result, Counter[str]]:
-    """Run one plan in a separate process; CPU per group over its measured window."""
+    """Run one plan in a separate process with the client `args.client` selects (Python
+    if unset); CPU per group over its measured window."""
+    if getattr(args, "client", "python") == "go":
+        return _run_go(args, plan, server_pids)
     cpu.wait_quiet(args.quiet_below, args.quiet_wait)
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
@@ -41,3 +113,79 @@ def run_load(
         raise
     finally:
         proc.join(30)
+
+
+def go_plan(plan: Plan) -> dict[str, Any]:
+    """The Go client's JSON plan: the same load, one entry per reader."""
+    return {
+        "base_url": plan.base_url,
+        "rate": plan.rate,
+        "warmup": plan.warmup,
+        "duration": plan.duration,
+        "connections": plan.connections,
+        "timeout": plan.timeout,
+        "max_inflight": plan.max_inflight,
+        "seed": plan.seed,
+        "second_page_share": plan.second_page_share,
+        "progress_every": PROGRESS_EVERY,
+        "tick": GO_TICK,
+        "requests": [
+            {"path": plan.path, "authorization": f"Bearer {t}", "kind": "page1"}
+            for t in plan.tokens
+        ],
+    }
+
+
+def _run_go(
+    args: argparse.Namespace, plan: Plan, server_pids: tuple[int, ...]
+) -> tuple[Result, Counter[str]]:
+    exe = go_binary()  # before waiting for quiet: a build is busy work
+    with tempfile.TemporaryDirectory(prefix="bench-loadgen-") as tmp:
+        plan_path, out_path = Path(tmp) / "plan.json", Path(tmp) / "result.json"
+        plan_path.write_bytes(orjson.dumps(go_plan(plan)))
+        cpu.wait_quiet(args.quiet_below, args.quiet_wait)
+        # stdout (the result, megabytes) goes to a file so that reading stderr (progress
+        # and window markers) line by line can never dead-lock on a full pipe.
+        with out_path.open("wb") as out:
+            proc = subprocess.Popen([exe, str(plan_path)], stdout=out, stderr=subprocess.PIPE)
+        named = {pid: "server" for pid in server_pids} | {proc.pid: "loadgen"}
+        before = cpu.Snapshot({}, 0)
+        spent: Counter[str] = Counter()
+        try:
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line == WINDOW_START:
+                    before = cpu.snapshot(args.db, args.redis_port)
+                elif line == WINDOW_END:
+                    spent = cpu.usage(before, cpu.snapshot(args.db, args.redis_port), named)
+                else:
+                    sys.stderr.write(line + "\n")
+                    sys.stderr.flush()
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()  # our own child: stopping early, its load is no longer wanted
+            proc.wait(30)
+            raise
+        finally:
+            if proc.stderr is not None:
+                proc.stderr.close()
+        if code != 0:
+            raise common.BenchError(f"load generator (go) died (exit code {code})")
+        return _result(orjson.loads(out_path.read_bytes())), spent
+
+
+def _result(data: dict[str, Any]) -> Result:
+    return Result(
+        offered_rate=float(data["offered_rate"]),
+        duration=float(data["duration"]),
+        scheduled=int(data["scheduled"]),
+        latencies={str(k): [float(x) for x in v] for k, v in data["latencies"].items()},
+        outcomes=Counter({str(k): int(n) for k, n in data["outcomes"].items()}),
+        lag=[float(x) for x in data["lag"]],
+        last_done=float(data["last_done"]),
+        warm_pages=int(data["warm_pages"]),
+        warm_posts=int(data["warm_posts"]),
+        warm_errors=int(data["warm_errors"]),
+        client_cpu=float(data["client_cpu"]),
+    )

@@ -1,0 +1,3 @@
+module feedbench/loadgen
+
+go 1.22
