@@ -36,6 +36,7 @@ from core.settings import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 READY_CHECK_TIMEOUT = 2.0
+BACKLOG = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +122,28 @@ class StartupError(RuntimeError):
     """Reported as one line on stderr; the process exits 1."""
 
 
+# Builds the listening site of a set-up runner (host, port, reuse_port); the gateway
+# passes its own, whose connections start with its protocol instead of aiohttp's.
+SiteFactory = Callable[[web.AppRunner, str, int, bool], web.BaseSite]
+
+
+def tcp_site(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> web.BaseSite:
+    return web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=BACKLOG)
+
+
+def app_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
+    return web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
+    )
+
+
 async def serve(
-    app: web.Application, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    reuse_port: bool = False,
+    site_factory: SiteFactory = tcp_site,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down in a bounded, fixed order.
 
@@ -133,15 +154,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
-    )
+    runner = app_runner(app, shutdown_timeout)
     try:
         try:
             await runner.setup()
         except DependencyUnavailable as exc:
             raise StartupError(str(exc)) from None
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
+        site = site_factory(runner, host, port, reuse_port)
         try:
             await site.start()
         except OSError as exc:
@@ -162,6 +181,7 @@ def run(
     build_app: Callable[[Settings], web.Application],
     port_of: Callable[[Settings], int],
     reuse_port: bool = False,
+    site_factory: SiteFactory = tcp_site,
 ) -> None:
     """Entry point shared by `python -m <service>`."""
     try:
@@ -173,7 +193,14 @@ def run(
     app = build_app(settings)
     try:
         uvloop.run(
-            serve(app, settings.host, port_of(settings), settings.shutdown_timeout, reuse_port)
+            serve(
+                app,
+                settings.host,
+                port_of(settings),
+                settings.shutdown_timeout,
+                reuse_port,
+                site_factory,
+            )
         )
     except StartupError as exc:
         sys.exit(f"{service}: error: {exc}")

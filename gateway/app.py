@@ -1,11 +1,13 @@
 """Builds a gateway process: live WebSocket and SSE connections relaying per-user Redis
-pub/sub. Several processes share one port (SO_REUSEPORT), one per core."""
+pub/sub. Several processes share one port (SO_REUSEPORT), one per core. `main` serves
+through gateway.protocols.site, so WebSocket upgrades leave aiohttp (protocols/front.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import os
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,9 +18,11 @@ from core.clients import connect_with_retry
 from core.resources import DB, REDIS, CleanupCtx, postgres_ctx
 from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run, stop_tasks
 from core.settings import Settings, mask_url
-from gateway.handlers import NODE, sse, websocket
+from gateway.handlers import NODE, WEBSOCKETS, sse, websocket
 from gateway.metrics import GatewayMetrics
 from gateway.node import GatewayNode
+from gateway.protocols.connections import WebSocketConnections
+from gateway.protocols.site import front_site
 from gateway.resume import Resumer
 
 # A caller waits at most this long for a pooled Redis connection, then gets an error
@@ -30,7 +34,8 @@ REDIS_POOL_WAIT = 2.0
 # connection keeps for hours: 0.5-1.8 s pauses at 10 000 connections (the benchmark's
 # delivery p99) and half the idle CPU. Young collections run less often, and the objects
 # of start-up are frozen out of every collection. Full collections become rare, not
-# shorter: fewer tracked objects per connection is the lasting fix.
+# shorter: fewer tracked objects per connection is the lasting fix (a WebSocket upgraded
+# by gateway/protocols/ keeps about a dozen).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
@@ -85,10 +90,14 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await node.broker.start()
     app[NODE] = node
+    websockets = WebSocketConnections(node, settings.gateway_ping_seconds)
+    websockets.start()
+    app[WEBSOCKETS] = websockets
     app[OPS].checks.append(Check("pubsub", node.broker.probe))
     app[OPS].checks.append(Check("tasks", node.supervisor.probe))
     supervisor = asyncio.create_task(node.supervisor.run(), name="gateway-supervisor")
     yield
+    await websockets.shutdown(wait=0)  # no-op after on_shutdown; else cuts what is left
     await stop_tasks([supervisor])
     await node.presence.clear()
     await node.broker.close()
@@ -96,7 +105,12 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def on_shutdown(app: web.Application) -> None:
-    await app[NODE].shutdown(wait=app[SETTINGS].shutdown_timeout / 2)
+    """Every client is told to go (1012), including those upgraded outside aiohttp and
+    those still connecting; half the shutdown budget is theirs to finish closing."""
+    budget = app[SETTINGS].shutdown_timeout / 2
+    started = time.monotonic()
+    await app[NODE].shutdown(wait=budget)
+    await app[WEBSOCKETS].shutdown(wait=max(budget - (time.monotonic() - started), 0.5))
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -125,4 +139,10 @@ def _create_process_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
-    run("gateway", _create_process_app, lambda s: s.gateway_port, reuse_port=True)
+    run(
+        "gateway",
+        _create_process_app,
+        lambda s: s.gateway_port,
+        reuse_port=True,
+        site_factory=front_site,
+    )

@@ -9,6 +9,8 @@ import enum
 class Close(enum.IntEnum):
     NORMAL = 1000  # client or server finished: no reconnect needed
     GOING_AWAY = 1001  # client navigated away
+    PROTOCOL_ERROR = 1002  # broken WebSocket framing (unmasked, reserved bits...): fix the client
+    INVALID_DATA = 1007  # a text message that is not UTF-8: fix the client
     POLICY = 1008  # garbage frames / client sent something it must not: do not retry as is
     TOO_BIG = 1009  # a client frame over the size limit: do not retry as is
     SHUTTING_DOWN = 1012  # this node is restarting: reconnect (another node) with ?since=
@@ -23,6 +25,8 @@ class Close(enum.IntEnum):
 RECONNECT = {
     Close.NORMAL: "no",
     Close.GOING_AWAY: "no",
+    Close.PROTOCOL_ERROR: "no (fix the client)",
+    Close.INVALID_DATA: "no (fix the client)",
     Close.POLICY: "no (fix the client)",
     Close.TOO_BIG: "no (fix the client)",
     Close.SHUTTING_DOWN: "yes, at once, with ?since=<last id>",

@@ -1,4 +1,6 @@
-"""Thin adapters from HTTP to the node: the WebSocket and SSE endpoints. They parse the
+"""Thin adapters from HTTP to the node: the SSE endpoint, and the WebSocket endpoint for
+upgrades that reach aiohttp (a keep-alive connection aiohttp already owns; fresh
+connections are upgraded by gateway.protocols.front without aiohttp). They parse the
 request, set up the transport and hand everything else to GatewayNode."""
 
 from __future__ import annotations
@@ -6,53 +8,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import orjson
 from aiohttp import WSMsgType, web
 
 from gateway.codes import Close
 from gateway.node import Admission, GatewayNode, Refused
 from gateway.outgoing import control
+from gateway.params import bearer_token, cors_headers, error_body, origin_allowed, parse_since
+from gateway.protocols.connections import WebSocketConnections
+from gateway.protocols.frames import MAX_CLIENT_MESSAGE
 from gateway.transport import SSETransport, WebSocketTransport
 
 NODE = web.AppKey("gateway_node", GatewayNode)
-MAX_CLIENT_MESSAGE = 4096
-MAX_ID = 2**63 - 1
+WEBSOCKETS = web.AppKey("gateway_websockets", WebSocketConnections)
 
 
 def _token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip() or None
-    return request.query.get("access_token") or None
-
-
-def _since(raw: str | None) -> int | None:
-    if raw is None or raw == "":
-        return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 0 < int(raw) <= MAX_ID:
-        raise Refused(Close.POLICY, 400, "invalid_since", "since must be a post id")
-    return int(raw)
+    return bearer_token(request.headers.get("Authorization"), request.query.get("access_token"))
 
 
 def _origin_allowed(request: web.Request, node: GatewayNode) -> bool:
-    allowed = node.settings.gateway_allowed_origins
-    origin = request.headers.get("Origin")
-    if allowed.strip() == "*" or origin is None:
-        return True
-    return origin in {o.strip() for o in allowed.split(",")}
-
-
-def _cors(request: web.Request) -> dict[str, str]:
-    origin = request.headers.get("Origin")
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin else {}
+    return origin_allowed(request.headers.get("Origin"), node.settings.gateway_allowed_origins)
 
 
 def _error(status: int, code: str, message: str, request: web.Request) -> web.Response:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    headers = _cors(request)
+    headers = cors_headers(request.headers.get("Origin"))
     if status in (429, 503):
         headers["Retry-After"] = "2"
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+    return web.Response(
+        body=error_body(code, message),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -67,7 +54,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     try:
         admission = node.admit(request.remote or "?", _token(request))
-        since = _since(request.query.get("since"))
+        since = parse_since(request.query.get("since"))
     except Refused as refused:
         # Browsers cannot read an HTTP status from a failed upgrade; a close code they can.
         await ws.close(code=refused.code, message=refused.message.encode())
@@ -97,7 +84,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         return _error(403, "origin_not_allowed", "this origin may not connect", request)
     try:
         admission: Admission = node.admit(request.remote or "?", _token(request))
-        since = _since(request.headers.get("Last-Event-ID") or request.query.get("since"))
+        since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("since"))
     except Refused as refused:
         return _error(refused.status, refused.error, refused.message, request)
     response = web.StreamResponse(
@@ -105,7 +92,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            **_cors(request),
+            **cors_headers(request.headers.get("Origin")),
         }
     )
     assert request.transport is not None

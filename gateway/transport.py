@@ -28,6 +28,9 @@ class Transport(Protocol):
 
 
 class WebSocketTransport:
+    """aiohttp's WebSocket, for an upgrade on a keep-alive connection aiohttp already
+    owns; fresh connections are upgraded by gateway.protocols (the same contract)."""
+
     name = "websocket"
 
     def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from core import events, keys
 from core.auth import TokenSigner
 from core.settings import Settings
-from gateway.app import create_app as create_gateway
 from gateway.codes import Close
 from gateway.handlers import NODE
 from tests.support.api import User, sign_up
+from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 
 Client = TestClient[web.Request, web.Application]
@@ -38,7 +38,7 @@ def gateway_settings(settings: Settings, api: Client) -> Settings:
 
 @pytest.fixture
 async def gw(gateway_settings: Settings, aiohttp_client: MakeClient) -> Client:
-    return await aiohttp_client(create_gateway(gateway_settings))
+    return await aiohttp_client(serve_gateway(gateway_settings))
 
 
 async def connect(gw: Client, user: User, **params: str) -> aiohttp.ClientWebSocketResponse:
@@ -224,7 +224,7 @@ async def test_connection_limit_per_user(
     api: Client, gateway_settings: Settings, aiohttp_client: MakeClient
 ) -> None:
     gw = await aiohttp_client(
-        create_gateway(dataclasses.replace(gateway_settings, gateway_max_connections_per_user=2))
+        serve_gateway(dataclasses.replace(gateway_settings, gateway_max_connections_per_user=2))
     )
     user = await sign_up(api)
     kept = [await connect(gw, user), await connect(gw, user)]
@@ -240,7 +240,7 @@ async def test_connection_rate_per_address(
     api: Client, gateway_settings: Settings, aiohttp_client: MakeClient
 ) -> None:
     gw = await aiohttp_client(
-        create_gateway(dataclasses.replace(gateway_settings, gateway_connects_per_ip=3))
+        serve_gateway(dataclasses.replace(gateway_settings, gateway_connects_per_ip=3))
     )
     user = await sign_up(api)
     codes = []

@@ -17,11 +17,11 @@ from core import events, keys
 from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
-from gateway.app import create_app as create_gateway
 from gateway.codes import Close
 from gateway.handlers import NODE
 from server.app import create_app as create_server
 from tests.support.api import User, follow, post, sign_up
+from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 from tests.support.procs import start_service, wait_ready
 from tests.support.wait import eventually
@@ -42,7 +42,7 @@ async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client,
     worker = await aiohttp_client(create_fanout(live))
     await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
     gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))
-    gw = await aiohttp_client(create_gateway(gw_settings))
+    gw = await aiohttp_client(serve_gateway(gw_settings))
     return api, worker, gw
 
 

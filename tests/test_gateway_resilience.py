@@ -23,12 +23,12 @@ from core.ids import min_id_for_ms
 from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
-from gateway.app import create_app as create_gateway
 from gateway.codes import Close
 from gateway.handlers import NODE
 from gateway.supervisor import Supervisor
 from server.app import create_app as create_server
 from tests.support.api import User, follow, post, sign_up
+from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 from tests.support.wait import eventually
 
@@ -47,7 +47,7 @@ def gateway_settings(settings: Settings, api: Client) -> Settings:
 
 @pytest.fixture
 async def gw(gateway_settings: Settings, aiohttp_client: MakeClient) -> Client:
-    return await aiohttp_client(create_gateway(gateway_settings))
+    return await aiohttp_client(serve_gateway(gateway_settings))
 
 
 async def until_live(gw: Client, user_id: int, connections: int = 1) -> None:
@@ -70,7 +70,7 @@ async def test_2000_connections_dropping_at_once_clear_every_presence_key(
 ) -> None:
     # A small pool: one command per disconnect would run it dry at once.
     settings = dataclasses.replace(gateway_settings, redis_max_connections=8)
-    gw = await aiohttp_client(create_gateway(settings))
+    gw = await aiohttp_client(serve_gateway(settings))
     node = gw.app[NODE]
     signer = TokenSigner(settings.secret_key, 600)
     base = 9_100_000_000 + (uuid.uuid4().int % 1_000_000) * 10_000
@@ -142,7 +142,7 @@ async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client,
     worker = await aiohttp_client(create_fanout(live))
     await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
     gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))
-    gw = await aiohttp_client(create_gateway(gw_settings))
+    gw = await aiohttp_client(serve_gateway(gw_settings))
     return api, gw
 
 
