@@ -194,11 +194,9 @@ class Handlers:
         )
         await self._send_push_jobs(
             [
-                events.PushJob(
-                    kind="feed", user_id=u, created_at_ms=e.created_at_ms, post_id=e.post_id
-                )
-                for e, result in zip(live, results, strict=True)
-                for u in result.offline
+                job
+                for event, result in zip(live, results, strict=True)
+                for job in _feed_jobs(event, result.offline)
             ]
         )
         # Counted once delivered: a group that fails part-way is counted by post_created.
@@ -300,7 +298,7 @@ class Handlers:
         d.metrics.timeline_writes.inc(result.written)
         d.metrics.batches.labels(tier.value).inc()
         d.metrics.live_publishes.inc(result.published)
-        await self._feed_pushes(result.offline, event)
+        await self._send_push_jobs(_feed_jobs(event, result.offline))
 
     async def _settle(
         self, delivery: tuple[asyncio.Task[None], int | None], checkpoint: str
@@ -310,17 +308,6 @@ class Handlers:
         if last is not None:
             # Progress survives a crash: a restarted worker resumes after this follower.
             await self.d.redis.set(checkpoint, last, ex=CHECKPOINT_TTL)
-
-    async def _feed_pushes(self, offline: list[int], event: events.PostCreated) -> None:
-        """Offline followers with a device get a (coalesced, silent) feed push job."""
-        await self._send_push_jobs(
-            [
-                events.PushJob(
-                    kind="feed", user_id=u, created_at_ms=event.created_at_ms, post_id=event.post_id
-                )
-                for u in offline
-            ]
-        )
 
     async def _send_push_jobs(self, jobs: list[events.PushJob]) -> None:
         futures = [
@@ -436,3 +423,13 @@ class Handlers:
                     )
                 ]
             )
+
+
+def _feed_jobs(event: events.PostCreated, offline: list[int]) -> list[events.PushJob]:
+    """Offline followers with a device get a (coalesced, silent) feed push job."""
+    return [
+        events.PushJob(
+            kind="feed", user_id=u, created_at_ms=event.created_at_ms, post_id=event.post_id
+        )
+        for u in offline
+    ]

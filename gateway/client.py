@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from gateway.codes import Close
 from gateway.latency import DeliveryLatency
-from gateway.outgoing import Outgoing
+from gateway.outgoing import Outgoing, control
 from gateway.transport import Transport
+
+PING_TEXT = '{"type":"ping"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,14 @@ class Client:
                 self.close(Close.SLOW_CONSUMER, "too many events while catching up")
             return
         self._enqueue(message)
+
+    def received(self, text: str | None) -> None:
+        """A data message from the client (None: binary). The only one allowed is the
+        application-level ping, answered with a pong; anything else is a broken client."""
+        if text is not None and text.strip() == PING_TEXT:
+            self.send_now([control("pong")])
+        else:
+            self.close(Close.POLICY, f"clients may only send {PING_TEXT}")
 
     def send_now(self, messages: list[Outgoing]) -> None:
         """Replayed events, sent in order, outside the hold."""

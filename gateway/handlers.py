@@ -10,9 +10,7 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
-from gateway.codes import Close
 from gateway.node import Admission, GatewayNode, Refused
-from gateway.outgoing import control
 from gateway.params import bearer_token, cors_headers, error_body, origin_allowed, parse_since
 from gateway.protocols.connections import WebSocketConnections
 from gateway.protocols.frames import MAX_CLIENT_MESSAGE
@@ -67,10 +65,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         client.close(refused.code, refused.message)  # closed (bounded) by disconnect()
     try:
         async for message in ws:
-            if message.type is WSMsgType.TEXT and message.data.strip() == '{"type":"ping"}':
-                client.send_now([control("pong")])
-            elif message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                client.close(Close.POLICY, 'clients may only send {"type":"ping"}')
+            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                client.received(message.data if message.type is WSMsgType.TEXT else None)
             elif message.type is WSMsgType.ERROR:
                 break
     finally:

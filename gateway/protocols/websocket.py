@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 from gateway.client import Client
 from gateway.codes import Close
-from gateway.outgoing import Outgoing, control
+from gateway.outgoing import Outgoing
 from gateway.protocols.frames import (
     CLOSE,
     CONTINUATION,
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 # A close we start waits this long for the peer's close frame (or for it to hang up)
 # before the TCP connection is cut; aiohttp waits 10 s.
 CLOSE_TIMEOUT = 5.0
-PING_TEXT = '{"type":"ping"}'
 # Pongs are not queued behind more than this: a peer that sends pings but reads nothing
 # must not grow our write buffer (events are bounded by the client's queue limits).
 PONG_BUFFER_LIMIT = 256 * 1024
@@ -192,15 +191,13 @@ class WebSocketProtocol(asyncio.Protocol):
         client = self.client
         if client is None:
             return
+        text = None
         if opcode == TEXT:
             try:
                 text = payload.decode()
             except UnicodeDecodeError:
                 raise FrameError(Close.INVALID_DATA, "text message is not UTF-8") from None
-            if text.strip() == PING_TEXT:
-                client.send_now([control("pong")])
-                return
-        client.close(Close.POLICY, 'clients may only send {"type":"ping"}')
+        client.received(text)
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == PING:
