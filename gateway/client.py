@@ -1,13 +1,15 @@
 """One connection's state: its bounded outbound queue, coalesced flushes, and the replay
 window in which live events are held back until what the client missed has been sent.
 
-No task per connection: a flush is scheduled with call_soon when the first message of a
-burst is queued, so everything queued in one loop iteration leaves in one write().
+No task per connection: a connection with something queued joins the node's Flusher,
+which writes every such connection out once per loop iteration, so everything queued for
+a connection in one iteration leaves in one write(), and one call_soon serves them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +17,8 @@ from gateway.codes import Close
 from gateway.latency import DeliveryLatency
 from gateway.outgoing import Outgoing, control
 from gateway.transport import Transport
+
+log = logging.getLogger(__name__)
 
 PING_TEXT = '{"type":"ping"}'
 
@@ -25,13 +29,42 @@ class QueueLimits:
     bytes: int
 
 
+class Flusher:
+    """The connections with something queued, written out together at the end of the
+    loop iteration that queued it (a burst of pub/sub messages is dispatched in one
+    iteration): one scheduled callback per iteration, not one per connection."""
+
+    __slots__ = ("_loop", "_pending", "_scheduled")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[Client] = []
+        self._scheduled = False
+
+    def schedule(self, client: Client) -> None:
+        self._pending.append(client)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for client in pending:
+            try:
+                client.flush()
+            except Exception:
+                # One broken connection must not keep the others' events queued.
+                log.exception("flush to user %d failed", client.user_id)
+
+
 class Client:
     __slots__ = (
         "_flush_scheduled",
+        "_flusher",
         "_held",
         "_latency",
         "_limits",
-        "_loop",
         "_on_close",
         "_queue",
         "_queued_bytes",
@@ -52,13 +85,14 @@ class Client:
         limits: QueueLimits,
         on_close: Callable[[Client, Close, str], None],
         latency: DeliveryLatency,
+        flusher: Flusher,
     ) -> None:
         self.user_id = user_id
         self.transport = transport
         self._limits = limits
         self._on_close = on_close
         self._latency = latency
-        self._loop = asyncio.get_running_loop()
+        self._flusher = flusher
         self._queue: list[Outgoing] = []
         self._queued_bytes = 0
         self._flush_scheduled = False
@@ -114,9 +148,10 @@ class Client:
             return
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.schedule(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Everything queued, in one write (called by the Flusher)."""
         self._flush_scheduled = False
         if self.closing or not self._queue:
             return

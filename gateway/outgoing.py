@@ -1,11 +1,17 @@
 """One event as it leaves this node: the bytes fan-out serialized, plus their framing
-for each transport, each built once per node however many connections receive it."""
+for each transport, each built once per node however many connections receive it.
+
+What the node needs to know about an event (its type and post id) is parsed only when
+asked: a live event on its way to WebSocket connections that are not catching up needs
+neither, and parsing every payload cost more than framing it."""
 
 from __future__ import annotations
 
 import orjson
 
 from core.ids import id_timestamp_ms
+
+_UNPARSED = -1  # sentinel for "not looked at yet" (ids and timestamps are never negative)
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -21,24 +27,48 @@ def ws_frame(payload: bytes) -> bytes:
 
 
 class Outgoing:
-    __slots__ = ("_sse", "_ws", "created_ms", "event_id", "kind", "payload")
+    __slots__ = ("_event_id", "_kind", "_live", "_sse", "_ws", "payload")
 
     def __init__(self, payload: bytes, live: bool = False) -> None:
         self.payload = payload
+        self._live = live
         self._ws: bytes | None = None
         self._sse: bytes | None = None
+        self._kind: str | None = None
+        self._event_id: int | None = _UNPARSED
+
+    def _parse(self) -> None:
         try:
-            head = orjson.loads(payload)
-            self.kind: str = str(head.get("type", ""))
-            raw_id = head.get("id") if self.kind == "post" else None
-            self.event_id: int | None = int(raw_id) if raw_id is not None else None
+            head = orjson.loads(self.payload)
+            kind = str(head.get("type", ""))
+            raw_id = head.get("id") if kind == "post" else None
+            event_id = int(raw_id) if raw_id is not None else None
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-            self.kind, self.event_id = "", None
-        # A live post's creation time (from its id), for post-to-socket latency; replayed
-        # posts are old by design and do not count.
-        self.created_ms: int | None = (
-            id_timestamp_ms(self.event_id) if live and self.event_id is not None else None
-        )
+            kind, event_id = "", None
+        self._kind, self._event_id = kind, event_id
+
+    @property
+    def kind(self) -> str:
+        if self._kind is None:
+            self._parse()
+        assert self._kind is not None
+        return self._kind
+
+    @property
+    def event_id(self) -> int | None:
+        """The post id of a post event (None for every other event)."""
+        if self._event_id == _UNPARSED:
+            self._parse()
+        return self._event_id
+
+    @property
+    def created_ms(self) -> int | None:
+        """A live post's creation time (from its id), for post-to-socket latency; replayed
+        posts are old by design and do not count."""
+        if not self._live:
+            return None
+        event_id = self.event_id
+        return id_timestamp_ms(event_id) if event_id is not None else None
 
     @property
     def ws(self) -> bytes:
@@ -50,7 +80,8 @@ class Outgoing:
     def sse(self) -> bytes:
         """An SSE event; post events carry their id so Last-Event-ID resumes after it."""
         if self._sse is None:
-            head = f"id: {self.event_id}\n" if self.event_id is not None else ""
+            event_id = self.event_id
+            head = f"id: {event_id}\n" if event_id is not None else ""
             self._sse = head.encode() + b"data: " + self.payload + b"\n\n"
         return self._sse
 
