@@ -26,6 +26,19 @@ def post_id_from_member(member: bytes | str) -> int:
     return int(member)
 
 
+def following(user_id: int) -> str:
+    """SET of the ids a user follows, a cache of Postgres for the feed read path (the
+    unfollow filter, the choice of celebrity-tier authors to merge); it always holds the
+    member "0" (no user has id 0), so an existing key is never mistaken for a missing one."""
+    return f"fl:{{{user_id}}}"
+
+
+def following_version(user_id: int) -> str:
+    """Changed (to a random token) by every follow or unfollow of the user: a cache fill
+    that read Postgres before the change is refused (server/following.py)."""
+    return f"flv:{{{user_id}}}"
+
+
 def presence(user_id: int) -> str:
     """Set of the gateway nodes holding a live connection of the user, with a TTL the
     gateways refresh (gateway/presence.py). Test it with EXISTS: MGET/GET see no value."""

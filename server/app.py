@@ -22,7 +22,7 @@ from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
 from server.errors import error_middleware
-from server.feed import FEED, CelebrityDirectory, HomeFeed
+from server.feed import FEED, Celebrities, HomeFeed
 from server.handlers import devices, feed, ops, posts, users
 from server.metrics import METRICS, ServerMetrics, metrics_middleware
 from server.openapi import openapi
@@ -75,7 +75,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[CTX] = c
     metrics = app[METRICS]
-    celebs = CelebrityDirectory(c.db, TierPolicy(settings, c.redis))
+    celebs = Celebrities(c.db, TierPolicy(settings, c.redis))
     app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads)
     relay = OutboxRelay(settings.database_url, c.kafka, c.topics, metrics.outbox_published)
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")

@@ -6,11 +6,19 @@ the recent posts of followed celebrity-tier authors (merged at read time). They 
 merged without gaps: nothing below a source's last fetched id is emitted until that
 source has been read further. Ids of authors no longer followed are dropped. Redis down:
 one Postgres query over followed authors serves the same pages (slower, never an error).
+
+A first page costs two Redis calls and no Postgres query: one script reads the timeline
+page and which celebrity-tier authors the user follows (the following cache,
+server/following.py); the celebrity-tier authors' recent posts are held by each process
+(refreshed every CELEB_POSTS_SECONDS, and at once for posts created by this process);
+one script hydrates the candidates and tells, per post, whether its author is still
+followed. Postgres answers what those caches miss.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,12 +32,15 @@ from prometheus_client import Counter
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
 from server.context import ServerContext
+from server.following import FollowingCache
 from server.hydrate import REDIS_ERRORS, Hydrator
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 5  # bounded work per request even when most candidates are filtered out
-CELEB_CACHE_SECONDS = 5.0
+CELEB_CACHE_SECONDS = 5.0  # who is in the pull tier
+CELEB_POSTS_SECONDS = 1.0  # their recent posts (posts made through this process: at once)
+CELEB_POSTS_DEPTH = 200  # recent posts held per celebrity-tier author; older: Postgres
 
 FOLLOWED_POSTS = """
 SELECT id FROM posts
@@ -50,6 +61,13 @@ SELECT p.id FROM follows f
  WHERE f.follower_id = $1 AND f.followee_id = ANY($2::bigint[])
  ORDER BY p.id DESC LIMIT $4
 """
+RECENT_POSTS = """
+SELECT a.author_id, p.id FROM unnest($1::bigint[]) AS a(author_id)
+ CROSS JOIN LATERAL (
+       SELECT id FROM posts
+        WHERE author_id = a.author_id AND deleted_at IS NULL
+        ORDER BY id DESC LIMIT $2) p
+"""
 MAX_ID = 2**63 - 1
 
 
@@ -63,40 +81,92 @@ class FeedPage:
 Fetch = Callable[[int, int], Awaitable[tuple[list[int], bool]]]  # (before, n) -> ids, exhausted
 
 
-class CelebrityDirectory:
-    """Ids of authors in the pull tier, refreshed every few seconds per process."""
+class Celebrities:
+    """Who is in the pull tier, and their recent posts (ids ascending, per author), held
+    by each process and refreshed by the first read that finds them stale; other reads
+    meanwhile use what is held. A post is merged into followers' feeds within
+    CELEB_POSTS_SECONDS, or at once when it was created through this process."""
 
     def __init__(self, db: asyncpg.Pool, policy: TierPolicy) -> None:
         self._db = db
         self._policy = policy
         self._ids: list[int] = []
         self._fetched = 0.0
+        self._recent: dict[int, list[int]] = {}
+        self._complete: set[int] = set()  # authors whose every post is held
+        self._posts_fetched = 0.0
+        self._refreshing = False
 
     async def ids(self) -> list[int]:
         if time.monotonic() - self._fetched > CELEB_CACHE_SECONDS:
             thresholds = await self._policy.thresholds()
             rows = await self._db.fetch(PULL_AUTHORS_SQL, thresholds.throttle_max)
-            self._ids = [r["id"] for r in rows]
+            ids = [r["id"] for r in rows]
+            if set(ids) != set(self._ids):
+                self._posts_fetched = 0.0  # new authors: their posts are needed now
+            self._ids = ids
             self._fetched = time.monotonic()
         return self._ids
 
+    async def below(self, authors: list[int], before: int, n: int) -> tuple[list[int], bool] | None:
+        """The `n` newest posts of `authors` older than `before` and whether there are no
+        more, from what is held; None when that is not enough (ask Postgres)."""
+        await self._fresh()
+        found: list[int] = []
+        for author in authors:
+            held = self._recent.get(author, [])
+            end = bisect.bisect_left(held, before)
+            if end < n and author not in self._complete:
+                return None  # older posts than those held may belong on this page
+            found.extend(held[max(0, end - n) : end])
+        found.sort(reverse=True)
+        return found[:n], len(found) <= n
+
+    def created(self, author: int, post_id: int) -> None:
+        """A post just made through this process: merged from now on, not a second later."""
+        held = self._recent.get(author)
+        if held is not None:
+            bisect.insort(held, post_id)
+
+    async def _fresh(self) -> None:
+        stale = time.monotonic() - self._posts_fetched > CELEB_POSTS_SECONDS
+        if not stale or (self._refreshing and self._posts_fetched):
+            return
+        self._refreshing = True
+        try:
+            authors = list(self._ids)
+            rows = await self._db.fetch(RECENT_POSTS, authors, CELEB_POSTS_DEPTH)
+            recent: dict[int, list[int]] = {a: [] for a in authors}
+            for row in rows:
+                recent[row["author_id"]].append(row["id"])
+            for held in recent.values():
+                held.sort()
+            self._recent = recent
+            self._complete = {a for a, held in recent.items() if len(held) < CELEB_POSTS_DEPTH}
+            self._posts_fetched = time.monotonic()
+        finally:
+            self._refreshing = False
+
 
 class HomeFeed:
-    def __init__(self, c: ServerContext, celebs: CelebrityDirectory, reads: Counter) -> None:
+    def __init__(self, c: ServerContext, celebs: Celebrities, reads: Counter) -> None:
         self._reads = reads
         self._c = c
-        self._celebs = celebs
+        self.celebs = celebs
         self._hydrator = Hydrator(c.db, c.redis)
+        self._following = FollowingCache(c.db, c.redis)
+        self._first_read = c.redis.register_script(store.FIRST_READ)
+
+    @property
+    def following(self) -> FollowingCache:
+        return self._following
 
     async def page(self, user_id: int, before: int | None, limit: int) -> FeedPage:
         # All pull-tier authors, followed or not: excluding the ones this user does not
         # follow changes nothing in a query over followed authors, and it saves asking.
-        celebs = await self._celebs.ids()
-        sources = [self._timeline_source(user_id, celebs)]
-        if celebs:
-            sources.append(self._celebrity_source(user_id, celebs))
+        celebs = await self.celebs.ids()
         try:
-            return await self._merge(user_id, sources, before, limit)
+            return await self._from_redis(user_id, celebs, before, limit)
         except REDIS_ERRORS as exc:
             log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
             self._reads.labels("postgres").inc()
@@ -109,22 +179,41 @@ class HomeFeed:
         more = len(fresh) == len(page.posts) and page.has_more
         return FeedPage(fresh, None, more)
 
-    def _timeline_source(self, user_id: int, celebs: list[int]) -> Fetch:
+    async def _from_redis(
+        self, user_id: int, celebs: list[int], before: int | None, limit: int
+    ) -> FeedPage:
+        first = await store.read_first(self._first_read, user_id, before, limit + 1, celebs)
+        followed = first.followed
+        if followed is None:
+            followees = await self._following.fill(user_id)
+            followed = [a for a in celebs if a in followees]
+        page = first.page
+        if page is None:
+            await self._rebuild(user_id, celebs)
+            self._reads.labels("rebuild").inc()
+        else:
+            self._reads.labels("redis").inc()
+        # The page just read serves the merge's first fetch of the timeline.
+        prefetched = (MAX_ID if before is None else before, limit + 1, page)
+        sources = [self._timeline_source(user_id, celebs, prefetched)]
+        if followed:
+            sources.append(self._celebrity_source(user_id, followed))
+        return await self._merge(user_id, sources, before, limit)
+
+    def _timeline_source(
+        self, user_id: int, celebs: list[int], prefetched: tuple[int, int, store.Page | None]
+    ) -> Fetch:
         redis_client = self._c.redis
         postgres = self._postgres_source(user_id, celebs)
-        first = True
+        ready: tuple[int, int, store.Page | None] | None = prefetched
 
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:
-            nonlocal first
-            found = await store.page(redis_client, user_id, before, n)
-            if first:  # the first read doubles as the existence check
-                first = False
-                if found is None:
-                    await self._rebuild(user_id, celebs)
-                    self._reads.labels("rebuild").inc()
-                    found = await store.page(redis_client, user_id, before, n)
-                else:
-                    self._reads.labels("redis").inc()
+            nonlocal ready
+            if ready is not None and ready[:2] == (before, n) and ready[2] is not None:
+                found: store.Page | None = ready[2]
+            else:
+                found = await store.page(redis_client, user_id, before, n)
+            ready = None
             if found is None:  # evicted while paging: Postgres has the same history
                 return await postgres(before, n)
             if len(found.ids) == n or found.complete:
@@ -143,9 +232,15 @@ class HomeFeed:
 
         return fetch
 
-    def _celebrity_source(self, user_id: int, celebs: list[int]) -> Fetch:
+    def _celebrity_source(self, user_id: int, followed: list[int]) -> Fetch:
+        """Posts of the celebrity-tier authors the user follows (as the following cache
+        said): held by this process, or from Postgres past what it holds."""
+
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:
-            rows = await self._c.db.fetch(FOLLOWED_AUTHORS_POSTS, user_id, celebs, before, n)
+            held = await self.celebs.below(followed, before, n)
+            if held is not None:
+                return held
+            rows = await self._c.db.fetch(FOLLOWED_AUTHORS_POSTS, user_id, followed, before, n)
             return [r["id"] for r in rows], len(rows) < n
 
         return fetch
@@ -187,17 +282,30 @@ class HomeFeed:
 
     async def _visible(self, user_id: int, ids: list[int]) -> list[dict[str, Any]]:
         """Hydrated posts, newest first, minus deleted ones and authors no longer followed."""
-        posts = await self._hydrator.posts(ids)
-        authors = {int(p["author"]["id"]) for p in posts.values()} - {user_id}
+        try:
+            posts, flags = await self._hydrator.for_reader(user_id, ids)
+        except REDIS_ERRORS:
+            posts = await self._hydrator.posts(ids)  # from Postgres
+            flags = {}
+        unsure = {int(p["author"]["id"]) for i, p in posts.items() if flags.get(i, -1) == -1} - {
+            user_id
+        }
         followed = {user_id}
-        if authors:
+        if unsure:
             rows = await self._c.db.fetch(
                 "SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($2)",
                 user_id,
-                list(authors),
+                list(unsure),
             )
             followed.update(r["followee_id"] for r in rows)
-        return [posts[i] for i in ids if i in posts and int(posts[i]["author"]["id"]) in followed]
+
+        def shown(post_id: int) -> bool:
+            flag = flags.get(post_id, -1)
+            if flag == -1:
+                return int(posts[post_id]["author"]["id"]) in followed
+            return bool(flag)
+
+        return [posts[i] for i in ids if i in posts and shown(i)]
 
 
 async def _together(

@@ -39,12 +39,41 @@ return out
 """
 COUNTER_NAMES = ("likes", "reposts", "replies")
 
+# READ_POSTS for a reader's home feed: KEYS as READ_POSTS plus the reader's following set
+# (keys.following) last; ARGV[1] the reader's id. Also returns, per post, whether the
+# reader follows its author (or is the author): 1 yes, 0 no, -1 cannot tell here (no
+# cached body, or no cached following set). The author id is read from the cached body,
+# which core.postview.post_body writes as {"id":"..","author":{"id":"..", first.
+READ_VISIBLE = """
+local n = (#KEYS - 1) / 2
+local following = KEYS[#KEYS]
+local cached = redis.call('EXISTS', following) == 1
+local out = {}
+for i = 1, n do
+  local body = redis.call('GET', KEYS[i])
+  out[i] = body
+  out[n + i] = redis.call('HMGET', KEYS[n + i], 'likes', 'reposts', 'replies')
+  local flag = -1
+  if body and cached then
+    local author = string.match(body, '^{"id":"%d+","author":{"id":"(%d+)"')
+    if author == ARGV[1] then
+      flag = 1
+    elseif author then
+      flag = redis.call('SISMEMBER', following, author)
+    end
+  end
+  out[2 * n + i] = flag
+end
+return out
+"""
+
 
 class Hydrator:
     def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
         self._db = db
         self._redis = redis_client
         self._read_posts = redis_client.register_script(READ_POSTS)
+        self._read_visible = redis_client.register_script(READ_VISIBLE)
 
     async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Live (not deleted) posts by id; unknown and deleted ids are simply absent."""
@@ -61,10 +90,30 @@ class Hydrator:
                 if r["deleted_at"] is None
             }
 
+    async def for_reader(
+        self, reader: int, ids: list[int]
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, int]]:
+        """Live posts by id (as posts()) and, per post, whether `reader` follows its
+        author: 1 yes, 0 no, -1 unknown (ask Postgres). Raises REDIS_ERRORS: the caller
+        falls back to Postgres as a whole."""
+        if not ids:
+            return {}, {}
+        names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
+        found = await self._read_visible(keys=[*names, keys.following(reader)], args=[reader])
+        n = len(ids)
+        posts = await self._decode(ids, found[:n], found[n : 2 * n])
+        return posts, dict(zip(ids, found[2 * n :], strict=True))
+
     async def _from_cache(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
         found = await self._read_posts(keys=names)
-        bodies, counters = found[: len(ids)], found[len(ids) :]
+        return await self._decode(ids, found[: len(ids)], found[len(ids) :])
+
+    async def _decode(
+        self, ids: list[int], bodies: list[Any], counters: list[Any]
+    ) -> dict[int, dict[str, Any]]:
+        """Cached bodies and counters into posts; what the cache misses comes from Postgres
+        (and is cached)."""
         result: dict[int, dict[str, Any]] = {}
         missing: set[int] = set()
         for post_id, raw, counter in zip(ids, bodies, counters, strict=True):

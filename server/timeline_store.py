@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from core import keys
 
@@ -47,6 +48,53 @@ async def build(client: aioredis.Redis, user_id: int, post_ids: list[int], cap: 
 class Page:
     ids: list[int]  # newest first, real post ids only
     complete: bool  # the timeline holds all history (older ids are not in Postgres only)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstRead:
+    """The first page of a feed read, and what the rest of the read needs to know."""
+
+    page: Page | None  # None: the timeline is missing (rebuild it)
+    followed: list[int] | None  # the given authors the user follows; None: cache missing
+
+
+# KEYS[1] timeline, KEYS[2] following set (keys.following); ARGV[1] upper lex bound,
+# ARGV[2] count, ARGV[3..] candidate authors. Returns {exists, sentinel, members,
+# following cached, flags}: the page and which candidates are followed, in one call.
+FIRST_READ = """
+local out = {0, 0, {}, 0, {}}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  out[1] = 1
+  if redis.call('ZSCORE', KEYS[1], '@SENTINEL@') then out[2] = 1 end
+  out[3] = redis.call('ZRANGE', KEYS[1], ARGV[1], '-', 'BYLEX', 'REV', 'LIMIT', 0, ARGV[2])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  out[4] = 1
+  if #ARGV > 2 then
+    out[5] = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, 3))
+  end
+end
+return out
+""".replace("@SENTINEL@", SENTINEL.decode())
+
+
+async def read_first(
+    script: AsyncScript, user_id: int, before: int | None, count: int, authors: list[int]
+) -> FirstRead:
+    """The timeline page below `before` (as page()) and which of `authors` the user
+    follows (from the following cache), in one round trip. `script`: FIRST_READ,
+    registered on the client."""
+    upper = b"+" if before is None else b"(" + keys.timeline_member(before)
+    found = await script(
+        keys=[keys.timeline(user_id), keys.following(user_id)], args=[upper, count, *authors]
+    )
+    exists, sentinel, members, cached, flags = found
+    page = None
+    if exists:
+        ids = [keys.post_id_from_member(m) for m in members if m != SENTINEL]
+        page = Page(ids, complete=bool(sentinel))
+    followed = [a for a, f in zip(authors, flags, strict=True) if f] if cached else None
+    return FirstRead(page, followed)
 
 
 async def page(client: aioredis.Redis, user_id: int, before: int | None, count: int) -> Page | None:

@@ -5,13 +5,16 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import keys
 from core.settings import Settings
+from server import feed as feed_module
 from server.app import create_app
+from server.following import FollowingCache
 from tests.support.api import User, follow, post, sign_up
 
 Client = TestClient[web.Request, web.Application]
@@ -163,3 +166,97 @@ async def test_metrics_count_requests_by_route_and_timeline_sources(
     assert 'feed_http_requests_total{method="GET",route="/v1/feed",status="200"} 2.0' in text
     assert 'route="/v1/posts/{id}",status="404"' in text
     assert 'feed_http_request_seconds_bucket{le="0.01",method="GET",route="/v1/feed"}' in text
+
+
+async def test_following_cache_follows_every_follow_and_unfollow(
+    settings: Settings, aiohttp_client: MakeClient, redis_client: aioredis.Redis
+) -> None:
+    """The read path filters with a Redis copy of whom the reader follows: it must never
+    show an author after an unfollow, nor hide one after a (re-)follow."""
+    api = await aiohttp_client(create_app(settings))
+    reader, author = await sign_up(api), await sign_up(api)
+    await follow(api, reader, author)
+    first = await post(api, author, "one")
+    assert await whole_feed(api, reader, 5) == [first]
+    cached = keys.following(int(reader.id))
+    assert await redis_client.sismember(cached, author.id)  # filled by that read
+    for _ in range(3):
+        assert (
+            await api.delete(f"/v1/users/{author.id}/follow", headers=reader.auth)
+        ).status == 200
+        assert await whole_feed(api, reader, 5) == []
+        await follow(api, reader, author)
+        assert await whole_feed(api, reader, 5) == [first]
+
+
+async def test_a_cache_fill_that_raced_a_follow_change_is_not_stored(
+    settings: Settings, aiohttp_client: MakeClient, db: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    """Fill reads Postgres, an unfollow commits and drops the key, then the fill would
+    store the old set: the version token makes it store nothing instead."""
+    api = await aiohttp_client(create_app(settings))
+    reader, author = await sign_up(api), await sign_up(api)
+    await follow(api, reader, author)
+    me = int(reader.id)
+
+    class HeldPool:
+        """The real pool; its fetch is held until the test has made its change."""
+
+        def __init__(self) -> None:
+            self.read = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+            rows = await db.fetch(query, *args)
+            self.read.set()
+            await self.release.wait()
+            return rows
+
+    held = HeldPool()
+    cache = FollowingCache(held, redis_client)  # type: ignore[arg-type]
+    filling = asyncio.create_task(cache.fill(me))
+    await held.read.wait()  # the fill has read "follows author"
+    assert (await api.delete(f"/v1/users/{author.id}/follow", headers=reader.auth)).status == 200
+    held.release.set()
+    assert await filling == {int(author.id)}  # what it read, for its own request only
+    assert not await redis_client.exists(keys.following(me))
+    # Without a change in between, a fill is stored.
+    assert await FollowingCache(db, redis_client).fill(me) == set()
+    assert await redis_client.smembers(keys.following(me)) == {b"0"}
+
+
+async def test_celebrity_posts_past_what_a_process_holds_come_from_postgres(
+    settings: Settings,
+    aiohttp_client: MakeClient,
+    db: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feed_module, "CELEB_POSTS_DEPTH", 4)
+    monkeypatch.setattr(feed_module, "CELEB_CACHE_SECONDS", 0.0)
+    api = await aiohttp_client(create_app(settings))
+    reader, star, friend = await sign_up(api), await sign_up(api), await sign_up(api)
+    await follow(api, reader, star)
+    await follow(api, reader, friend)
+    await db.execute("UPDATE users SET fanout_tier = 'pull' WHERE id = $1", int(star.id))
+    expected = [await post(api, (star, friend)[i % 3 == 0], f"p{i}") for i in range(15)]
+    for limit in (2, 3, 7):
+        assert await whole_feed(api, reader, limit) == expected[::-1]
+
+
+async def test_celebrity_post_made_through_another_process_is_merged_within_a_second(
+    settings: Settings,
+    aiohttp_client: MakeClient,
+    db: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feed_module, "CELEB_CACHE_SECONDS", 0.0)
+    reading = await aiohttp_client(create_app(settings))
+    writing = await aiohttp_client(create_app(settings))  # another server process
+    reader, star = await sign_up(reading), await sign_up(reading)
+    await follow(reading, reader, star)
+    await db.execute("UPDATE users SET fanout_tier = 'pull' WHERE id = $1", int(star.id))
+    old = await post(reading, star, "old")
+    assert await whole_feed(reading, reader, 5) == [old]
+    new = await post(writing, star, "new")
+    await asyncio.sleep(feed_module.CELEB_POSTS_SECONDS + 0.1)
+    assert await whole_feed(reading, reader, 5) == [new, old]

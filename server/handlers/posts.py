@@ -18,6 +18,7 @@ from server import timeline_store
 from server import validation as v
 from server.context import Conn, ServerContext, ctx, user_id
 from server.errors import ApiError, invalid, not_found
+from server.feed import FEED
 from server.hydrate import REDIS_ERRORS, Hydrator, bump_counter, forget_post, iso
 from server.outbox import enqueue
 from server.service_json import json
@@ -102,6 +103,7 @@ async def create_post(request: web.Request) -> web.Response:
                 response,
             )
     await _read_your_writes(c, author, post_id)
+    request.app[FEED].celebs.created(author, post_id)
     if reply_to is not None:
         await bump_counter(c.redis, reply_to, "replies", 1)
     if repost_of is not None:

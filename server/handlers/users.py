@@ -9,6 +9,7 @@ from core import events, topics
 from server import validation as v
 from server.context import ctx, user_id
 from server.errors import ApiError, not_found
+from server.feed import FEED
 from server.handlers.posts import post_list
 from server.hydrate import iso
 from server.outbox import enqueue
@@ -116,6 +117,8 @@ async def _set_follow(request: web.Request, following: bool) -> web.Response:
                     events.Engagement(kind="follow", actor_id=me, recipient_id=target),
                 )
         count = await conn.fetchval("SELECT follower_count FROM users WHERE id = $1", target)
+    if changed:  # committed: the feed's cache of whom `me` follows is out of date
+        await request.app[FEED].following.changed(me)
     return json({"user_id": str(target), "following": following, "followers": count})
 
 
