@@ -20,14 +20,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import hiredis
-import redis.asyncio as aioredis
-from redis.asyncio.connection import SSLConnection
+
+from core.redis_address import RedisAddress
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +44,6 @@ class BrokerUnavailable(ConnectionError):
 
 class _Refused(ConnectionError):
     """Redis answered a command with an error (ACL, NOAUTH, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where the pub/sub connection goes, taken from the node's Redis client settings."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None  # unix socket
-    username: str | None = None
-    password: str | None = None
-    ssl_context: ssl.SSLContext | None = None
-
-    @classmethod
-    def of(cls, client: aioredis.Redis) -> RedisAddress:
-        pool = client.connection_pool
-        kwargs: dict[str, Any] = pool.connection_kwargs
-        context = None
-        if issubclass(pool.connection_class, SSLConnection):
-            # redis-py builds the TLS context from the URL's ssl_* options; reuse it.
-            context = pool.connection_class(**kwargs).ssl_context.get()
-        return cls(
-            host=str(kwargs.get("host", "127.0.0.1")),
-            port=int(kwargs.get("port", 6379)),
-            path=kwargs.get("path"),
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            ssl_context=context,
-        )
 
 
 def _command(*args: bytes) -> bytes:
@@ -337,27 +306,12 @@ class RedisBroker:
             return
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
         address = self._address
 
         def factory() -> _PubSubProtocol:
             return _PubSubProtocol(self._on_message, self._on_reply, self._lost)
 
-        if address.path:
-            _, proto = await asyncio.wait_for(
-                loop.create_unix_connection(factory, address.path), CONNECT_TIMEOUT
-            )
-        else:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(
-                    factory,
-                    address.host,
-                    address.port,
-                    ssl=address.ssl_context,
-                    server_hostname=address.host if address.ssl_context else None,
-                ),
-                CONNECT_TIMEOUT,
-            )
+        proto = await asyncio.wait_for(address.open(factory), CONNECT_TIMEOUT)
         self._proto = proto
         self._expected.clear()
         self._unconfirmed.clear()

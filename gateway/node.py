@@ -13,11 +13,12 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core.auth import TokenError, TokenSigner
+from core.redis_address import RedisAddress
 from core.settings import Settings
 from core.stats import Snapshot, report_forever
 from core.tiers import TierPolicy
 from gateway.authors import AuthorsUnavailable, PullAuthors
-from gateway.broker import BrokerUnavailable, RedisAddress, RedisBroker
+from gateway.broker import BrokerUnavailable, RedisBroker
 from gateway.client import Client, Flusher, QueueLimits
 from gateway.codes import Close
 from gateway.hub import Hub

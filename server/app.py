@@ -81,6 +81,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
     await stop_tasks([relay_task])
+    await app[FEED].close()
     await lease.release()
 
 

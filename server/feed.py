@@ -29,6 +29,8 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
+from core.lean_redis import LeanRedis
+from core.redis_address import RedisAddress
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
 from server.context import ServerContext
@@ -41,6 +43,7 @@ MAX_ROUNDS = 5  # bounded work per request even when most candidates are filtere
 CELEB_CACHE_SECONDS = 5.0  # who is in the pull tier
 CELEB_POSTS_SECONDS = 1.0  # their recent posts (posts made through this process: at once)
 CELEB_POSTS_DEPTH = 200  # recent posts held per celebrity-tier author; older: Postgres
+REDIS_READ_TIMEOUT = 2.0  # seconds a page's Redis call may take before Postgres serves it
 
 FOLLOWED_POSTS = """
 SELECT id FROM posts
@@ -153,9 +156,14 @@ class HomeFeed:
         self._reads = reads
         self._c = c
         self.celebs = celebs
-        self._hydrator = Hydrator(c.db, c.redis)
+        # The page's two script calls skip redis-py (core/lean_redis.py); one deadline
+        # each, past which the page comes from Postgres.
+        self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
+        self._hydrator = Hydrator(c.db, c.redis, self._lean)
         self._following = FollowingCache(c.db, c.redis)
-        self._first_read = c.redis.register_script(store.FIRST_READ)
+
+    async def close(self) -> None:
+        await self._lean.close()
 
     @property
     def following(self) -> FollowingCache:
@@ -182,7 +190,7 @@ class HomeFeed:
     async def _from_redis(
         self, user_id: int, celebs: list[int], before: int | None, limit: int
     ) -> FeedPage:
-        first = await store.read_first(self._first_read, user_id, before, limit + 1, celebs)
+        first = await store.read_first(self._lean, user_id, before, limit + 1, celebs)
         followed = first.followed
         if followed is None:
             followees = await self._following.fill(user_id)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from core import keys
+from core.lean_redis import LeanRedis, LeanScript
 from core.postview import counts, fetch_rows, iso, post_body
 
 __all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso"]
@@ -68,10 +69,16 @@ return out
 """
 
 
+READ_VISIBLE_SCRIPT = LeanScript(READ_VISIBLE)
+
+
 class Hydrator:
-    def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
+    def __init__(
+        self, db: asyncpg.Pool, redis_client: aioredis.Redis, lean: LeanRedis | None = None
+    ) -> None:
         self._db = db
         self._redis = redis_client
+        self._lean = lean  # for_reader's client (the feed's hot path), when given
         self._read_posts = redis_client.register_script(READ_POSTS)
         self._read_visible = redis_client.register_script(READ_VISIBLE)
 
@@ -99,7 +106,11 @@ class Hydrator:
         if not ids:
             return {}, {}
         names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
-        found = await self._read_visible(keys=[*names, keys.following(reader)], args=[reader])
+        names.append(keys.following(reader))
+        if self._lean is not None:
+            found = await self._lean.run(READ_VISIBLE_SCRIPT, names, [reader])
+        else:
+            found = await self._read_visible(keys=names, args=[reader])
         n = len(ids)
         posts = await self._decode(ids, found[:n], found[n : 2 * n])
         return posts, dict(zip(ids, found[2 * n :], strict=True))

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from core import keys
+from core.lean_redis import LeanRedis, LeanScript
 
 SENTINEL = keys.timeline_member(0)
 
@@ -76,17 +76,19 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 return out
 """.replace("@SENTINEL@", SENTINEL.decode())
+FIRST_READ_SCRIPT = LeanScript(FIRST_READ)
 
 
 async def read_first(
-    script: AsyncScript, user_id: int, before: int | None, count: int, authors: list[int]
+    client: LeanRedis, user_id: int, before: int | None, count: int, authors: list[int]
 ) -> FirstRead:
     """The timeline page below `before` (as page()) and which of `authors` the user
-    follows (from the following cache), in one round trip. `script`: FIRST_READ,
-    registered on the client."""
+    follows (from the following cache), in one round trip."""
     upper = b"+" if before is None else b"(" + keys.timeline_member(before)
-    found = await script(
-        keys=[keys.timeline(user_id), keys.following(user_id)], args=[upper, count, *authors]
+    found = await client.run(
+        FIRST_READ_SCRIPT,
+        [keys.timeline(user_id), keys.following(user_id)],
+        [upper, count, *authors],
     )
     exists, sentinel, members, cached, flags = found
     page = None

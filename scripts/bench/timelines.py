@@ -52,7 +52,7 @@ async def _load_graph(
         )
     finally:
         await conn.close()
-    # Same rule as server/feed.py CelebrityDirectory: an override wins, else the count.
+    # Same rule as server/feed.py Celebrities: an override wins, else the count.
     pull = {
         r["id"]
         for r in users
