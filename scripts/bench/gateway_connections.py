@@ -5,8 +5,9 @@ CPU, connect rate.
     .venv/bin/python -m scripts.bench.gateway_connections [--connections 100000]
 
 Each process may hold at most 20 000 open files here, so the connections are spread
-over --gateways gateway processes and --clients client processes, each client bound to
-its own loopback address (127.0.0.2, ...; each has its own ~28 000 ephemeral ports).
+over --gateways gateway processes and --clients client processes (--client go or
+python, see gateway_fleet), each client bound to its own loopback address (127.0.0.2,
+...; each has its own ~28 000 ephemeral ports).
 Connections open at a bounded rate; then everything stays idle for --idle-seconds (at
 least two ping rounds: the gateway pings, clients answer like browsers), then one event
 per user checks that every connection is still alive. Everything is stopped at the end,
@@ -47,9 +48,10 @@ from scripts.bench.gateway_common import (
     rss_kib,
     start_gateways,
 )
-from scripts.bench.gateway_fleet import Fleet, PhaseResult, split_plans
+from scripts.bench.gateway_fleet import CLIENTS, Fleet, PhaseResult, split_plans
 from scripts.bench.gateway_publisher import PublishPlan, publisher_main
 from scripts.bench.gateway_wsclient import RECEIVED, SLOTS
+from scripts.bench.runner import default_client
 
 FD_LIMIT = 20_000
 FD_HEADROOM = 1_000  # Redis/Postgres pools, the listening socket, logs
@@ -83,6 +85,7 @@ class Report:
     broadcast_latency_ms: dict[str, float]
     kernel_tcp: str
     gateway_log: dict[str, int]
+    client: str  # which WebSocket client held the connections
 
 
 def check_limits(args: argparse.Namespace) -> None:
@@ -186,6 +189,7 @@ def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
         rpid = redis_pid(redis_url)
         port = free_port()
         env = gateway_env(redis_url, port, gateway_ping_seconds=args.ping_seconds)
+        note(f"WebSocket clients: {CLIENTS[args.client]}")
         note(f"starting {args.gateways} gateway processes on port {port} (logs: {log_dir})")
         gateways = start_gateways(
             children, args.gateways, env, redis_url, args.gateway_root, log_dir
@@ -197,7 +201,7 @@ def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
         plans = split_plans(
             users, args.clients, sources, port, SECRET, args.connect_rate, args.concurrency
         )
-        fleet = Fleet(plans).start()
+        fleet = Fleet(plans, args.client).start()
         children.on_stop(fleet.stop)
         try:
             groups = {"gateways": [g.pid for g in gateways], "clients": fleet.pids}
@@ -242,6 +246,7 @@ def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
         broadcast_latency_ms=sent.latency_ms((50.0, 99.0)),
         kernel_tcp=tcp,
         gateway_log={},
+        client=CLIENTS[args.client],
     )
 
 
@@ -265,6 +270,7 @@ def markdown(r: Report) -> str:
     lat = r.broadcast_latency_ms
     lines += [
         "",
+        f"- WebSocket clients: {r.client}",
         f"- planned {r.connections_planned:,}, held {r.connections_held:,} (gateways' stats), "
         f"connect failures {r.connect_failures:,}",
         f"- connect: {r.connect_seconds:.1f} s, {r.connects_per_s:,.0f} connections/s, "
@@ -286,6 +292,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=100_000)
     p.add_argument("--gateways", type=int, default=6, help="gateway processes, one port")
     p.add_argument("--clients", type=int, default=7, help="client processes (one address each)")
+    p.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default=default_client(),
+        help="WebSocket client implementation (default: go when `go` is on PATH)",
+    )
     p.add_argument("--connect-rate", type=float, default=1_500.0, help="new connections/s")
     p.add_argument("--concurrency", type=int, default=600, help="handshakes in flight, total")
     p.add_argument("--ping-seconds", type=float, default=25.0, help="GATEWAY_PING_SECONDS")

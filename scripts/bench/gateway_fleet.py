@@ -1,6 +1,7 @@
-"""A fleet of benchmark client processes (gateway_wsclient): splits the planned
-connections over processes and loopback source addresses, starts them, shows their
-progress, merges what they received per phase and stops them (also on errors)."""
+"""A fleet of benchmark client processes (gateway_wsclient, or its Go twin through
+gateway_goclient): splits the planned connections over processes and loopback source
+addresses, starts them, shows their progress, merges what they received per phase and
+stops them (also on errors)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from scripts.bench.gateway_common import BenchError, note, percentile
+from scripts.bench.gateway_goclient import go_client_main, wsclient_binary
 from scripts.bench.gateway_wsclient import SLOTS, ClientPlan, client_main
+
+CLIENTS = {
+    "go": "Go (one thread, own epoll loop, scripts/bench/wsclient_go)",
+    "python": "Python (asyncio Protocols on uvloop, scripts/bench/gateway_wsclient.py)",
+}
+ENTRY_POINTS: dict[str, Callable[[ClientPlan, Any, Connection], None]] = {
+    "go": go_client_main,
+    "python": client_main,
+}
 
 
 @dataclass(slots=True)
@@ -68,8 +80,10 @@ def split_plans(
 
 
 class Fleet:
-    def __init__(self, plans: list[ClientPlan]) -> None:
+    def __init__(self, plans: list[ClientPlan], client: str = "python") -> None:
         self.plans = plans
+        self.client = client
+        self._entry = ENTRY_POINTS[client]
         ctx = mp.get_context("spawn")
         self.counters: Any = ctx.Array("q", len(plans) * len(SLOTS), lock=False)
         self._ctx = ctx
@@ -80,22 +94,41 @@ class Fleet:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid or 0 for p in self._procs]
+        """The client processes and their children (the Go clients): everything whose CPU
+        is the client side's."""
+        pids = [p.pid or 0 for p in self._procs]
+        return pids + [child for pid in pids for child in _children(pid)]
 
     @property
     def expected(self) -> int:
         return sum(len(p.user_ids) for p in self.plans)
 
     def start(self) -> Fleet:
+        if self.client == "go":
+            wsclient_binary()  # built once here, not by every client process at once
         for plan in self.plans:
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(
-                target=client_main, args=(plan, self.counters, child), name=f"client{plan.index}"
+                target=self._entry, args=(plan, self.counters, child), name=f"client{plan.index}"
             )
             proc.start()
             self._procs.append(proc)
             self._pipes.append(parent)
+        if self.client == "go":
+            self._wait_children()
         return self
+
+    def _wait_children(self, timeout: float = 60.0) -> None:
+        """Until every client process has started its Go client, so that `pids` (taken
+        by CPU windows right after start) is complete."""
+        deadline = time.monotonic() + timeout
+        while not all(_children(proc.pid or 0) for proc in self._procs):
+            for proc in self._procs:
+                if not proc.is_alive():
+                    raise BenchError(f"client process {proc.name} died ({proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the Go clients did not start within {timeout:.0f} s")
+            time.sleep(0.05)
 
     def total(self, slot: str) -> int:
         return sum(self.column(slot))
@@ -173,3 +206,14 @@ class Fleet:
                 proc.kill()
                 proc.join(5)
         self._procs, self._pipes = [], []
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid` (any of its threads' children), from /proc."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass  # gone: nothing of it left to count
+    return found

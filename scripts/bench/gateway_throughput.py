@@ -5,7 +5,9 @@ at most, and the post-to-client latency at 50% and 90% of that rate.
 
 Set-up (everything on loopback, bounded in time, stopped at the end or on Ctrl-C): a
 private Redis, one `python -m gateway` on a free port, client processes holding the
-WebSocket connections (gateway_wsclient), one publisher process (gateway_publisher).
+WebSocket connections (--client go: scripts/bench/wsclient_go, ~2-2.5x less CPU, the
+default when `go` is installed; python: gateway_wsclient), one publisher process
+(gateway_publisher).
 Two ways to load it:
 - fanin: one connection per user, one PUBLISH per delivered message (a follower getting
   a post: the gateway's Redis input is as large as its output);
@@ -52,9 +54,10 @@ from scripts.bench.gateway_common import (
     start_gateways,
     wait_quiet,
 )
-from scripts.bench.gateway_fleet import Fleet, PhaseResult, split_plans
+from scripts.bench.gateway_fleet import CLIENTS, Fleet, PhaseResult, split_plans
 from scripts.bench.gateway_publisher import PublishPlan, publisher_main
 from scripts.bench.gateway_wsclient import RECEIVED, SLOTS
+from scripts.bench.runner import default_client
 
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
 WARMUP_RATE = 5_000.0
@@ -110,7 +113,7 @@ class Bench:
             self.args.connect_rate,
             concurrency=500,
         )
-        fleet = Fleet(plans).start()
+        fleet = Fleet(plans, self.args.client).start()
         publisher: BaseProcess | None = None
         try:
             took = fleet.wait_connected(120, _show_connecting)
@@ -266,11 +269,12 @@ def _show_phase(r: PhaseReport) -> None:
     )
 
 
-def markdown(reports: list[PhaseReport]) -> str:
+def markdown(reports: list[PhaseReport], client: str) -> str:
     # "per gateway core": delivered / the gateway's share of a core. On a shared 2-core
     # machine the gateway rarely gets a whole core; this is what one core would carry
     # at the same per-message cost.
     head = (
+        f"WebSocket clients: {CLIENTS[client]}\n\n"
         "| mode | phase | offered msgs/s | delivered msgs/s | per gateway core "
         "| gateway's count/s | delivered/sent | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
         "| CPU gateway | CPU redis | CPU clients | CPU publisher | CPU others |\n"
@@ -296,6 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--modes", default="fanin,fanout", help="fanin, fanout or both")
     p.add_argument("--clients", type=int, default=2, help="client processes")
+    p.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default=default_client(),
+        help="WebSocket client implementation (default: go when `go` is on PATH)",
+    )
     p.add_argument("--fanin-users", type=int, default=10_000)
     p.add_argument("--fanout-users", type=int, default=100)
     p.add_argument("--fanout-per-user", type=int, default=100)
@@ -333,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     children = Children().install()
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-throughput-"))
-    results: dict[str, Any] = {"machine": machine_info(), "argv": sys.argv}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "argv": sys.argv,
+        "client": CLIENTS[args.client],
+    }
+    note(f"WebSocket clients: {CLIENTS[args.client]}")
     try:
         with private_redis(children) as redis_url:
             rpid = redis_pid(redis_url)
@@ -360,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         children.stop_all()
     results["gateway_log"] = log_summary(log_dir)
-    print(markdown(reports))
+    print(markdown(reports, args.client))
     print(f"gateway log ({log_dir}):", results["gateway_log"] or "nothing above INFO")
     if "ceiling" in results:
         print(

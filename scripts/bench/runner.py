@@ -51,20 +51,28 @@ def default_client() -> str:
 
 def go_binary() -> Path:
     """The Go load generator, built now if it is missing or older than its source."""
-    sources = [GO_SOURCE / name for name in ("main.go", "go.mod")]
+    return build_go(GO_SOURCE, GO_BINARY.name)
+
+
+def build_go(source: Path, name: str) -> Path:
+    """The Go program in `source` (a scripts/bench directory with its own go.mod, no
+    external modules) built into .stack/bench-bin/`name`, now if it is missing or older
+    than any of its .go files or go.mod."""
+    binary = GO_BINARY.with_name(name)
+    sources = [*source.glob("*.go"), source / "go.mod"]
     newest = max(p.stat().st_mtime for p in sources)
-    if GO_BINARY.exists() and GO_BINARY.stat().st_mtime >= newest:
-        return GO_BINARY
+    if binary.exists() and binary.stat().st_mtime >= newest:
+        return binary
     go = shutil.which("go")
     if go is None:
-        raise common.BenchError("the Go client needs `go` on PATH to build it (or --client python)")
-    GO_BINARY.parent.mkdir(parents=True, exist_ok=True)
-    partial = GO_BINARY.with_name(f"{GO_BINARY.name}.{os.getpid()}.tmp")
+        raise common.BenchError(f"{name} needs `go` on PATH to build it (or --client python)")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
     env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod", CGO_ENABLED="0")
     try:
         subprocess.run(
             [go, "build", "-trimpath", "-o", str(partial), "."],
-            cwd=GO_SOURCE,
+            cwd=source,
             env=env,
             capture_output=True,
             text=True,
@@ -73,12 +81,12 @@ def go_binary() -> Path:
         )
     except subprocess.CalledProcessError as exc:
         partial.unlink(missing_ok=True)
-        raise common.BenchError(f"building the Go client failed:\n{exc.stderr[-2000:]}") from None
+        raise common.BenchError(f"building {name} failed:\n{exc.stderr[-2000:]}") from None
     except subprocess.TimeoutExpired:
         partial.unlink(missing_ok=True)
-        raise common.BenchError("building the Go client timed out") from None
-    partial.replace(GO_BINARY)  # atomic: a concurrent run sees the old or the new binary
-    return GO_BINARY
+        raise common.BenchError(f"building {name} timed out") from None
+    partial.replace(binary)  # atomic: a concurrent run sees the old or the new binary
+    return binary
 
 
 def run_load(

@@ -1,0 +1,3 @@
+module feedbench/wsclient
+
+go 1.22
