@@ -51,8 +51,9 @@ def post_cache(post_id: int) -> str:
 
 
 def post_counters(post_id: int) -> str:
-    """HASH of likes/reposts/replies counts for a post."""
-    return f"postc:{post_id}"
+    """A post's counts as one string, "likes,reposts,replies" (server/hydrate.py).
+    (Named apart from the HASH "postc:" that held them before: no type clash.)"""
+    return f"pcnt:{post_id}"
 
 
 def author_recent(author_id: int) -> str:

@@ -3,9 +3,11 @@ import uuid
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from core import keys
 from core.ids import IdGenerator
 from tests.support.api import error_of, follow, post, sign_up
 
@@ -159,6 +161,24 @@ async def test_likes_are_idempotent_and_counted(api: Client) -> None:
         assert (await resp.json())["likes"] == 1
     missing = await api.post("/v1/posts/12345/like", headers=fan.auth)
     assert missing.status == 404
+
+
+async def test_cached_counters_follow_likes_and_a_foreign_value_is_dropped(
+    api: Client, redis_client: aioredis.Redis
+) -> None:
+    author, fan = await sign_up(api), await sign_up(api)
+    post_id = await post(api, author, "count me")
+    await api.get(f"/v1/posts/{post_id}", headers=fan.auth)  # cached: "0,0,0"
+    counters = keys.post_counters(int(post_id))
+    assert await redis_client.get(counters) == b"0,0,0"
+    await api.post(f"/v1/posts/{post_id}/like", headers=fan.auth)
+    assert await redis_client.get(counters) == b"1,0,0"  # bumped in place, TTL kept
+    assert await redis_client.ttl(counters) > 0
+    await redis_client.set(counters, "not,our,format")
+    await api.delete(f"/v1/posts/{post_id}/like", headers=fan.auth)
+    assert not await redis_client.exists(counters)  # dropped, not trusted
+    got = await (await api.get(f"/v1/posts/{post_id}", headers=author.auth)).json()
+    assert got["counts"] == {"likes": 0, "reposts": 0, "replies": 0}
 
 
 async def test_replies_and_reposts_count_and_list(api: Client) -> None:
