@@ -17,15 +17,14 @@ followed. Postgres answers what those caches miss.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
+import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -76,7 +75,8 @@ MAX_ID = 2**63 - 1
 
 @dataclass(frozen=True, slots=True)
 class FeedPage:
-    posts: list[dict[str, Any]]
+    posts: list[bytes]  # each post's JSON, ready to send (see Hydrator.for_reader)
+    ids: list[int]  # the same posts' ids
     next_cursor: int | None
     has_more: bool
 
@@ -183,9 +183,9 @@ class HomeFeed:
     async def newer(self, user_id: int, since: int, limit: int) -> FeedPage:
         """Posts newer than `since`, newest first (the newest `limit` when there are more)."""
         page = await self.page(user_id, None, limit)
-        fresh = [p for p in page.posts if int(p["id"]) > since]
-        more = len(fresh) == len(page.posts) and page.has_more
-        return FeedPage(fresh, None, more)
+        fresh = [i for i, post_id in enumerate(page.ids) if post_id > since]
+        more = len(fresh) == len(page.ids) and page.has_more
+        return FeedPage([page.posts[i] for i in fresh], [page.ids[i] for i in fresh], None, more)
 
     async def _from_redis(
         self, user_id: int, celebs: list[int], before: int | None, limit: int
@@ -263,11 +263,14 @@ class HomeFeed:
         self, user_id: int, sources: list[Fetch], before: int | None, limit: int
     ) -> FeedPage:
         cursor = MAX_ID if before is None else before
-        emitted: list[dict[str, Any]] = []
+        emitted: list[tuple[int, bytes]] = []
         has_more = False
         for _ in range(MAX_ROUNDS):
             want = limit - len(emitted) + 1  # one extra tells whether more remain
-            batches = await _together([fetch(cursor, want) for fetch in sources])
+            # One after the other: on a first page no source does I/O (the timeline page
+            # came with the following cache, celebrity posts are held in memory), and a
+            # task per source cost more than it saved on the rare pages that do.
+            batches = [await fetch(cursor, want) for fetch in sources]
             boundary = max(
                 (ids[-1] for ids, exhausted in batches if ids and not exhausted), default=0
             )
@@ -279,53 +282,41 @@ class HomeFeed:
             take = live[: limit - len(emitted)]
             emitted.extend(take)
             if len(emitted) >= limit:
-                cursor = int(emitted[-1]["id"])
+                cursor = emitted[-1][0]
                 has_more = has_more or len(live) > len(take)
                 break
-            cursor = boundary if boundary else (int(emitted[-1]["id"]) if emitted else cursor)
+            cursor = boundary if boundary else (emitted[-1][0] if emitted else cursor)
             if not boundary:
                 has_more = False
                 break
-        return FeedPage(emitted, cursor if has_more else None, has_more)
+        return FeedPage(
+            [post for _, post in emitted],
+            [post_id for post_id, _ in emitted],
+            cursor if has_more else None,
+            has_more,
+        )
 
-    async def _visible(self, user_id: int, ids: list[int]) -> list[dict[str, Any]]:
-        """Hydrated posts, newest first, minus deleted ones and authors no longer followed."""
+    async def _visible(self, user_id: int, ids: list[int]) -> list[tuple[int, bytes]]:
+        """Hydrated posts (id, JSON), newest first, minus deleted ones and authors no
+        longer followed."""
         try:
-            posts, flags = await self._hydrator.for_reader(user_id, ids)
+            posts, flags, unsure = await self._hydrator.for_reader(user_id, ids)
         except REDIS_ERRORS:
-            posts = await self._hydrator.posts(ids)  # from Postgres
-            flags = {}
-        unsure = {int(p["author"]["id"]) for i, p in posts.items() if flags.get(i, -1) == -1} - {
-            user_id
-        }
+            found = await self._hydrator.posts(ids)  # from Postgres
+            posts = {i: orjson.dumps(p) for i, p in found.items()}
+            flags, unsure = {}, {i: int(p["author"]["id"]) for i, p in found.items()}
+        authors = set(unsure.values()) - {user_id}
         followed = {user_id}
-        if unsure:
+        if authors:
             rows = await self._c.db.fetch(
                 "SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($2)",
                 user_id,
-                list(unsure),
+                list(authors),
             )
             followed.update(r["followee_id"] for r in rows)
-
-        def shown(post_id: int) -> bool:
-            flag = flags.get(post_id, -1)
-            if flag == -1:
-                return int(posts[post_id]["author"]["id"]) in followed
-            return bool(flag)
-
-        return [posts[i] for i in ids if i in posts and shown(i)]
-
-
-async def _together(
-    calls: list[Awaitable[tuple[list[int], bool]]],
-) -> list[tuple[list[int], bool]]:
-    """Sources are independent (Redis, Postgres): wait for them at once. Every call runs
-    to its end before the first error is raised, so none is left running unowned."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return [r for r in results if not isinstance(r, BaseException)]
+        for post_id, author in unsure.items():
+            flags[post_id] = 1 if author in followed else 0
+        return [(i, posts[i]) for i in ids if i in posts and flags.get(i) == 1]
 
 
 FEED = web.AppKey("home_feed", HomeFeed)

@@ -38,6 +38,18 @@ def encode_counts(likes: int, reposts: int, replies: int) -> bytes:
     return b"%d,%d,%d" % (likes, reposts, replies)
 
 
+COUNTS_JSON = b',"counts":{"likes":%s,"reposts":%s,"replies":%s}}'
+
+
+def with_counts(body: bytes, counters: bytes) -> bytes | None:
+    """A cached body (a JSON object) with its counts spliced in, without parsing either;
+    None when the counters are not ours (read them from Postgres instead)."""
+    parts = counters.split(b",")
+    if len(parts) != 3 or not all(p.lstrip(b"-").isdigit() for p in parts):
+        return None
+    return body[:-1] + COUNTS_JSON % tuple(parts)
+
+
 def decode_counts(raw: bytes) -> dict[str, int]:
     return dict(zip(COUNTER_NAMES, map(int, raw.split(b",")), strict=True))
 
@@ -106,12 +118,14 @@ class Hydrator:
 
     async def for_reader(
         self, reader: int, ids: list[int]
-    ) -> tuple[dict[int, dict[str, Any]], dict[int, int]]:
-        """Live posts by id (as posts()) and, per post, whether `reader` follows its
-        author: 1 yes, 0 no, -1 unknown (ask Postgres). Raises REDIS_ERRORS: the caller
-        falls back to Postgres as a whole."""
+    ) -> tuple[dict[int, bytes], dict[int, int], dict[int, int]]:
+        """For `reader`'s home feed: the JSON of each live post by id, counts included
+        (spliced into the cached bytes, nothing parsed), whether `reader` follows each
+        post's author (1 yes, 0 no), and, for posts Redis could not tell about, their
+        author (the caller asks Postgres). Raises REDIS_ERRORS: the caller falls back to
+        Postgres as a whole."""
         if not ids:
-            return {}, {}
+            return {}, {}, {}
         names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
         names.append(keys.following(reader))
         if self._lean is not None:
@@ -119,8 +133,31 @@ class Hydrator:
         else:
             found = await self._read_visible(keys=names, args=[reader])
         n = len(ids)
-        posts = await self._decode(ids, found[:n], found[n : 2 * n])
-        return posts, dict(zip(ids, found[2 * n :], strict=True))
+        posts: dict[int, bytes] = {}
+        flags: dict[int, int] = {}
+        unsure: dict[int, int] = {}
+        missing: list[int] = []
+        for post_id, raw, counter, flag in zip(
+            ids, found[:n], found[n : 2 * n], found[2 * n :], strict=True
+        ):
+            if raw == b"-":  # tombstone: deleted
+                continue
+            data = with_counts(raw, counter) if raw is not None and counter is not None else None
+            if data is None:
+                missing.append(post_id)
+                continue
+            posts[post_id] = data
+            if flag == -1:
+                unsure[post_id] = int(orjson.loads(raw)["author"]["id"])
+            else:
+                flags[post_id] = flag
+        if missing:
+            filled: dict[int, dict[str, Any]] = {}
+            await self._fill(missing, filled)
+            for post_id, post in filled.items():
+                posts[post_id] = orjson.dumps(post)
+                unsure[post_id] = int(post["author"]["id"])
+        return posts, flags, unsure
 
     async def _from_cache(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]

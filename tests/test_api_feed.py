@@ -5,6 +5,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -15,6 +16,7 @@ from core.settings import Settings
 from server import feed as feed_module
 from server.app import create_app
 from server.following import FollowingCache
+from server.hydrate import with_counts
 from tests.support.api import User, follow, post, sign_up
 
 Client = TestClient[web.Request, web.Application]
@@ -260,3 +262,15 @@ async def test_celebrity_post_made_through_another_process_is_merged_within_a_se
     new = await post(writing, star, "new")
     await asyncio.sleep(feed_module.CELEB_POSTS_SECONDS + 0.1)
     assert await whole_feed(reading, reader, 5) == [new, old]
+
+
+def test_counts_are_spliced_into_cached_json_only_when_they_are_ours() -> None:
+    body = orjson.dumps({"id": "1", "author": {"id": "2"}, "text": 'a "quoted" }'})
+    spliced = with_counts(body, b"3,0,-1")
+    assert spliced is not None
+    assert orjson.loads(spliced) == {
+        **orjson.loads(body),
+        "counts": {"likes": 3, "reposts": 0, "replies": -1},
+    }
+    for foreign in (b"1,2", b"1,2,3,4", b"1,x,3", b'1,2,3}],"evil":{"x":1'):
+        assert with_counts(body, foreign) is None

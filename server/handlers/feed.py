@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from server import validation as v
@@ -10,24 +11,26 @@ from server.errors import invalid
 from server.feed import FEED, FeedPage
 from server.handlers.posts import post_list
 from server.hydrate import iso
-from server.service_json import json
+from server.service_json import json, json_bytes
 
 MAX_QUERY = 200
 
 
-def _feed_json(page: FeedPage) -> dict[str, object]:
-    return {
-        "posts": page.posts,
-        "next_cursor": v.encode_cursor("feed", page.next_cursor) if page.next_cursor else None,
-        "has_more": page.has_more,
-    }
+def _page_response(page: FeedPage, cursor: bool) -> web.Response:
+    """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped."""
+    tail: dict[str, object] = {"has_more": page.has_more}
+    if cursor:
+        next_cursor = page.next_cursor
+        tail["next_cursor"] = v.encode_cursor("feed", next_cursor) if next_cursor else None
+    body = b'{"posts":[' + b",".join(page.posts) + b"]," + orjson.dumps(tail)[1:]
+    return json_bytes(body)
 
 
 async def home(request: web.Request) -> web.Response:
     limit = v.limit(request)
     before = v.decode_cursor(request, "feed")
     page = await request.app[FEED].page(user_id(request), before[0] if before else None, limit)
-    return json(_feed_json(page))
+    return _page_response(page, cursor=True)
 
 
 async def delta(request: web.Request) -> web.Response:
@@ -37,7 +40,7 @@ async def delta(request: web.Request) -> web.Response:
     since = v.parse_id(raw, "since")
     limit = v.limit(request, default=100, maximum=200)
     page = await request.app[FEED].newer(user_id(request), since, limit)
-    return json({"posts": page.posts, "has_more": page.has_more})
+    return _page_response(page, cursor=False)
 
 
 async def search(request: web.Request) -> web.Response:
