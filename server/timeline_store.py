@@ -70,8 +70,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   out[4] = 1
-  if #ARGV > 2 then
-    out[5] = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, 3))
+  for first = 3, #ARGV, 1000 do  -- chunks: Lua's unpack has a stack limit
+    local last = math.min(first + 999, #ARGV)
+    local flags = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, first, last))
+    for _, flag in ipairs(flags) do out[5][#out[5] + 1] = flag end
   end
 end
 return out

@@ -12,8 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import keys
+from core.lean_redis import LeanRedis
+from core.redis_address import RedisAddress
 from core.settings import Settings
 from server import feed as feed_module
+from server import timeline_store as store
 from server.app import create_app
 from server.following import FollowingCache
 from server.hydrate import with_counts
@@ -274,3 +277,19 @@ def test_counts_are_spliced_into_cached_json_only_when_they_are_ours() -> None:
     }
     for foreign in (b"1,2", b"1,2,3,4", b"1,x,3", b'1,2,3}],"evil":{"x":1'):
         assert with_counts(body, foreign) is None
+
+
+async def test_first_read_answers_for_thousands_of_pull_tier_authors(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The candidate authors travel as script arguments: more of them than Lua's unpack
+    takes at once must still be answered (in chunks)."""
+    reader = 424_242
+    await redis_client.sadd(keys.following(reader), "0", "5", "2500", "9999")
+    lean = LeanRedis(RedisAddress.of(redis_client))
+    try:
+        first = await store.read_first(lean, reader, None, 21, list(range(1, 10_001)))
+    finally:
+        await lean.close()
+    assert first.page is None  # no timeline: rebuilt by the caller
+    assert first.followed == [5, 2500, 9999]
