@@ -159,7 +159,7 @@ class HomeFeed:
         # The page's two script calls skip redis-py (core/lean_redis.py); one deadline
         # each, past which the page comes from Postgres.
         self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
-        self._hydrator = Hydrator(c.db, c.redis, self._lean)
+        self._hydrator = Hydrator(c.db, c.redis)
         self._following = FollowingCache(c.db, c.redis)
 
     async def close(self) -> None:
@@ -300,7 +300,7 @@ class HomeFeed:
         """Hydrated posts (id, JSON), newest first, minus deleted ones and authors no
         longer followed."""
         try:
-            posts, flags, unsure = await self._hydrator.for_reader(user_id, ids)
+            posts, flags, unsure = await self._hydrator.for_reader(self._lean, user_id, ids)
         except REDIS_ERRORS:
             found = await self._hydrator.posts(ids)  # from Postgres
             posts = {i: orjson.dumps(p) for i, p in found.items()}

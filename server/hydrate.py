@@ -41,17 +41,26 @@ def encode_counts(likes: int, reposts: int, replies: int) -> bytes:
 COUNTS_JSON = b',"counts":{"likes":%s,"reposts":%s,"replies":%s}}'
 
 
-def with_counts(body: bytes, counters: bytes) -> bytes | None:
-    """A cached body (a JSON object) with its counts spliced in, without parsing either;
-    None when the counters are not ours (read them from Postgres instead)."""
+def _count_parts(counters: bytes) -> list[bytes] | None:
+    """The three decimal counts of a cached counters value; None when it is not ours
+    (the caller reads the post from Postgres instead)."""
     parts = counters.split(b",")
     if len(parts) != 3 or not all(p.lstrip(b"-").isdigit() for p in parts):
         return None
-    return body[:-1] + COUNTS_JSON % tuple(parts)
+    return parts
 
 
-def decode_counts(raw: bytes) -> dict[str, int]:
-    return dict(zip(COUNTER_NAMES, map(int, raw.split(b",")), strict=True))
+def with_counts(body: bytes, counters: bytes) -> bytes | None:
+    """A cached body (a JSON object) with its counts spliced in, without parsing either;
+    None when the counters are not ours."""
+    parts = _count_parts(counters)
+    return None if parts is None else body[:-1] + COUNTS_JSON % tuple(parts)
+
+
+def decode_counts(counters: bytes) -> dict[str, int] | None:
+    """The counts of a cached counters value; None when it is not ours."""
+    parts = _count_parts(counters)
+    return None if parts is None else dict(zip(COUNTER_NAMES, map(int, parts), strict=True))
 
 
 # A reader's home feed page: KEYS n post bodies, the same n posts' counters, then the
@@ -93,13 +102,9 @@ READ_VISIBLE_SCRIPT = LeanScript(READ_VISIBLE)
 
 
 class Hydrator:
-    def __init__(
-        self, db: asyncpg.Pool, redis_client: aioredis.Redis, lean: LeanRedis | None = None
-    ) -> None:
+    def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
         self._db = db
         self._redis = redis_client
-        self._lean = lean  # for_reader's client (the feed's hot path), when given
-        self._read_visible = redis_client.register_script(READ_VISIBLE)
 
     async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Live (not deleted) posts by id; unknown and deleted ids are simply absent."""
@@ -117,21 +122,19 @@ class Hydrator:
             }
 
     async def for_reader(
-        self, reader: int, ids: list[int]
+        self, lean: LeanRedis, reader: int, ids: list[int]
     ) -> tuple[dict[int, bytes], dict[int, int], dict[int, int]]:
         """For `reader`'s home feed: the JSON of each live post by id, counts included
         (spliced into the cached bytes, nothing parsed), whether `reader` follows each
         post's author (1 yes, 0 no), and, for posts Redis could not tell about, their
-        author (the caller asks Postgres). Raises REDIS_ERRORS: the caller falls back to
-        Postgres as a whole."""
+        author (the caller asks Postgres). `lean` is the feed's script client
+        (core/lean_redis.py). Raises REDIS_ERRORS: the caller falls back to Postgres as a
+        whole."""
         if not ids:
             return {}, {}, {}
         names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
         names.append(keys.following(reader))
-        if self._lean is not None:
-            found = await self._lean.run(READ_VISIBLE_SCRIPT, names, [reader])
-        else:
-            found = await self._read_visible(keys=names, args=[reader])
+        found = await lean.run(READ_VISIBLE_SCRIPT, names, [reader])
         n = len(ids)
         posts: dict[int, bytes] = {}
         flags: dict[int, int] = {}
@@ -172,13 +175,14 @@ class Hydrator:
         result: dict[int, dict[str, Any]] = {}
         missing: set[int] = set()
         for post_id, raw, counter in zip(ids, bodies, counters, strict=True):
-            if raw is None or counter is None:
-                missing.add(post_id)
-                continue
             if raw == b"-":  # tombstone: deleted
                 continue
+            counts_now = decode_counts(counter) if raw is not None and counter is not None else None
+            if counts_now is None:
+                missing.add(post_id)
+                continue
             post = orjson.loads(raw)
-            post["counts"] = decode_counts(counter)
+            post["counts"] = counts_now
             result[post_id] = post
         if missing:
             await self._fill(sorted(missing), result)

@@ -179,6 +179,12 @@ async def test_cached_counters_follow_likes_and_a_foreign_value_is_dropped(
     assert not await redis_client.exists(counters)  # dropped, not trusted
     got = await (await api.get(f"/v1/posts/{post_id}", headers=author.auth)).json()
     assert got["counts"] == {"likes": 0, "reposts": 0, "replies": 0}
+    # A read meeting a foreign value reads Postgres instead (and caches ours again).
+    await redis_client.set(counters, "1,2")
+    resp = await api.get(f"/v1/posts/{post_id}", headers=author.auth)
+    assert resp.status == 200
+    assert (await resp.json())["counts"] == {"likes": 0, "reposts": 0, "replies": 0}
+    assert await redis_client.get(counters) == b"0,0,0"
 
 
 async def test_replies_and_reposts_count_and_list(api: Client) -> None:
