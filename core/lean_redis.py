@@ -2,17 +2,18 @@
 
 redis-py costs ~140 us of CPU per call here (a connection checked out of a pool, a retry
 wrapper, a socket timeout armed per read); a bare asyncio Protocol with hiredis costs
-~65 us (scripts/bench/client_overhead.py). A feed page makes two calls, so this client
-saves about 150 us per page on a 2-core machine where a page may cost 1 ms in all.
+~65 us (scripts/bench/client_overhead.py), on a 2-core machine where a whole feed page
+should cost a few hundred microseconds of CPU.
 
-One connection per process, pipelined: calls are written as they come and answered in
-order, so concurrent requests share round trips instead of waiting for a pooled
-connection. Errors are redis-py's, so callers keep one `except REDIS_ERRORS`:
+One connection per process, pipelined: the calls made in one loop iteration go out in
+one write and are answered in order, so concurrent requests share round trips (and
+syscalls) instead of waiting for a pooled connection. Errors are redis-py's, so callers
+keep one `except REDIS_ERRORS`:
 - ConnectionError when Redis cannot be reached or the link drops (every call in flight
   fails; the next call reconnects);
-- TimeoutError when an answer takes longer than `timeout`: the link is dropped then,
-  since an answer that late means Redis is stuck or the link is, and every call behind
-  it would wait as long;
+- TimeoutError when an answer takes longer than `timeout`: every call in flight fails
+  and the link is dropped, since an answer that late means Redis is stuck or the link
+  is, and every call behind it would wait as long;
 - ResponseError for an error reply (a script error, a wrong type).
 NOSCRIPT (a Redis restarted or flushed its scripts) loads the script and retries once.
 """
@@ -46,9 +47,16 @@ class LeanScript:
 
 
 class _Link(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection. Commands are written once per loop iteration (all the calls made
+    in it in one write), and one timer watches the oldest unanswered call instead of a
+    timeout armed per call."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
         self._reader = hiredis.Reader()
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._outgoing: list[bytes] = []
+        self._watchdog: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,33 +67,62 @@ class _Link(asyncio.Protocol):
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
                 continue  # cannot happen with Redis; never crash on it
-            waiter = self._waiting.popleft()
+            waiter, _ = self._waiting.popleft()
             if not waiter.done():  # a caller that gave up (cancelled) is skipped
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        waiting, self._waiting = self._waiting, collections.deque()
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_exception(RedisConnectionError(f"Redis link lost: {exc or 'closed'}"))
+        self._fail(RedisConnectionError(f"Redis link lost: {exc or 'closed'}"))
 
     @property
     def open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if not self.open:
             raise RedisConnectionError("Redis link is closed")
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
-        self._waiting.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append(hiredis.pack_command(args))  # type: ignore[arg-type]
+        deadline = loop.time() + self._timeout
+        self._waiting.append((waiter, deadline))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._watch)
         return waiter
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(outgoing)
+        # else connection_lost fails the calls waiting for these
+
+    def _watch(self) -> None:
+        """The oldest call unanswered past its deadline means Redis or the link is stuck,
+        and every call behind it would wait as long: all fail, and the link is dropped
+        (the next call reconnects)."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._waiting[0][1]
+        if deadline > loop.time():
+            self._watchdog = loop.call_at(deadline, self._watch)
+            return
+        self._fail(RedisTimeoutError(f"no answer from Redis within {self._timeout:g} s"))
+        self.abort()
+
+    def _fail(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, collections.deque()
+        for waiter, _ in waiting:
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 class LeanRedis:
@@ -112,13 +149,7 @@ class LeanRedis:
 
     async def _call(self, *args: Arg) -> Any:
         link = self._link if self._link is not None and self._link.open else await self._open()
-        waiter = link.call(*args)
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await waiter
-        except TimeoutError:
-            link.abort()
-            raise RedisTimeoutError(f"no answer from Redis within {self._timeout:g} s") from None
+        return await link.call(*args)
 
     async def _open(self) -> _Link:
         if self._connecting is None:
@@ -129,7 +160,7 @@ class LeanRedis:
             address = self._address
             try:
                 async with asyncio.timeout(self._timeout):
-                    link = await address.open(_Link)
+                    link = await address.open(lambda: _Link(self._timeout))
                     hello: list[asyncio.Future[Any]] = []
                     if address.password:
                         user = [address.username] if address.username else []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -29,34 +30,61 @@ Snapshot = Mapping[str, Any]
 class LatencyWindow:
     """Recent latency samples (milliseconds) for p50/p99 over the last `seconds`.
 
-    Bounded twice: by age and by count (a burst keeps only its newest `max_samples`), so
-    memory is flat whatever the rate. Percentiles are computed on demand, once a second.
+    Samples are counted in log-spaced buckets (each ~5% wide) per second, so adding one
+    is O(1), memory is flat whatever the rate, and a percentile reads ~300 counters per
+    second kept: sorting the raw samples of a busy node (10 000+ in a window) stalled
+    its event loop for milliseconds every second. A percentile is its bucket's upper
+    bound: at most ~5% above the true value, never below it.
     """
 
-    def __init__(self, seconds: float = 10.0, max_samples: int = 20_000) -> None:
-        self._seconds = seconds
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+    def __init__(self, seconds: float = 10.0) -> None:
+        self._seconds = max(1, math.ceil(seconds))
+        self._slots: deque[tuple[int, list[int]]] = deque()  # (second, counts), oldest first
 
     def add(self, ms: float, now: float | None = None) -> None:
-        self._samples.append((time.monotonic() if now is None else now, ms))
+        second = int(time.monotonic() if now is None else now)
+        if not self._slots or self._slots[-1][0] != second:
+            self._slots.append((second, [0] * _BUCKETS))
+            if len(self._slots) > self._seconds + 1:
+                self._slots.popleft()
+        self._slots[-1][1][_bucket(ms)] += 1
 
     def percentiles(self, now: float | None = None) -> dict[str, float | None]:
         """`{"p50": .., "p99": .., "count": n}`; p50/p99 are None without samples."""
         horizon = (time.monotonic() if now is None else now) - self._seconds
-        while self._samples and self._samples[0][0] < horizon:
-            self._samples.popleft()
-        values = sorted(ms for _, ms in self._samples)
-        if not values:
+        while self._slots and self._slots[0][0] + 1 <= horizon:
+            self._slots.popleft()
+        totals = [sum(c) for c in zip(*(counts for _, counts in self._slots), strict=True)]
+        count = sum(totals)
+        if not count:
             return {"p50": None, "p99": None, "count": 0}
         return {
-            "p50": round(_rank(values, 0.50), 2),
-            "p99": round(_rank(values, 0.99), 2),
-            "count": len(values),
+            "p50": round(_rank(totals, count, 0.50), 2),
+            "p99": round(_rank(totals, count, 0.99), 2),
+            "count": count,
         }
 
 
-def _rank(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+_GROWTH = 1.05
+_SMALLEST_MS = 0.01  # bucket 0 holds everything up to this
+_BUCKETS = 2 + math.ceil(math.log(10_000_000 / _SMALLEST_MS, _GROWTH))  # up to ~3 hours
+
+
+def _bucket(ms: float) -> int:
+    if ms <= _SMALLEST_MS:
+        return 0
+    return min(_BUCKETS - 1, 1 + int(math.log(ms / _SMALLEST_MS, _GROWTH)))
+
+
+def _rank(totals: list[int], count: int, q: float) -> float:
+    """The upper bound of the bucket holding the sample of rank q."""
+    wanted = min(count - 1, int(q * count))
+    seen = 0
+    for index, n in enumerate(totals):
+        seen += n
+        if seen > wanted:
+            return _SMALLEST_MS * _GROWTH**index
+    return _SMALLEST_MS * _GROWTH ** (len(totals) - 1)
 
 
 async def report_forever(

@@ -5,7 +5,6 @@ through gateway.protocols.site, so WebSocket upgrades leave aiohttp (protocols/f
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,17 @@ from aiohttp import web
 
 from core.clients import connect_with_retry
 from core.resources import DB, REDIS, CleanupCtx, postgres_ctx
-from core.service import OPS, SETTINGS, Check, Ops, add_ops_routes, node_name, run, stop_tasks
+from core.service import (
+    OPS,
+    SETTINGS,
+    Check,
+    Ops,
+    add_ops_routes,
+    node_name,
+    quiet_gc,
+    run,
+    stop_tasks,
+)
 from core.settings import Settings, mask_url
 from gateway.handlers import NODE, WEBSOCKETS, sse, websocket
 from gateway.metrics import GatewayMetrics
@@ -28,15 +37,6 @@ from gateway.resume import Resumer
 # A caller waits at most this long for a pooled Redis connection, then gets an error
 # (the pool blocks instead of failing at once with "Too many connections").
 REDIS_POOL_WAIT = 2.0
-# With the default thresholds (700, 10, 10) the traffic of a busy gateway (call_soon
-# handles, contexts, queued messages) promotes enough short-lived objects to run a full
-# collection every few seconds, and a full collection walks the ~80 tracked objects every
-# connection keeps for hours: 0.5-1.8 s pauses at 10 000 connections (the benchmark's
-# delivery p99) and half the idle CPU. Young collections run less often, and the objects
-# of start-up are frozen out of every collection. Full collections become rare, not
-# shorter: fewer tracked objects per connection is the lasting fix (a WebSocket upgraded
-# by gateway/protocols/ keeps about a dozen).
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def redis_ctx() -> CleanupCtx:
@@ -125,20 +125,13 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _freeze_start_up_objects(app: web.Application) -> None:
-    gc.collect()
-    gc.freeze()
-
-
 def _create_process_app(settings: Settings) -> web.Application:
     app = create_app(settings)
-    # on_startup runs after the cleanup contexts: pools, clients and the node exist.
-    app.on_startup.append(_freeze_start_up_objects)
+    quiet_gc(app)
     return app
 
 
 def main() -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
     run(
         "gateway",
         _create_process_app,

@@ -15,7 +15,16 @@ from core import vapid
 from core.auth import TokenSigner
 from core.ids import IdLease
 from core.resources import DB, KAFKA_LINK, REDIS, kafka_link_ctx, postgres_ctx, redis_ctx
-from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run, stop_tasks
+from core.service import (
+    OPS,
+    SETTINGS,
+    Ops,
+    add_ops_routes,
+    node_name,
+    quiet_gc,
+    run,
+    stop_tasks,
+)
 from core.settings import Settings
 from core.tiers import TierPolicy
 from core.topics import Topics
@@ -136,5 +145,11 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def _create_process_app(settings: Settings) -> web.Application:
+    app = create_app(settings)
+    quiet_gc(app)
+    return app
+
+
 def main() -> None:
-    run("server", create_app, lambda s: s.server_port, reuse_port=True)
+    run("server", _create_process_app, lambda s: s.server_port, reuse_port=True)

@@ -7,12 +7,14 @@ merged without gaps: nothing below a source's last fetched id is emitted until t
 source has been read further. Ids of authors no longer followed are dropped. Redis down:
 one Postgres query over followed authors serves the same pages (slower, never an error).
 
-A first page costs two Redis calls and no Postgres query: one script reads the timeline
-page and which celebrity-tier authors the user follows (the following cache,
-server/following.py); the celebrity-tier authors' recent posts are held by each process
-(refreshed every CELEB_POSTS_SECONDS, and at once for posts created by this process);
-one script hydrates the candidates and tells, per post, whether its author is still
-followed. Postgres answers what those caches miss.
+A page normally costs one Redis call and no Postgres query: one script
+(server/lua/feed_page.lua) reads the timeline page, picks the celebrity-tier authors
+the user follows (the following cache, server/following.py) and merges their recent
+posts, which each process holds (refreshed every CELEB_POSTS_SECONDS, and at once for
+posts created by this process) and sends along; it drops authors no longer followed and
+deleted posts and returns the hydrated JSON. When a cache misses, or history runs past
+what the caches hold, the script says so and the general path (HomeFeed._general)
+finishes the page: cache fills, Postgres, more rounds of merging.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
+from core import keys
 from core.lean_redis import LeanRedis
 from core.redis_address import RedisAddress
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
@@ -42,6 +45,10 @@ MAX_ROUNDS = 5  # bounded work per request even when most candidates are filtere
 CELEB_CACHE_SECONDS = 5.0  # who is in the pull tier
 CELEB_POSTS_SECONDS = 1.0  # their recent posts (posts made through this process: at once)
 CELEB_POSTS_DEPTH = 200  # recent posts held per celebrity-tier author; older: Postgres
+# Up to this many pull-tier authors, their held posts travel with the page script (one
+# round trip for a page); with more, the general path merges them (the bytes sent per
+# call would grow with the tier, whoever the reader follows).
+CELEB_INLINE_MAX = 32
 REDIS_READ_TIMEOUT = 2.0  # seconds a page's Redis call may take before Postgres serves it
 
 FOLLOWED_POSTS = """
@@ -99,6 +106,40 @@ class Celebrities:
         self._complete: set[int] = set()  # authors whose every post is held
         self._posts_fetched = 0.0
         self._refreshing = False
+        self._first_pages: dict[int, list[bytes]] = {}  # held() of first pages, by size
+
+    async def held(self, authors: list[int], before: int | None, n: int) -> list[bytes] | None:
+        """The held posts of `authors` (as ids() gave them) older than `before`, as the
+        page script takes them (_held_below); None when there are too many authors to
+        send with every page."""
+        if len(authors) > CELEB_INLINE_MAX:
+            return None
+        await self._fresh()
+        if before is not None or authors is not self._ids:
+            return self._held_below(authors, MAX_ID if before is None else before, n)
+        args = self._first_pages.get(n)
+        if args is None:  # the same for every reader until the posts change
+            args = self._first_pages[n] = self._held_below(authors, MAX_ID, n)
+        return args
+
+    def _held_below(self, authors: list[int], before: int, n: int) -> list[bytes]:
+        """The two arguments server/lua/feed_page.lua takes them as: a kind per author,
+        then up to n + 1 posts per author (one more than a batch takes: whether more
+        remain), tagged with the author's position, all merged newest first."""
+        kinds = bytearray()
+        tagged: list[tuple[int, bytes]] = []
+        for position, author in enumerate(authors, start=1):
+            held = self._recent.get(author, [])
+            end = bisect.bisect_left(held, before)
+            if author in self._complete:
+                kinds += b"c"
+            else:
+                kinds += b"p" if end >= n else b"x"
+            tag = bytes((position,))
+            tagged.extend((post_id, tag) for post_id in held[max(0, end - n - 1) : end])
+        tagged.sort(reverse=True)
+        merged = b"".join(tag + keys.timeline_member(post_id) for post_id, tag in tagged)
+        return [bytes(kinds), merged]
 
     async def ids(self) -> list[int]:
         if time.monotonic() - self._fetched > CELEB_CACHE_SECONDS:
@@ -116,20 +157,29 @@ class Celebrities:
         more, from what is held; None when that is not enough (ask Postgres)."""
         await self._fresh()
         found: list[int] = []
+        below = 0  # held posts older than `before`, all of them (not only the n newest)
+        rest_in_postgres = False
         for author in authors:
             held = self._recent.get(author, [])
             end = bisect.bisect_left(held, before)
-            if end < n and author not in self._complete:
-                return None  # older posts than those held may belong on this page
+            if author not in self._complete:
+                if end < n:
+                    return None  # older posts than those held may belong on this page
+                rest_in_postgres = True
             found.extend(held[max(0, end - n) : end])
+            below += end
         found.sort(reverse=True)
-        return found[:n], len(found) <= n
+        return found[:n], below <= n and not rest_in_postgres
 
     def created(self, author: int, post_id: int) -> None:
         """A post just made through this process: merged from now on, not a second later."""
         held = self._recent.get(author)
-        if held is not None:
-            bisect.insort(held, post_id)
+        if held is None:
+            return
+        at = bisect.bisect_left(held, post_id)
+        if at == len(held) or held[at] != post_id:  # a refresh may have read it already
+            held.insert(at, post_id)
+            self._first_pages = {}
 
     async def _fresh(self) -> None:
         stale = time.monotonic() - self._posts_fetched > CELEB_POSTS_SECONDS
@@ -146,6 +196,7 @@ class Celebrities:
                 held.sort()
             self._recent = recent
             self._complete = {a for a, held in recent.items() if len(held) < CELEB_POSTS_DEPTH}
+            self._first_pages = {}
             self._posts_fetched = time.monotonic()
         finally:
             self._refreshing = False
@@ -154,6 +205,7 @@ class Celebrities:
 class HomeFeed:
     def __init__(self, c: ServerContext, celebs: Celebrities, reads: Counter) -> None:
         self._reads = reads
+        self._redis_reads = reads.labels("redis")
         self._c = c
         self.celebs = celebs
         # The page's two script calls skip redis-py (core/lean_redis.py); one deadline
@@ -174,7 +226,13 @@ class HomeFeed:
         # follow changes nothing in a query over followed authors, and it saves asking.
         celebs = await self.celebs.ids()
         try:
-            return await self._from_redis(user_id, celebs, before, limit)
+            held = await self.celebs.held(celebs, before, limit + 1)
+            first = await store.read_page(self._lean, user_id, before, limit, celebs, held)
+            if isinstance(first, store.ReadyPage):
+                self._redis_reads.inc()
+                last = first.ids[-1] if first.has_more else None
+                return FeedPage(first.posts, first.ids, last, first.has_more)
+            return await self._general(user_id, celebs, before, limit, first)
         except REDIS_ERRORS as exc:
             log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
             self._reads.labels("postgres").inc()
@@ -187,10 +245,16 @@ class HomeFeed:
         more = len(fresh) == len(page.ids) and page.has_more
         return FeedPage([page.posts[i] for i in fresh], [page.ids[i] for i in fresh], None, more)
 
-    async def _from_redis(
-        self, user_id: int, celebs: list[int], before: int | None, limit: int
+    async def _general(
+        self,
+        user_id: int,
+        celebs: list[int],
+        before: int | None,
+        limit: int,
+        first: store.FirstRead,
     ) -> FeedPage:
-        first = await store.read_first(self._lean, user_id, before, limit + 1, celebs)
+        """The page when the page script could not make it alone: a cache to fill, posts
+        to read from Postgres, history past the timeline's cap, more rounds of merging."""
         followed = first.followed
         if followed is None:
             followees = await self._following.fill(user_id)
@@ -200,7 +264,7 @@ class HomeFeed:
             await self._rebuild(user_id, celebs)
             self._reads.labels("rebuild").inc()
         else:
-            self._reads.labels("redis").inc()
+            self._redis_reads.inc()
         # The page just read serves the merge's first fetch of the timeline.
         prefetched = (MAX_ID if before is None else before, limit + 1, page)
         sources = [self._timeline_source(user_id, celebs, prefetched)]

@@ -8,6 +8,7 @@ is built, so "key missing" always means "rebuild from Postgres", never "empty".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -58,41 +59,54 @@ class FirstRead:
     followed: list[int] | None  # the given authors the user follows; None: cache missing
 
 
-# KEYS[1] timeline, KEYS[2] following set (keys.following); ARGV[1] upper lex bound,
-# ARGV[2] count, ARGV[3..] candidate authors. Returns {exists, sentinel, members,
-# following cached, flags}: the page and which candidates are followed, in one call.
-FIRST_READ = """
-local out = {0, 0, {}, 0, {}}
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  out[1] = 1
-  if redis.call('ZSCORE', KEYS[1], '@SENTINEL@') then out[2] = 1 end
-  out[3] = redis.call('ZRANGE', KEYS[1], ARGV[1], '-', 'BYLEX', 'REV', 'LIMIT', 0, ARGV[2])
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  out[4] = 1
-  for first = 3, #ARGV, 1000 do  -- chunks: Lua's unpack has a stack limit
-    local last = math.min(first + 999, #ARGV)
-    local flags = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, first, last))
-    for _, flag in ipairs(flags) do out[5][#out[5] + 1] = flag end
-  end
-end
-return out
-""".replace("@SENTINEL@", SENTINEL.decode())
-FIRST_READ_SCRIPT = LeanScript(FIRST_READ)
+@dataclass(frozen=True, slots=True)
+class ReadyPage:
+    """A whole feed page, merged, filtered and hydrated by the page script."""
+
+    posts: list[bytes]  # each post's JSON, counts included
+    ids: list[int]
+    has_more: bool
 
 
-async def read_first(
-    client: LeanRedis, user_id: int, before: int | None, count: int, authors: list[int]
-) -> FirstRead:
-    """The timeline page below `before` (as page()) and which of `authors` the user
-    follows (from the following cache), in one round trip."""
+def _script(name: str) -> LeanScript:
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    for marker, value in {
+        "@WIDTH@": str(keys.TIMELINE_ID_WIDTH),
+        "@SENTINEL@": SENTINEL.decode(),
+        "@POST@": keys.post_cache(0)[:-1],
+        "@COUNTS@": keys.post_counters(0)[:-1],
+    }.items():
+        text = text.replace(marker, value)
+    return LeanScript(text)
+
+
+LUA_DIR = Path(__file__).with_name("lua")
+FEED_PAGE_SCRIPT = _script("feed_page")
+
+
+async def read_page(
+    client: LeanRedis,
+    user_id: int,
+    before: int | None,
+    limit: int,
+    authors: list[int],
+    held: list[bytes] | None,
+) -> ReadyPage | FirstRead:
+    """The page below `before` in one round trip when the caches allow (ReadyPage); else
+    the timeline's first `limit` + 1 entries below `before` and which of `authors` (the
+    pull-tier authors) the user follows, for the general path. `held`: the posts
+    of `authors` held by this process (Celebrities.held); None when there are too many
+    authors to send (the general path merges them then)."""
     upper = b"+" if before is None else b"(" + keys.timeline_member(before)
     found = await client.run(
-        FIRST_READ_SCRIPT,
+        FEED_PAGE_SCRIPT,
         [keys.timeline(user_id), keys.following(user_id)],
-        [upper, count, *authors],
+        [user_id, upper, limit, len(authors), *authors, *(held or ())],
     )
-    exists, sentinel, members, cached, flags = found
+    if found[0] == 1:
+        _, posts, members, has_more = found
+        return ReadyPage(posts, list(map(int, members)), bool(has_more))
+    _, exists, sentinel, members, cached, flags = found
     page = None
     if exists:
         ids = [keys.post_id_from_member(m) for m in members if m != SENTINEL]

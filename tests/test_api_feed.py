@@ -288,8 +288,9 @@ async def test_first_read_answers_for_thousands_of_pull_tier_authors(
     await redis_client.sadd(keys.following(reader), "0", "5", "2500", "9999")
     lean = LeanRedis(RedisAddress.of(redis_client))
     try:
-        first = await store.read_first(lean, reader, None, 21, list(range(1, 10_001)))
+        first = await store.read_page(lean, reader, None, 20, list(range(1, 10_001)), None)
     finally:
         await lean.close()
+    assert isinstance(first, store.FirstRead)
     assert first.page is None  # no timeline: rebuilt by the caller
     assert first.followed == [5, 2500, 9999]

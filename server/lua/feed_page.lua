@@ -1,0 +1,149 @@
+-- A home feed page in one call (server/feed.py "fast path"): the timeline page, the
+-- celebrity-tier posts of the authors the reader follows, their merge, the unfollow and
+-- delete filters and the hydrated JSON, when every cache it needs is warm. Otherwise it
+-- answers what the general path (server/feed.py HomeFeed._general) goes on from.
+--
+-- KEYS[1] the reader's timeline (keys.timeline), KEYS[2] their following set
+-- (keys.following). Post bodies and counters are read by name (@POST@<id>, @COUNTS@<id>),
+-- undeclared: this script is for a single Redis, as the feed read path is.
+-- ARGV[1] reader id; ARGV[2] upper lex bound of the timeline ('+' or '(' .. member);
+-- ARGV[3] page size; ARGV[4] n, the number of pull-tier authors; ARGV[5 .. 4+n] their
+-- ids; optionally ARGV[5+n] and ARGV[6+n], their posts held by the server below the
+-- cursor (Celebrities.held): one byte per author, 'c' (every post of theirs is held),
+-- 'p' (older ones are in Postgres) or 'x' (too few held for this page); then up to page
+-- size + 2 posts per author (one more than a batch takes tells whether more remain) as
+-- records of the author's 1-based position and the post's member (@WIDTH@ bytes), all
+-- authors merged, newest first.
+--
+-- Returns {1, posts, ids, has_more}: posts the page's JSON objects, ids their timeline
+-- members; or {0, exists, sentinel, members, cached, flags} (as the general path's first
+-- read): whether the timeline exists and is complete, its page (page size + 1 members),
+-- whether the following set is cached and which pull-tier authors it holds.
+
+local W = @WIDTH@
+local X, P = string.byte('x'), string.byte('p')
+local limit = tonumber(ARGV[3])
+local want = limit + 1
+local n = tonumber(ARGV[4])
+
+local exists, sentinel, members = 0, 0, {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  exists = 1
+  if redis.call('ZSCORE', KEYS[1], '@SENTINEL@') then sentinel = 1 end
+  members = redis.call('ZRANGE', KEYS[1], ARGV[2], '-', 'BYLEX', 'REV', 'LIMIT', 0, want)
+end
+local cached = redis.call('EXISTS', KEYS[2])
+local flags = {}
+if cached == 1 then
+  for first = 5, 4 + n, 1000 do -- chunks: Lua's unpack has a stack limit
+    local found = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, first, math.min(first + 999, 4 + n)))
+    for _, flag in ipairs(found) do flags[#flags + 1] = flag end
+  end
+end
+local general = {0, exists, sentinel, members, cached, flags}
+if exists == 0 or cached == 0 then return general end
+
+-- The timeline's batch: a short page is the end only when the timeline is complete
+-- (older history continues in Postgres otherwise).
+local timeline = {}
+for _, m in ipairs(members) do
+  if m ~= '@SENTINEL@' then timeline[#timeline + 1] = m end
+end
+local timeline_done = #timeline < want
+if timeline_done and sentinel == 0 then return general end
+
+-- The followed pull-tier authors' batch, from what the server holds. It is the end of
+-- their posts when it holds no more than `want` and nothing older is left in Postgres.
+local kinds, merged = ARGV[5 + n], ARGV[6 + n]
+local celebs, celebs_done, any = {}, true, false
+for i = 1, n do
+  if flags[i] == 1 then
+    if not merged then return general end
+    local kind = string.byte(kinds, i)
+    if kind == X then return general end -- older posts may belong on this page
+    if kind == P then celebs_done = false end
+    any = true
+  end
+end
+if any then
+  for at = 1, #merged, W + 1 do
+    if flags[string.byte(merged, at)] == 1 then
+      celebs[#celebs + 1] = string.sub(merged, at + 1, at + W)
+      if #celebs > want then break end -- one more than the batch: more remain
+    end
+  end
+end
+celebs_done = celebs_done and #celebs <= want
+
+-- Nothing below a batch's last member is taken until that batch is read further.
+local boundary = ''
+if not timeline_done and #timeline > 0 then boundary = timeline[#timeline] end
+if not celebs_done and celebs[want] > boundary then boundary = celebs[want] end
+-- Both batches are newest first: merged in one pass, without duplicates.
+local candidates, i, j = {}, 1, 1
+while true do
+  local a, b, m = timeline[i], celebs[j], nil
+  if a and (not b or a >= b) then
+    m, i = a, i + 1
+    if a == b then j = j + 1 end
+  elseif b then
+    m, j = b, j + 1
+  else
+    break
+  end
+  if m < boundary then break end
+  candidates[#candidates + 1] = m
+end
+
+-- Hydration: bodies and counters in one MGET; a miss or a value that is not ours sends
+-- the page to the general path (which reads Postgres and fills the cache).
+local c = #candidates
+local names = {}
+for j = 1, c do
+  local id = string.match(candidates[j], '^0*(%d+)$')
+  names[j] = '@POST@' .. id
+  names[c + j] = '@COUNTS@' .. id
+end
+local values = c > 0 and redis.call('MGET', unpack(names)) or {}
+local kept, counts, others, other_at = {}, {}, {}, {}
+for j = 1, c do
+  local body, counter = values[j], values[c + j]
+  if not body then return general end
+  if body ~= '-' then -- '-' is a deleted post's tombstone
+    local likes, reposts, replies = string.match(counter or '', '^(%-?%d+),(%-?%d+),(%-?%d+)$')
+    if not likes then return general end
+    local author = string.match(body, '^{"id":"%d+","author":{"id":"(%d+)"')
+    if not author then return general end
+    local k = #kept + 1
+    kept[k] = j
+    counts[k] = ',"counts":{"likes":' .. likes .. ',"reposts":' .. reposts
+      .. ',"replies":' .. replies .. '}}'
+    if author ~= ARGV[1] then
+      others[#others + 1] = author
+      other_at[#others] = k
+    end
+  end
+end
+local visible = {}
+for k = 1, #kept do visible[k] = true end
+if #others > 0 then
+  local followed = redis.call('SMISMEMBER', KEYS[2], unpack(others))
+  for i = 1, #others do
+    if followed[i] == 0 then visible[other_at[i]] = false end
+  end
+end
+
+local posts, ids, live = {}, {}, 0
+for k = 1, #kept do
+  if visible[k] then
+    live = live + 1
+    if live <= limit then
+      local j = kept[k]
+      posts[live] = string.sub(values[j], 1, -2) .. counts[k]
+      ids[live] = candidates[j]
+    end
+  end
+end
+if live < limit and boundary ~= '' then return general end -- more rounds needed
+local has_more = (boundary ~= '' or live > limit) and 1 or 0
+return {1, posts, ids, has_more}
