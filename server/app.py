@@ -30,13 +30,13 @@ from core.tiers import TierPolicy
 from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
-from server.errors import error_middleware
 from server.feed import FEED, Celebrities, HomeFeed
 from server.handlers import devices, feed, ops, posts, users
-from server.metrics import METRICS, ServerMetrics, metrics_middleware
+from server.metrics import METRICS, ServerMetrics
+from server.middleware import api_middleware
 from server.openapi import openapi
 from server.outbox import OutboxRelay
-from server.stats import SERVER_STATS, ServerStats, stats_ctx, stats_middleware
+from server.stats import SERVER_STATS, ServerStats, stats_ctx
 from web import STATIC_DIR
 
 MAX_BODY = 16 * 1024  # a post is 280 characters; nothing we accept needs more
@@ -125,7 +125,7 @@ def add_routes(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[metrics_middleware, stats_middleware, error_middleware, auth.auth_middleware],
+        middlewares=[api_middleware],
     )
     app[SETTINGS] = settings
     # Several server processes may share the port (SO_REUSEPORT): one stats node each.

@@ -1,4 +1,4 @@
-"""The one JSON error shape of the API, and the middleware that guarantees it.
+"""The one JSON error shape of the API (server/middleware.py makes every failure use it).
 
 Every failure leaves as {"error": {"code", "message", "field"?}}: our own ApiErrors,
 aiohttp's HTTP exceptions (404, 405, 413), and, as a last resort, unexpected exceptions
@@ -8,14 +8,11 @@ aiohttp's HTTP exceptions (404, 405, 413), and, as a last resort, unexpected exc
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
@@ -76,19 +73,15 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def response_for(request: web.Request, exc: Exception) -> web.Response:
+    """The error response for what a handler raised (server/middleware.py). HTTP
+    exceptions below 400 (redirects) are not errors: the caller re-raises those."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException):
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body is too large"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, message, headers=headers)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal server error")
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")

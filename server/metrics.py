@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from server.errors import Handler
-
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+# Label values from requests are bounded: any other method is "other", and routes are
+# templates (an id in a path would make a series per id).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+Series = tuple[Counter, Histogram]  # the labelled children
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,21 @@ class ServerMetrics:
     latency: Histogram
     timeline_reads: Counter
     outbox_published: Counter
+    _series: dict[tuple[str, str, int], Series] = field(default_factory=dict)
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One request: counted by method, route and status, timed by method and route.
+        The labelled children are kept, since looking them up costs more than using
+        them."""
+        key = (method if method in METHODS else "other", route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(key[0], route, str(status)),
+                self.latency.labels(key[0], route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ServerMetrics:
@@ -50,23 +68,3 @@ class ServerMetrics:
 
 
 METRICS = web.AppKey("server_metrics", ServerMetrics)
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        # The route template, never the raw path: ids in paths would explode cardinality.
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        metrics = request.app[METRICS]
-        metrics.requests.labels(request.method, route, str(status)).inc()
-        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)

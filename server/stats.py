@@ -8,7 +8,6 @@ and /metrics can never disagree. Reporting must never slow down or fail a reques
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,10 +18,8 @@ from core import stats
 from core.metric_totals import counter_by, counter_total
 from core.resources import REDIS
 from core.service import OPS, stop_tasks
-from server.errors import Handler
 from server.metrics import METRICS
 
-FEED_ROUTE = "/v1/feed"
 CACHE_HIT_SOURCES = frozenset({"redis"})  # rebuild and postgres are misses
 
 
@@ -45,19 +42,6 @@ class ServerStats:
 
 
 SERVER_STATS = web.AppKey("server_stats", ServerStats)
-
-
-@web.middleware
-async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Times successful GET /v1/feed reads (refusals would only flatter the numbers)."""
-    if request.method != "GET" or request.path != FEED_ROUTE:
-        return await handler(request)
-    started = time.perf_counter()
-    response = await handler(request)
-    if response.status < 300:
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        request.app[SERVER_STATS].feed_reads.add(elapsed_ms)
-    return response
 
 
 async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
