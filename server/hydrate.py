@@ -17,7 +17,7 @@ from core import keys
 from core.lean_redis import LeanRedis, LeanScript
 from core.postview import counts, fetch_rows, iso, post_body
 
-__all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso"]
+__all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso", "spliced"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ def with_counts(body: bytes, counters: bytes) -> bytes | None:
     None when the counters are not ours."""
     parts = _count_parts(counters)
     return None if parts is None else body[:-1] + COUNTS_JSON % tuple(parts)
+
+
+def spliced(body: bytes, counters: bytes) -> bytes:
+    """with_counts for counters already checked to be ours (server/lua/feed_page.lua)."""
+    return body[:-1] + COUNTS_JSON % tuple(counters.split(b","))
 
 
 def decode_counts(counters: bytes) -> dict[str, int] | None:

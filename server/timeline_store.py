@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from core import keys
 from core.lean_redis import LeanRedis, LeanScript
+from server.hydrate import spliced
 
 SENTINEL = keys.timeline_member(0)
 
@@ -104,7 +105,8 @@ async def read_page(
         [user_id, upper, limit, len(authors), *authors, *(held or ())],
     )
     if found[0] == 1:
-        _, posts, members, has_more = found
+        _, cached, members, has_more = found
+        posts = [spliced(body, counts) for body, counts in zip(cached[::2], cached[1::2], strict=True)]
         return ReadyPage(posts, list(map(int, members)), bool(has_more))
     _, exists, sentinel, members, cached, flags = found
     page = None

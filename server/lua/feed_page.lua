@@ -1,6 +1,6 @@
 -- A home feed page in one call (server/feed.py "fast path"): the timeline page, the
 -- celebrity-tier posts of the authors the reader follows, their merge, the unfollow and
--- delete filters and the hydrated JSON, when every cache it needs is warm. Otherwise it
+-- delete filters and the cached posts, when every cache it needs is warm. Otherwise it
 -- answers what the general path (server/feed.py HomeFeed._general) goes on from.
 --
 -- KEYS[1] the reader's timeline (keys.timeline), KEYS[2] their following set
@@ -15,8 +15,9 @@
 -- records of the author's 1-based position and the post's member (@WIDTH@ bytes), all
 -- authors merged, newest first.
 --
--- Returns {1, posts, ids, has_more}: posts the page's JSON objects, ids their timeline
--- members; or {0, exists, sentinel, members, cached, flags} (as the general path's first
+-- Returns {1, posts, ids, has_more}: posts the page's cached bodies and counters, in
+-- turn (checked: counters in the cache's form, bodies naming their author), ids their
+-- timeline members; or {0, exists, sentinel, members, cached, flags} (as the general path's first
 -- read): whether the timeline exists and is complete, its page (page size + 1 members),
 -- whether the following set is cached and which pull-tier authors it holds.
 
@@ -105,19 +106,16 @@ for j = 1, c do
   names[c + j] = '@COUNTS@' .. id
 end
 local values = c > 0 and redis.call('MGET', unpack(names)) or {}
-local kept, counts, others, other_at = {}, {}, {}, {}
+local kept, others, other_at = {}, {}, {}
 for j = 1, c do
   local body, counter = values[j], values[c + j]
   if not body then return general end
   if body ~= '-' then -- '-' is a deleted post's tombstone
-    local likes, reposts, replies = string.match(counter or '', '^(%-?%d+),(%-?%d+),(%-?%d+)$')
-    if not likes then return general end
+    if not counter or not string.find(counter, '^%-?%d+,%-?%d+,%-?%d+$') then return general end
     local author = string.match(body, '^{"id":"%d+","author":{"id":"(%d+)"')
     if not author then return general end
     local k = #kept + 1
     kept[k] = j
-    counts[k] = ',"counts":{"likes":' .. likes .. ',"reposts":' .. reposts
-      .. ',"replies":' .. replies .. '}}'
     if author ~= ARGV[1] then
       others[#others + 1] = author
       other_at[#others] = k
@@ -133,13 +131,16 @@ if #others > 0 then
   end
 end
 
+-- Bodies and counters go back as they are (the server splices the counts in): new
+-- strings made here cost Redis's single thread, and its garbage collector, more.
 local posts, ids, live = {}, {}, 0
 for k = 1, #kept do
   if visible[k] then
     live = live + 1
     if live <= limit then
       local j = kept[k]
-      posts[live] = string.sub(values[j], 1, -2) .. counts[k]
+      posts[2 * live - 1] = values[j]
+      posts[2 * live] = values[c + j]
       ids[live] = candidates[j]
     end
   end
