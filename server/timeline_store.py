@@ -106,7 +106,9 @@ async def read_page(
     )
     if found[0] == 1:
         _, cached, members, has_more = found
-        posts = [spliced(body, counts) for body, counts in zip(cached[::2], cached[1::2], strict=True)]
+        posts = [
+            spliced(body, counts) for body, counts in zip(cached[::2], cached[1::2], strict=True)
+        ]
         return ReadyPage(posts, list(map(int, members)), bool(has_more))
     _, exists, sentinel, members, cached, flags = found
     page = None
