@@ -49,7 +49,9 @@ async def build(client: aioredis.Redis, user_id: int, post_ids: list[int], cap: 
 @dataclass(frozen=True, slots=True)
 class Page:
     ids: list[int]  # newest first, real post ids only
-    complete: bool  # the timeline holds all history (older ids are not in Postgres only)
+    # A short page: whether it ends the timeline's history (the timeline is complete),
+    # or older posts are in Postgres only. Callers need not look at it for a full page.
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,10 @@
 --
 -- Returns {1, posts, ids, has_more}: posts the page's cached bodies and counters, in
 -- turn (checked: counters in the cache's form, bodies naming their author), ids their
--- timeline members; or {0, exists, sentinel, members, cached, flags} (as the general path's first
--- read): whether the timeline exists and is complete, its page (page size + 1 members),
--- whether the following set is cached and which pull-tier authors it holds.
+-- timeline members. Or {0, exists, sentinel, members, cached, flags}, the general
+-- path's first read: whether the timeline exists, whether the page reaches its
+-- sentinel (the end of a complete timeline), the page (page size + 1 members), whether
+-- the following set is cached and which pull-tier authors it holds.
 
 local W = @WIDTH@
 local X, P = string.byte('x'), string.byte('p')
@@ -27,19 +28,24 @@ local limit = tonumber(ARGV[3])
 local want = limit + 1
 local n = tonumber(ARGV[4])
 
-local exists, sentinel, members = 0, 0, {}
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  exists = 1
-  if redis.call('ZSCORE', KEYS[1], '@SENTINEL@') then sentinel = 1 end
-  members = redis.call('ZRANGE', KEYS[1], ARGV[2], '-', 'BYLEX', 'REV', 'LIMIT', 0, want)
+-- One call each for the timeline and the following set in the common case: a page
+-- that ends with the sentinel is the end of a complete timeline, and only an empty one
+-- may be a missing timeline; the following set, when cached, always holds '0'.
+local members = redis.call('ZRANGE', KEYS[1], ARGV[2], '-', 'BYLEX', 'REV', 'LIMIT', 0, want)
+local exists, sentinel = 1, 0
+if members[#members] == '@SENTINEL@' then
+  sentinel = 1
+elseif #members == 0 then
+  exists = redis.call('EXISTS', KEYS[1])
 end
-local cached = redis.call('EXISTS', KEYS[2])
 local flags = {}
-if cached == 1 then
-  for first = 5, 4 + n, 1000 do -- chunks: Lua's unpack has a stack limit
-    local found = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, first, math.min(first + 999, 4 + n)))
-    for _, flag in ipairs(found) do flags[#flags + 1] = flag end
-  end
+local cached = 0
+for first = 5, math.max(5, 4 + n), 1000 do -- chunks: Lua's unpack has a stack limit
+  local last = math.min(first + 999, 4 + n)
+  local found = redis.call('SMISMEMBER', KEYS[2], '0', unpack(ARGV, first, last))
+  cached = found[1]
+  if cached == 0 then break end
+  for k = 2, #found do flags[#flags + 1] = found[k] end
 end
 local general = {0, exists, sentinel, members, cached, flags}
 if exists == 0 or cached == 0 then return general end
