@@ -85,7 +85,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CTX] = c
     metrics = app[METRICS]
     celebs = Celebrities(c.db, TierPolicy(settings, c.redis))
-    app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads)
+    app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads, metrics.feed_pages_general)
     relay = OutboxRelay(settings.database_url, c.kafka, c.topics, metrics.outbox_published)
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield

@@ -203,8 +203,11 @@ class Celebrities:
 
 
 class HomeFeed:
-    def __init__(self, c: ServerContext, celebs: Celebrities, reads: Counter) -> None:
+    def __init__(
+        self, c: ServerContext, celebs: Celebrities, reads: Counter, general: Counter
+    ) -> None:
         self._reads = reads
+        self._general_pages = general
         self._redis_reads = reads.labels("redis")
         self._c = c
         self.celebs = celebs
@@ -232,6 +235,7 @@ class HomeFeed:
                 self._redis_reads.inc()
                 last = first.ids[-1] if first.has_more else None
                 return FeedPage(first.posts, first.ids, last, first.has_more)
+            self._general_pages.inc()
             return await self._general(user_id, celebs, before, limit, first)
         except REDIS_ERRORS as exc:
             log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)

@@ -21,6 +21,7 @@ class ServerMetrics:
     requests: Counter
     latency: Histogram
     timeline_reads: Counter
+    feed_pages_general: Counter
     outbox_published: Counter
     _series: dict[tuple[str, str, int], Series] = field(default_factory=dict)
 
@@ -59,6 +60,12 @@ class ServerMetrics:
                 "Home timeline reads by source: redis (cache hit), rebuild (cache miss, "
                 "rebuilt from Postgres) or postgres (Redis unavailable)",
                 ["source"],
+                registry=registry,
+            ),
+            feed_pages_general=Counter(
+                "feed_pages_general",
+                "Feed pages the one-call Redis script handed to the general path: a cache "
+                "to fill, history past what the caches hold, or a second round of merging",
                 registry=registry,
             ),
             outbox_published=Counter(

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from core import stats
 from core.metric_totals import counter_by, counter_total
 from core.resources import REDIS
 from core.service import OPS, stop_tasks
-from server.metrics import METRICS
+from server.metrics import METRICS, ServerMetrics
 
 CACHE_HIT_SOURCES = frozenset({"redis"})  # rebuild and postgres are misses
 
@@ -27,9 +26,9 @@ CACHE_HIT_SOURCES = frozenset({"redis"})  # rebuild and postgres are misses
 class ServerStats:
     feed_reads: stats.LatencyWindow = field(default_factory=stats.LatencyWindow)
 
-    def snapshot(self, requests: Counter, timeline_reads: Counter) -> dict[str, object]:
+    def snapshot(self, metrics: ServerMetrics) -> dict[str, object]:
         window = self.feed_reads.percentiles()
-        by_source = counter_by(timeline_reads, "source")
+        by_source = counter_by(metrics.timeline_reads, "source")
         hits = sum(n for source, n in by_source.items() if source in CACHE_HIT_SOURCES)
         return {
             "feed_read_p50_ms": window["p50"],
@@ -37,7 +36,8 @@ class ServerStats:
             "feed_reads_recent": window["count"],
             "timeline_cache_hits_total": hits,
             "timeline_cache_misses_total": sum(by_source.values()) - hits,
-            "requests_total": counter_total(requests),
+            "feed_pages_general_total": counter_total(metrics.feed_pages_general),
+            "requests_total": counter_total(metrics.requests),
         }
 
 
@@ -53,7 +53,7 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
             app[REDIS],
             "server",
             app[OPS].node,
-            lambda: server_stats.snapshot(metrics.requests, metrics.timeline_reads),
+            lambda: server_stats.snapshot(metrics),
         ),
         name="server-stats",
     )

@@ -168,6 +168,7 @@ async def test_metrics_count_requests_by_route_and_timeline_sources(
     text = await (await api.get("/metrics")).text()
     assert 'feed_timeline_reads_total{source="rebuild"} 1.0' in text
     assert 'feed_timeline_reads_total{source="redis"} 1.0' in text
+    assert "feed_pages_general_total 1.0" in text  # the rebuild; the cache hit took one call
     assert 'feed_http_requests_total{method="GET",route="/v1/feed",status="200"} 2.0' in text
     assert 'route="/v1/posts/{id}",status="404"' in text
     assert 'feed_http_request_seconds_bucket{le="0.01",method="GET",route="/v1/feed"}' in text

@@ -17,6 +17,7 @@ import math
 import signal
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import redis
 
+from core import stats
 from scripts.bench import common, observe
 from scripts.bench.bench_data import (
     DatasetInfo,
@@ -156,15 +158,16 @@ def measure_one(
     args: argparse.Namespace, server: RunningServer, plan: Plan, label: str, target: Target
 ) -> Measured:
     run_id = observe.redis_run_id(target.redis_url)
-    reads = observe.timeline_reads(server.base_url)
+    reads_before = observe.server_reads(target.redis_url)
     commands = observe.redis_commands(target.redis_url)
     result, spent = run_load(args, plan, server.pids)
-    reads = observe.timeline_reads(server.base_url) - reads
+    time.sleep(stats.REPORT_EVERY + 0.2)  # the processes' last snapshots of the window
+    reads = observe.reads_between(reads_before, observe.server_reads(target.redis_url))
     commands = observe.redis_commands(target.redis_url) - commands
     row = summarize(label, result, spent)
     context = (
         f"{plan.rate:,.0f} req/s: timeline reads (warm-up included) "
-        + (", ".join(f"{k} {n:,}" for k, n in sorted(reads.items())) or "not exported")
+        + (", ".join(f"{k} {n:,}" for k, n in sorted(reads.items())) or "not reported")
         + f"; Redis ran {commands / (plan.warmup + plan.duration):,.0f} commands/s "
         f"(all clients); {page2_share(result)}; {client_cost(args, result, spent)}"
     )

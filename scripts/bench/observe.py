@@ -1,17 +1,15 @@
 """What happened around a measured window besides our requests: did the shared Redis
 restart (it keeps nothing on disk, so every timeline is gone), and where did the server
-read timelines from (its feed_timeline_reads metric: redis, rebuild or postgres)."""
+read timelines from (cache hits and misses, pages finished by the general path)."""
 
 from __future__ import annotations
 
-import re
-import urllib.error
-import urllib.request
 from collections import Counter
 
+import orjson
 import redis
 
-_READS = re.compile(r'^feed_timeline_reads_total\{source="(\w+)"\} ([\d.e+]+)$', re.M)
+from core import keys
 
 
 def redis_run_id(url: str) -> str:
@@ -20,14 +18,35 @@ def redis_run_id(url: str) -> str:
         return str(client.info("server")["run_id"])
 
 
-def timeline_reads(base_url: str) -> Counter[str]:
-    """Timeline reads by source so far; empty if the server does not export the metric."""
-    try:
-        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as resp:  # noqa: S310
-            text = resp.read().decode()
-    except (urllib.error.URLError, OSError):
-        return Counter()
-    return Counter({m.group(1): int(float(m.group(2))) for m in _READS.finditer(text)})
+def server_reads(redis_url: str) -> dict[str, Counter[str]]:
+    """Per server process (its stats node), its feed reads so far: timeline cache hits
+    and misses, and pages the one-call script handed to the general path. From the
+    snapshots each process writes to Redis every second (server/stats.py): /metrics on a
+    port shared by several processes answers for one of them only."""
+    with redis.Redis.from_url(redis_url) as client:
+        names = list(client.scan_iter(match=keys.node_stats("server", "*"), count=1000))
+        values = client.mget(names) if names else []
+    found: dict[str, Counter[str]] = {}
+    for value in values:
+        if value is None:
+            continue
+        snapshot = orjson.loads(value)
+        found[snapshot["node"]] = Counter(
+            {
+                "cache hits": snapshot.get("timeline_cache_hits_total", 0),
+                "cache misses": snapshot.get("timeline_cache_misses_total", 0),
+                "general path": snapshot.get("feed_pages_general_total", 0),
+            }
+        )
+    return found
+
+
+def reads_between(before: dict[str, Counter[str]], after: dict[str, Counter[str]]) -> Counter[str]:
+    """What the processes seen at both ends read in between (up to a second of lag)."""
+    total: Counter[str] = Counter()
+    for node, counts in after.items():
+        total.update(counts - before.get(node, Counter()))
+    return total
 
 
 def redis_commands(url: str) -> int:
