@@ -66,7 +66,10 @@ def stack_env() -> dict[str, str]:
 
 def children(env: dict[str, str]) -> list[Child]:
     port = lambda key, default: int(env.get(key, default))  # noqa: E731
-    servers = int(env.get("SERVER_PROCESSES", os.cpu_count() or 1))
+    # Half the cores for API servers: the rest runs Redis, Postgres, Kafka and the
+    # gateways. On 2 cores one server process serves the feed faster than two: it takes
+    # several requests per wake-up and shares Redis writes (BENCHMARKS.md, feed read).
+    servers = int(env.get("SERVER_PROCESSES", max(1, (os.cpu_count() or 1) // 2)))
     gateways = int(env.get("GATEWAY_PROCESSES", os.cpu_count() or 1))
     # API and gateway processes share their port (SO_REUSEPORT); the kernel spreads
     # connections. One outbox relay among the API servers holds its lock at a time.
