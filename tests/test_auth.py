@@ -1,5 +1,6 @@
 import pytest
 
+from core import auth
 from core.auth import TokenError, TokenSigner
 
 SIGNER = TokenSigner("a-test-secret-of-some-length", ttl_seconds=3600)
@@ -42,3 +43,19 @@ def test_garbage_is_refused_cleanly(garbage: str) -> None:
     with pytest.raises(TokenError) as info:
         SIGNER.verify(garbage)
     assert info.value.code == "invalid_token"
+
+
+def test_a_verified_token_still_expires_and_the_cache_stays_bounded() -> None:
+    signer = TokenSigner("a-test-secret-of-some-length", ttl_seconds=3600)
+    token = signer.issue(7, now=1000)
+    assert signer.verify(token, now=1001).user_id == 7  # verified, then remembered
+    assert signer.verify(token, now=4599).user_id == 7
+    with pytest.raises(TokenError) as info:
+        signer.verify(token, now=4600)
+    assert info.value.code == "token_expired"
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    with pytest.raises(TokenError, match="signature"):
+        signer.verify(forged, now=1001)  # a near copy is not the remembered token
+    for user in range(auth.VERIFIED_MAX + 5):
+        signer.verify(signer.issue(user, now=1000), now=1001)
+    assert len(signer._verified) <= auth.VERIFIED_MAX
