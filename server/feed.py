@@ -12,7 +12,8 @@ A page normally costs one Redis call and no Postgres query: one script
 the user follows (the following cache, server/following.py) and merges their recent
 posts, which each process holds (refreshed every CELEB_POSTS_SECONDS, and at once for
 posts created by this process) and sends along; it drops authors no longer followed and
-deleted posts and returns the hydrated JSON. When a cache misses, or history runs past
+deleted posts and returns the posts' cached bodies and counters, which the server
+splices into the page's JSON. When a cache misses, or history runs past
 what the caches hold, the script says so and the general path (HomeFeed._general)
 finishes the page: cache fills, Postgres, more rounds of merging.
 """
@@ -211,8 +212,8 @@ class HomeFeed:
         self._redis_reads = reads.labels("redis")
         self._c = c
         self.celebs = celebs
-        # The page's two script calls skip redis-py (core/lean_redis.py); one deadline
-        # each, past which the page comes from Postgres.
+        # The page's script calls skip redis-py (core/lean_redis.py); one deadline each,
+        # past which the page comes from Postgres.
         self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
         self._hydrator = Hydrator(c.db, c.redis)
         self._following = FollowingCache(c.db, c.redis)
