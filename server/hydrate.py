@@ -53,8 +53,7 @@ def _count_parts(counters: bytes) -> list[bytes] | None:
 def with_counts(body: bytes, counters: bytes) -> bytes | None:
     """A cached body (a JSON object) with its counts spliced in, without parsing either;
     None when the counters are not ours."""
-    parts = _count_parts(counters)
-    return None if parts is None else body[:-1] + COUNTS_JSON % tuple(parts)
+    return None if _count_parts(counters) is None else spliced(body, counters)
 
 
 def spliced(body: bytes, counters: bytes) -> bytes:

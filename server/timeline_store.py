@@ -111,7 +111,7 @@ async def read_page(
         posts = [
             spliced(body, counts) for body, counts in zip(cached[::2], cached[1::2], strict=True)
         ]
-        return ReadyPage(posts, list(map(int, members)), bool(has_more))
+        return ReadyPage(posts, list(map(keys.post_id_from_member, members)), bool(has_more))
     _, exists, sentinel, members, cached, flags = found
     page = None
     if exists:

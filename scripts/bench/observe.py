@@ -4,12 +4,14 @@ read timelines from (cache hits and misses, pages finished by the general path).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from typing import Any
 
-import orjson
 import redis
+import redis.asyncio as aioredis
 
-from core import keys
+from core import stats
 
 
 def redis_run_id(url: str) -> str:
@@ -23,22 +25,24 @@ def server_reads(redis_url: str) -> dict[str, Counter[str]]:
     and misses, and pages the one-call script handed to the general path. From the
     snapshots each process writes to Redis every second (server/stats.py): /metrics on a
     port shared by several processes answers for one of them only."""
-    with redis.Redis.from_url(redis_url) as client:
-        names = list(client.scan_iter(match=keys.node_stats("server", "*"), count=1000))
-        values = client.mget(names) if names else []
-    found: dict[str, Counter[str]] = {}
-    for value in values:
-        if value is None:
-            continue
-        snapshot = orjson.loads(value)
-        found[snapshot["node"]] = Counter(
+    return {
+        snapshot["node"]: Counter(
             {
                 "cache hits": snapshot.get("timeline_cache_hits_total", 0),
                 "cache misses": snapshot.get("timeline_cache_misses_total", 0),
                 "general path": snapshot.get("feed_pages_general_total", 0),
             }
         )
-    return found
+        for snapshot in asyncio.run(_snapshots(redis_url, "server"))
+    }
+
+
+async def _snapshots(redis_url: str, service: str) -> list[dict[str, Any]]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await stats.read_all(client, service)
+    finally:
+        await client.aclose()
 
 
 def reads_between(before: dict[str, Counter[str]], after: dict[str, Counter[str]]) -> Counter[str]:
