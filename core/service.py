@@ -132,8 +132,13 @@ def tcp_site(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> w
     return web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=BACKLOG)
 
 
-def app_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
-    return web.AppRunner(
+def app_runner(
+    app: web.Application,
+    shutdown_timeout: float,
+    runner_class: type[web.AppRunner] = web.AppRunner,
+) -> web.AppRunner:
+    """The API server passes its own class, whose connections start with its protocol."""
+    return runner_class(
         app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
     )
 
@@ -145,6 +150,7 @@ async def serve(
     shutdown_timeout: float,
     reuse_port: bool = False,
     site_factory: SiteFactory = tcp_site,
+    runner_class: type[web.AppRunner] = web.AppRunner,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down in a bounded, fixed order.
 
@@ -155,7 +161,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = app_runner(app, shutdown_timeout)
+    runner = app_runner(app, shutdown_timeout, runner_class)
     try:
         try:
             await runner.setup()
@@ -183,6 +189,7 @@ def run(
     port_of: Callable[[Settings], int],
     reuse_port: bool = False,
     site_factory: SiteFactory = tcp_site,
+    runner_class: type[web.AppRunner] = web.AppRunner,
 ) -> None:
     """Entry point shared by `python -m <service>`."""
     try:
@@ -201,6 +208,7 @@ def run(
                 settings.shutdown_timeout,
                 reuse_port,
                 site_factory,
+                runner_class,
             )
         )
     except StartupError as exc:

@@ -31,6 +31,7 @@ from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
 from server.feed import FEED, Celebrities, HomeFeed
+from server.front import FrontRunner
 from server.handlers import devices, feed, ops, posts, users
 from server.metrics import METRICS, ServerMetrics
 from server.middleware import api_middleware
@@ -152,4 +153,10 @@ def _create_process_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    run("server", _create_process_app, lambda s: s.server_port, reuse_port=True)
+    run(
+        "server",
+        _create_process_app,
+        lambda s: s.server_port,
+        reuse_port=True,
+        runner_class=FrontRunner,
+    )

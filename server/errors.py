@@ -8,6 +8,7 @@ aiohttp's HTTP exceptions (404, 405, 413), and, as a last resort, unexpected exc
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import orjson
 from aiohttp import web
@@ -44,22 +45,11 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, f"{what}_not_found", f"{what.replace('_', ' ')} not found")
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
+def error_body(code: str, message: str, field: str | None = None) -> bytes:
     body: dict[str, str] = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
-    return web.Response(
-        body=orjson.dumps({"error": body}),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
+    return orjson.dumps({"error": body})
 
 
 _HTTP_CODES = {
@@ -73,15 +63,30 @@ _HTTP_CODES = {
 }
 
 
-def response_for(request: web.Request, exc: Exception) -> web.Response:
-    """The error response for what a handler raised (server/middleware.py). HTTP
-    exceptions below 400 (redirects) are not errors: the caller re-raises those."""
+class Failure(NamedTuple):
+    """An error response's parts, for whoever writes it (aiohttp or server/front.py)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] | None
+
+
+def failure(exc: Exception, method: str, path: str) -> Failure:
+    """What a handler's exception answers. HTTP exceptions below 400 (redirects) are not
+    errors: callers re-raise those. Anything unexpected is a 500, logged with its
+    traceback, never with internals in the body."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        return Failure(exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
     if isinstance(exc, web.HTTPException):
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body is too large"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, code, message, headers=headers)
-    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+        return Failure(exc.status, error_body(code, message), headers)
+    log.error("unhandled error in %s %s", method, path, exc_info=exc)
+    return Failure(500, error_body("internal_error", "internal server error"), None)
+
+
+def response_for(request: web.Request, exc: Exception) -> web.Response:
+    """The error response for what a handler raised (server/middleware.py)."""
+    status, body, headers = failure(exc, request.method, request.path)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)

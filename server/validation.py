@@ -147,7 +147,11 @@ def path_id(request: web.Request, name: str = "id") -> int:
 
 
 def limit(request: web.Request, default: int = 20, maximum: int = 100) -> int:
-    raw = request.query.get("limit")
+    return limit_value(request.query.get("limit"), default, maximum)
+
+
+def limit_value(raw: str | None, default: int = 20, maximum: int = 100) -> int:
+    """The limit query parameter's value (None: absent); raises ApiError (422)."""
     if raw is None or raw == "":
         return default
     # Length first: int() of a huge digit string raises (that would be a 500, not a 422).
@@ -180,7 +184,11 @@ def _parse_cursor(raw: str, kind: str, arity: int) -> tuple[int, ...] | None:
 
 
 def decode_cursor(request: web.Request, kind: str, arity: int = 1) -> tuple[int, ...] | None:
-    raw = request.query.get("cursor")
+    return cursor_value(request.query.get("cursor"), kind, arity)
+
+
+def cursor_value(raw: str | None, kind: str, arity: int = 1) -> tuple[int, ...] | None:
+    """The cursor query parameter's values (None: first page); raises ApiError (422)."""
     if not raw:
         return None
     numbers = _parse_cursor(raw, kind, arity)

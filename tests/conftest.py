@@ -81,9 +81,9 @@ async def api(
     ],
 ) -> TestClient[web.Request, web.Application]:
     """The real API server app on the test stack, with an HTTP client for it."""
-    from server.app import create_app
+    from tests.support.api_server import serve_api
 
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(serve_api(settings))
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.settings import Settings
-from server.app import create_app
 from server.handlers.devices import MAX_DEVICES
 from tests.support.api import error_of, sign_up
+from tests.support.api_server import serve_api
 
 Client = TestClient[web.Request, web.Application]
 PUBLIC_ENDPOINT = "https://93.184.216.34/push/v2/"
@@ -115,7 +115,7 @@ async def test_the_vapid_key_is_public_a_p256_point_and_stable(
     raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
     assert len(raw) == 65 and raw[0] == 4
     ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)  # a valid point
-    other_server = await aiohttp_client(create_app(settings))
+    other_server = await aiohttp_client(serve_api(settings))
     again = await (await other_server.get("/v1/push/vapid-public-key", headers=me.auth)).json()
     assert again["public_key"] == key
 
@@ -207,7 +207,7 @@ async def test_loopback_endpoints_only_when_the_setting_allows_them(
     settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
 ) -> None:
     relaxed = await aiohttp_client(
-        create_app(dataclasses.replace(settings, push_allow_loopback=True))
+        serve_api(dataclasses.replace(settings, push_allow_loopback=True))
     )
     me = await sign_up(relaxed)
     body = {"kind": "webpush", "subscription": subscription("https://127.0.0.1:9/push/x")}

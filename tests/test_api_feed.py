@@ -17,10 +17,10 @@ from core.redis_address import RedisAddress
 from core.settings import Settings
 from server import feed as feed_module
 from server import timeline_store as store
-from server.app import create_app
 from server.following import FollowingCache
 from server.hydrate import with_counts
 from tests.support.api import User, follow, post, sign_up
+from tests.support.api_server import serve_api
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -50,7 +50,7 @@ async def whole_feed(api: Client, user: User, limit: int) -> list[str]:
 async def test_feed_shows_followed_authors_and_my_own_posts_newest_first(
     settings: Settings, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     me, friend, stranger = await sign_up(api), await sign_up(api), await sign_up(api)
     await follow(api, me, friend)
     expected = [await post(api, friend, "from a friend"), await post(api, me, "my own")]
@@ -67,7 +67,7 @@ async def test_paging_500_posts_while_new_ones_arrive_has_no_gap_or_duplicate(
 ) -> None:
     # A small timeline cap makes the read path continue from Postgres past Redis.
     small = dataclasses.replace(settings, timeline_cap=120)
-    api = await aiohttp_client(create_app(small))
+    api = await aiohttp_client(serve_api(small))
     reader = await sign_up(api)
     authors = [await sign_up(api) for _ in range(3)]
     for author in authors:
@@ -96,7 +96,7 @@ async def test_celebrity_posts_are_merged_at_read_time_not_stored(
     db: asyncpg.Pool,
     redis_client: aioredis.Redis,
 ) -> None:
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, star, friend = await sign_up(api), await sign_up(api), await sign_up(api)
     await follow(api, reader, star)
     await follow(api, reader, friend)
@@ -115,7 +115,7 @@ async def test_celebrity_posts_are_merged_at_read_time_not_stored(
 async def test_unfollowed_and_deleted_posts_disappear_from_the_feed(
     settings: Settings, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, gone, kept = await sign_up(api), await sign_up(api), await sign_up(api)
     await follow(api, reader, gone)
     await follow(api, reader, kept)
@@ -131,7 +131,7 @@ async def test_unfollowed_and_deleted_posts_disappear_from_the_feed(
 async def test_missing_timeline_is_rebuilt_from_postgres(
     settings: Settings, aiohttp_client: MakeClient, redis_client: aioredis.Redis
 ) -> None:
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, author = await sign_up(api), await sign_up(api)
     await follow(api, reader, author)
     ids = [await post(api, author, f"p{i}") for i in range(5)]
@@ -144,7 +144,7 @@ async def test_missing_timeline_is_rebuilt_from_postgres(
 async def test_delta_returns_only_newer_posts(
     settings: Settings, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, author = await sign_up(api), await sign_up(api)
     await follow(api, reader, author)
     old = await post(api, author, "old")
@@ -160,7 +160,7 @@ async def test_delta_returns_only_newer_posts(
 async def test_metrics_count_requests_by_route_and_timeline_sources(
     settings: Settings, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader = await sign_up(api)
     await feed_ids(api, reader)  # timeline missing: rebuilt
     await feed_ids(api, reader)  # now a cache hit
@@ -179,7 +179,7 @@ async def test_following_cache_follows_every_follow_and_unfollow(
 ) -> None:
     """The read path filters with a Redis copy of whom the reader follows: it must never
     show an author after an unfollow, nor hide one after a (re-)follow."""
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, author = await sign_up(api), await sign_up(api)
     await follow(api, reader, author)
     first = await post(api, author, "one")
@@ -200,7 +200,7 @@ async def test_a_cache_fill_that_raced_a_follow_change_is_not_stored(
 ) -> None:
     """Fill reads Postgres, an unfollow commits and drops the key, then the fill would
     store the old set: the version token makes it store nothing instead."""
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, author = await sign_up(api), await sign_up(api)
     await follow(api, reader, author)
     me = int(reader.id)
@@ -239,7 +239,7 @@ async def test_celebrity_posts_past_what_a_process_holds_come_from_postgres(
 ) -> None:
     monkeypatch.setattr(feed_module, "CELEB_POSTS_DEPTH", 4)
     monkeypatch.setattr(feed_module, "CELEB_CACHE_SECONDS", 0.0)
-    api = await aiohttp_client(create_app(settings))
+    api = await aiohttp_client(serve_api(settings))
     reader, star, friend = await sign_up(api), await sign_up(api), await sign_up(api)
     await follow(api, reader, star)
     await follow(api, reader, friend)
@@ -256,8 +256,8 @@ async def test_celebrity_post_made_through_another_process_is_merged_within_a_se
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(feed_module, "CELEB_CACHE_SECONDS", 0.0)
-    reading = await aiohttp_client(create_app(settings))
-    writing = await aiohttp_client(create_app(settings))  # another server process
+    reading = await aiohttp_client(serve_api(settings))
+    writing = await aiohttp_client(serve_api(settings))  # another server process
     reader, star = await sign_up(reading), await sign_up(reading)
     await follow(reading, reader, star)
     await db.execute("UPDATE users SET fanout_tier = 'pull' WHERE id = $1", int(star.id))

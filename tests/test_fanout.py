@@ -22,8 +22,8 @@ from core.topics import Topics
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from fanout.timelines import TimelineWriter
-from server.app import create_app as create_server
 from tests.support.api import User, follow, post, sign_up
+from tests.support.api_server import serve_api
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
@@ -43,7 +43,7 @@ def fanout_settings(settings: Settings) -> Settings:
 async def system(
     fanout_settings: Settings, aiohttp_client: MakeClient
 ) -> AsyncIterator[tuple[Client, Client]]:
-    api = await aiohttp_client(create_server(fanout_settings))
+    api = await aiohttp_client(serve_api(fanout_settings))
     worker = await aiohttp_client(create_fanout(fanout_settings))
     await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
     yield api, worker

@@ -19,8 +19,8 @@ from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from gateway.codes import Close
 from gateway.handlers import NODE
-from server.app import create_app as create_server
 from tests.support.api import User, follow, post, sign_up
+from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 from tests.support.procs import start_service, wait_ready
@@ -38,7 +38,7 @@ async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client,
         fanout_offset_reset="latest",
         gateway_connects_per_ip=1000,
     )
-    api = await aiohttp_client(create_server(live))
+    api = await aiohttp_client(serve_api(live))
     worker = await aiohttp_client(create_fanout(live))
     await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
     gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))
@@ -112,7 +112,7 @@ async def test_a_client_too_far_behind_is_told_to_reset(
 async def test_two_gateway_processes_one_killed_the_other_keeps_serving(
     settings: Settings, redis_client: aioredis.Redis, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(create_server(settings))
+    api = await aiohttp_client(serve_api(settings))
     alice, bob = await sign_up(api), await sign_up(api)
     env = {"PRESENCE_TTL_SECONDS": "3", "GATEWAY_API_URL": str(api.make_url("")).rstrip("/")}
     (one, one_port), (two, two_port) = [start_service("gateway", settings, **env) for _ in range(2)]
@@ -165,7 +165,7 @@ async def test_two_gateway_processes_one_killed_the_other_keeps_serving(
 async def test_sigterm_tells_clients_to_reconnect_and_exits_cleanly(
     settings: Settings, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(create_server(settings))
+    api = await aiohttp_client(serve_api(settings))
     user = await sign_up(api)
     proc, port = start_service("gateway", settings, SHUTDOWN_TIMEOUT="4")
     try:

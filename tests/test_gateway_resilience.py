@@ -26,8 +26,8 @@ from fanout.app import create_app as create_fanout
 from gateway.codes import Close
 from gateway.handlers import NODE
 from gateway.supervisor import Supervisor
-from server.app import create_app as create_server
 from tests.support.api import User, follow, post, sign_up
+from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 from tests.support.wait import eventually
@@ -138,7 +138,7 @@ async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client,
         fanout_offset_reset="latest",
         gateway_connects_per_ip=1000,
     )
-    api = await aiohttp_client(create_server(live))
+    api = await aiohttp_client(serve_api(live))
     worker = await aiohttp_client(create_fanout(live))
     await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
     gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))

@@ -24,11 +24,11 @@ from referencing.jsonschema import DRAFT202012
 from core.auth import TokenSigner
 from core.ids import IdGenerator, IdLease
 from core.settings import Settings
-from server.app import create_app
 from server.handlers.devices import MAX_DEVICES
 from server.handlers.posts import RATE_LIMIT_POSTS
 from server.openapi import DOCUMENT_BYTES, ERROR_CODES
 from tests.support.api import User, follow, new_handle, post, sign_up
+from tests.support.api_server import serve_api
 
 Client = TestClient[web.Request, web.Application]
 
@@ -40,7 +40,7 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 async def api(
     settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
 ) -> AsyncIterator[Client]:
-    yield await aiohttp_client(create_app(settings))
+    yield await aiohttp_client(serve_api(settings))
 
 
 async def served_document(api: Client) -> dict[str, Any]:

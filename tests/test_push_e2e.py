@@ -34,9 +34,9 @@ from push.metrics import PushMetrics
 from push.standins.apns import ApnsAnswer, ApnsStandin
 from push.standins.tls import LocalCA
 from push.standins.webpush import WebPushAnswer, WebPushStandin
-from server.app import create_app as create_server
 from tests.support import standins
 from tests.support.api import User, follow, post, sign_up
+from tests.support.api_server import serve_api
 from tests.support.live import ws_json
 
 Client = TestClient[web.Request, web.Application]
@@ -100,7 +100,7 @@ async def stack(
         push_group=f"push-{uuid.uuid4().hex[:8]}",
         push_offset_reset="latest",
     )
-    api = await aiohttp_client(create_server(live))
+    api = await aiohttp_client(serve_api(live))
     fanout = await aiohttp_client(create_fanout(live))
     push = await aiohttp_client(create_push(live))
     async with asyncio.timeout(30):

@@ -16,14 +16,18 @@ from server.service_json import json, json_bytes
 MAX_QUERY = 200
 
 
-def _page_response(page: FeedPage, cursor: bool) -> web.Response:
-    """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped."""
+def page_body(page: FeedPage, cursor: bool) -> bytes:
+    """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped.
+    Also written by server/front.py, which answers most GET /v1/feed requests."""
     tail: dict[str, object] = {"has_more": page.has_more}
     if cursor:
         next_cursor = page.next_cursor
         tail["next_cursor"] = v.encode_cursor("feed", next_cursor) if next_cursor else None
-    body = b'{"posts":[' + b",".join(page.posts) + b"]," + orjson.dumps(tail)[1:]
-    return json_bytes(body)
+    return b'{"posts":[' + b",".join(page.posts) + b"]," + orjson.dumps(tail)[1:]
+
+
+def _page_response(page: FeedPage, cursor: bool) -> web.Response:
+    return json_bytes(page_body(page, cursor))
 
 
 async def home(request: web.Request) -> web.Response:

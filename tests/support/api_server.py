@@ -1,0 +1,23 @@
+"""The API server as tests run it: the same runner as `python -m server`, so requests
+reach server/front.py first (feed reads answered there, the rest handed to aiohttp)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
+
+from core.settings import Settings
+from server.app import create_app
+from server.front import FrontRunner
+
+
+class ApiServer(TestServer):
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return FrontRunner(self.app, **kwargs)
+
+
+def serve_api(settings: Settings) -> ApiServer:
+    """For `aiohttp_client(serve_api(settings))`."""
+    return ApiServer(create_app(settings))
