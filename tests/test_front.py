@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.auth import TokenSigner
+from core.metric_totals import counter_by
 from core.settings import Settings
 from server.feed_request import FeedRequest, maybe_feed, parse_head
 from server.front import FeedFront
@@ -32,7 +34,7 @@ class Reply:
     headers: dict[str, str]  # names lower-cased
     body: bytes
 
-    def json(self) -> dict[str, object]:
+    def json(self) -> dict[str, Any]:
         value = orjson.loads(self.body)
         assert isinstance(value, dict)
         return value
@@ -66,8 +68,11 @@ class Conn:
         self.writer.close()
 
 
+Connect = Callable[[], Awaitable[Conn]]
+
+
 @pytest.fixture
-async def connect(api: Client) -> AsyncIterator[object]:
+async def connect(api: Client) -> AsyncIterator[Connect]:
     opened: list[Conn] = []
 
     async def open_one() -> Conn:
@@ -100,7 +105,9 @@ async def reader_with_posts(api: Client, n: int) -> tuple[User, list[str]]:
     return me, ids[::-1]
 
 
-async def test_feed_pages_answered_by_the_front_equal_aiohttps(api: Client, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_feed_pages_answered_by_the_front_equal_aiohttps(
+    api: Client, connect: Connect
+) -> None:
     me, ids = await reader_with_posts(api, 7)
     conn = await connect()
     front = front_of(api)
@@ -113,7 +120,7 @@ async def test_feed_pages_answered_by_the_front_equal_aiohttps(api: Client, conn
     slow = await slow_conn.reply()
     assert fast.status == slow.status == 200
     assert fast.body == slow.body
-    assert [p["id"] for p in fast.json()["posts"]] == ids[:3]  # type: ignore[union-attr]
+    assert [p["id"] for p in fast.json()["posts"]] == ids[:3]
     assert fast.headers.keys() == slow.headers.keys()
     for name in ("content-type", "content-length", "server"):
         assert fast.headers[name] == slow.headers[name]
@@ -121,45 +128,47 @@ async def test_feed_pages_answered_by_the_front_equal_aiohttps(api: Client, conn
     cursor = fast.json()["next_cursor"]
     await conn.send(feed_get(me, f"limit=3&cursor={cursor}"))
     second = await conn.reply()
-    assert [p["id"] for p in second.json()["posts"]] == ids[3:6]  # type: ignore[union-attr]
+    assert [p["id"] for p in second.json()["posts"]] == ids[3:6]
 
 
-async def test_front_answers_count_in_metrics_and_the_dashboard(api: Client, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_front_answers_count_in_metrics_and_the_dashboard(
+    api: Client, connect: Connect
+) -> None:
     me, _ = await reader_with_posts(api, 2)
     app = api.server.app
     assert app is not None
-    before = app[METRICS].requests.labels("GET", "/v1/feed", "200")._value.get()
+    before = counter_by(app[METRICS].requests, "route").get("/v1/feed", 0)
     conn = await connect()
     for _ in range(3):
         await conn.send(feed_get(me))
         assert (await conn.reply()).status == 200
-    after = app[METRICS].requests.labels("GET", "/v1/feed", "200")._value.get()
+    after = counter_by(app[METRICS].requests, "route")["/v1/feed"]
     assert after - before == 3
     assert app[SERVER_STATS].feed_reads.percentiles()["count"] >= 3
 
 
 async def test_pipelined_requests_are_answered_in_order_across_the_hand_off(
     api: Client,
-    connect,  # type: ignore[no-untyped-def]
+    connect: Connect,
 ) -> None:
     me, ids = await reader_with_posts(api, 3)
     conn = await connect()
     profile = f"GET /v1/users/{me.handle} HTTP/1.1\r\nHost: t\r\n{_auth(me)}\r\n".encode()
     await conn.send(feed_get(me, "limit=1") + feed_get(me, "limit=2") + profile + feed_get(me))
     first, second, third, fourth = [await conn.reply() for _ in range(4)]
-    assert [p["id"] for p in first.json()["posts"]] == ids[:1]  # type: ignore[union-attr]
-    assert [p["id"] for p in second.json()["posts"]] == ids[:2]  # type: ignore[union-attr]
+    assert [p["id"] for p in first.json()["posts"]] == ids[:1]
+    assert [p["id"] for p in second.json()["posts"]] == ids[:2]
     assert third.status == 200 and third.json()["handle"] == me.handle
-    assert fourth.status == 200 and len(fourth.json()["posts"]) == 3  # type: ignore[arg-type]
+    assert fourth.status == 200 and len(fourth.json()["posts"]) == 3
 
 
-async def test_a_head_arriving_byte_by_byte_is_answered(api: Client, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_a_head_arriving_byte_by_byte_is_answered(api: Client, connect: Connect) -> None:
     me, ids = await reader_with_posts(api, 1)
     conn = await connect()
     for byte in feed_get(me):
         await conn.send(bytes([byte]))
     reply = await conn.reply()
-    assert reply.status == 200 and [p["id"] for p in reply.json()["posts"]] == ids  # type: ignore[union-attr]
+    assert reply.status == 200 and [p["id"] for p in reply.json()["posts"]] == ids
 
 
 def _auth(user: User) -> str:
@@ -169,7 +178,7 @@ def _auth(user: User) -> str:
 async def test_refusals_are_aiohttps_in_the_one_error_shape(
     api: Client,
     settings: Settings,
-    connect,  # type: ignore[no-untyped-def]
+    connect: Connect,
 ) -> None:
     me, _ = await reader_with_posts(api, 1)
     expired = TokenSigner(settings.secret_key, ttl_seconds=1).issue(
@@ -209,13 +218,13 @@ async def test_refusals_are_aiohttps_in_the_one_error_shape(
             assert isinstance(error, dict) and error["code"] == code, (raw, error)
 
 
-async def test_odd_requests_reach_aiohttp_whole(api: Client, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_odd_requests_reach_aiohttp_whole(api: Client, connect: Connect) -> None:
     me, _ = await reader_with_posts(api, 2)
     front = front_of(api)
     # Percent-encoding is aiohttp's to decode: the same page.
     conn = await connect()
     await conn.send(feed_get(me, "limit=%31"))
-    assert len((await conn.reply()).json()["posts"]) == 1  # type: ignore[arg-type]
+    assert len((await conn.reply()).json()["posts"]) == 1
     host = "Host: t\r\n"
     odd = [
         f"HEAD /v1/feed HTTP/1.1\r\n{host}{_auth(me)}\r\n",
@@ -265,7 +274,7 @@ def test_the_head_parser_takes_only_plain_feed_reads() -> None:
     assert not maybe_feed(b"GET /v1/fee\xff") and maybe_feed(b"GET /v1/fe")
 
 
-async def test_connection_close_is_honoured(api: Client, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_connection_close_is_honoured(api: Client, connect: Connect) -> None:
     me, _ = await reader_with_posts(api, 1)
     conn = await connect()
     await conn.send(feed_get(me, extra="Connection: close\r\n"))
@@ -274,7 +283,9 @@ async def test_connection_close_is_honoured(api: Client, connect) -> None:  # ty
     assert await conn.closed()
 
 
-async def test_a_client_leaving_mid_read_does_not_disturb_the_next(api: Client, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_leaving_mid_read_does_not_disturb_the_next(
+    api: Client, connect: Connect
+) -> None:
     me, ids = await reader_with_posts(api, 2)
     for _ in range(5):
         conn = await connect()
@@ -283,14 +294,14 @@ async def test_a_client_leaving_mid_read_does_not_disturb_the_next(api: Client, 
     conn = await connect()
     await conn.send(feed_get(me))
     reply = await conn.reply()
-    assert [p["id"] for p in reply.json()["posts"]] == ids  # type: ignore[union-attr]
+    assert [p["id"] for p in reply.json()["posts"]] == ids
     await asyncio.sleep(0.2)
     assert all(not p._lost for p in front_of(api).protocols)  # the aborted ones are gone
 
 
 async def test_shutdown_answers_the_read_in_flight_then_closes_everything(
     api: Client,
-    connect,  # type: ignore[no-untyped-def]
+    connect: Connect,
 ) -> None:
     me, ids = await reader_with_posts(api, 2)
     front = front_of(api)
@@ -308,7 +319,7 @@ async def test_shutdown_answers_the_read_in_flight_then_closes_everything(
     front.pre_shutdown()
     assert await idle.closed()
     reply = await busy.reply()
-    assert reply.status == 200 and [p["id"] for p in reply.json()["posts"]] == ids  # type: ignore[union-attr]
+    assert reply.status == 200 and [p["id"] for p in reply.json()["posts"]] == ids
     assert reply.headers.get("connection") == "close"
     assert await busy.closed()
     await api.server.close()  # the rest of the runner's shutdown, bounded
