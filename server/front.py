@@ -189,7 +189,11 @@ class FrontProtocol(asyncio.Protocol):
         if status < 300:
             front.latency.add(elapsed * 1000)
         keep_alive = keep_alive and not front.closing
-        self._write(status, body, headers, keep_alive)
+        try:
+            self._write(status, body, headers, keep_alive)
+        except Exception:  # logged; the connection closes: never a client left waiting
+            log.exception("feed answer to user %d not written", user)
+            keep_alive = False
         self.task = None
         if self._lost:
             front.protocols.discard(self)
