@@ -143,6 +143,15 @@ def app_runner(
     )
 
 
+def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, data: bytes) -> None:
+    """A connection a front protocol accepted (the gateway's, the API server's) goes on
+    as if `protocol`, aiohttp's RequestHandler, had accepted it: the bytes already read
+    are fed to it after connection_made, as its parser expects."""
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    protocol.data_received(data)
+
+
 async def serve(
     app: web.Application,
     host: str,

@@ -43,7 +43,12 @@ def requires_auth(request: web.Request) -> bool:
 
 
 def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
+    return bearer_value(request.headers.get("Authorization"))
+
+
+def bearer_value(header: str | None) -> str | None:
+    """The token of an Authorization header (None: no header); raises ApiError (401) for
+    anything but a bearer token. Also server/front.py's, so both paths read it alike."""
     if header is None:
         return None
     scheme, _, token = header.partition(" ")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-MAX_HEAD = 8 * 1024  # aiohttp's own limit on a request line and headers
-FEED_PREFIX = b"GET /v1/feed"  # how every request line answered here begins
-FEED_PATH = b"/v1/feed"
+from server.middleware import FEED_ROUTE
+
+# A whole head this size keeps every line under aiohttp's own limits (8190 bytes per
+# line and per header), so nothing answered here is one aiohttp would have refused.
+MAX_HEAD = 8 * 1024
+FEED_PATH = FEED_ROUTE.encode()
+FEED_PREFIX = b"GET " + FEED_PATH  # how every request line answered here begins
 
 # RFC 9110's token characters: a header name with anything else (a space before the
 # colon, an obs-fold continuation line) is not ours to interpret.
@@ -24,7 +28,7 @@ _QUERY_UNUSUAL = re.compile(rb"[%+#;]")
 
 @dataclass(frozen=True, slots=True)
 class FeedRequest:
-    token: str  # the bearer token, not yet verified
+    authorization: str  # the header's value, for server.auth.bearer_value to read
     limit: str | None  # the raw query values (None: absent)
     cursor: str | None
     keep_alive: bool
@@ -60,9 +64,9 @@ def _request_line(line: bytes) -> tuple[str | None, str | None] | None:
 
 
 def _headers(lines: list[bytes]) -> tuple[str, bool] | None:
-    """(bearer token, keep-alive), or None: no token, no Host (aiohttp refuses HTTP/1.1
-    without one), or a header that is not ours."""
-    token: str | None = None
+    """(Authorization, keep-alive), or None: no Authorization or two, no Host (aiohttp
+    refuses HTTP/1.1 without one), or a header that is not ours."""
+    authorization: str | None = None
     keep_alive = True
     hosts = 0
     for line in lines:
@@ -72,11 +76,9 @@ def _headers(lines: list[bytes]) -> tuple[str, bool] | None:
         name = name.lower()
         value = value.strip(b" \t")
         if name == b"authorization":
-            if token is not None:
+            if authorization is not None:
                 return None
-            token = _bearer(value)
-            if token is None:
-                return None
+            authorization = value.decode("utf-8", "surrogateescape")  # as aiohttp decodes
         elif name == b"host":
             hosts += 1
         elif name == b"connection":
@@ -86,15 +88,7 @@ def _headers(lines: list[bytes]) -> tuple[str, bool] | None:
             keep_alive = b"close" not in options
         elif (name == b"content-length" and value != b"0") or name in _NOT_OURS:
             return None
-    return (token, keep_alive) if token is not None and hosts == 1 else None
-
-
-def _bearer(value: bytes) -> str | None:
-    scheme, _, token = value.partition(b" ")
-    token = token.strip()
-    if scheme.lower() != b"bearer" or not token or not token.isascii():
-        return None
-    return token.decode("ascii")
+    return (authorization, keep_alive) if authorization is not None and hosts == 1 else None
 
 
 def _params(query: bytes) -> tuple[str | None, str | None] | None:

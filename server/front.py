@@ -20,7 +20,9 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from core.auth import TokenError
+from core.service import hand_over
 from server import validation as v
+from server.auth import bearer_value
 from server.context import CTX
 from server.errors import ApiError, failure
 from server.feed import FEED
@@ -168,7 +170,10 @@ class FrontProtocol(asyncio.Protocol):
     def _admit(self, request: FeedRequest) -> tuple[int, int | None, int] | None:
         """(user, before, limit), or None: aiohttp refuses it, with the usual error."""
         try:
-            claims = self._front.signer.verify(request.token)
+            token = bearer_value(request.authorization)
+            if token is None:
+                return None
+            claims = self._front.signer.verify(token)
             limit = v.limit_value(request.limit)
             before = v.cursor_value(request.cursor, "feed")
         except (TokenError, ApiError):
@@ -234,14 +239,11 @@ class FrontProtocol(asyncio.Protocol):
         self._front.protocols.discard(self)
         transport = self._transport
         assert transport is not None
-        handler = self._front.http()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
         if self._paused:
             self._paused = False
             transport.resume_reading()
         data, self._buf = self._buf, b""
-        handler.data_received(data)
+        hand_over(transport, self._front.http(), data)
 
     def _idle_check(self) -> None:
         """Closes a connection idle for KEEPALIVE_TIMEOUT; one timer per connection, moved

@@ -202,6 +202,12 @@ async def test_refusals_are_aiohttps_in_the_one_error_shape(
             "invalid_token",
         ),
         ("GET /v1/feed HTTP/1.1\r\nHost: t\r\n\r\n", 401, "unauthorized"),
+        ("GET /v1/feed HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer\r\n\r\n", 401, "invalid_token"),
+        (
+            "GET /v1/feed HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer t\u00e9\r\n\r\n",
+            401,
+            "invalid_token",
+        ),
         (f"GET /v1/feed HTTP/1.1\r\n{_auth(me)}\r\n", 400, None),  # no Host: aiohttp's 400
         (feed_get(me, "cursor=bm9wZQ").decode(), 422, "invalid_cursor"),
         (feed_get(me, "limit=0").decode(), 422, "invalid_field"),
@@ -251,18 +257,16 @@ async def test_odd_requests_reach_aiohttp_whole(api: Client, connect: Connect) -
 def test_the_head_parser_takes_only_plain_feed_reads() -> None:
     plain = b"GET /v1/feed?limit=5&cursor=abc HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok"
     request = parse_head(plain)
-    assert request == FeedRequest("tok", "5", "abc", keep_alive=True)
+    assert request == FeedRequest("Bearer tok", "5", "abc", keep_alive=True)
     closing = parse_head(plain + b"\r\nConnection: Keep-Alive, Close")
     assert closing is not None and not closing.keep_alive
     assert parse_head(b"GET /v1/feed HTTP/1.1\r\nhost: h\r\nauthorization: bearer  t ") == (
-        FeedRequest("t", None, None, keep_alive=True)
+        FeedRequest("bearer  t", None, None, keep_alive=True)
     )
     for odd in [
         plain.replace(b"GET", b"POST"),
         plain.replace(b"/v1/feed", b"/v1/feedx"),
         plain.replace(b"limit=5", b"limit=5&x"),
-        plain.replace(b"Bearer tok", b"Bearer t\xc3\xa9"),
-        plain.replace(b"Bearer tok", b"Bearer"),
         plain + b"\r\nConnection: Upgrade",
         plain + b"\r\nTransfer-Encoding: chunked",
         plain + b"\r\nExpect: 100-continue",

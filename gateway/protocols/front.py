@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+from core.service import hand_over
 from gateway.codes import Close
 from gateway.node import Admission, GatewayNode, Refused
 from gateway.params import parse_since
@@ -117,11 +118,8 @@ class FrontProtocol(asyncio.Protocol):
         self._stop_timer()
         transport = self._transport
         assert transport is not None
-        handler = self._front.http()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
         data, self._buf = bytes(self._buf), bytearray()
-        handler.data_received(data)
+        hand_over(transport, self._front.http(), data)
 
     def _refuse(self, error: HandshakeError, origin: str | None = None) -> None:
         self._stop_timer()
