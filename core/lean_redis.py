@@ -142,6 +142,13 @@ class LeanRedis:
             raise ResponseError(str(reply))
         return reply
 
+    async def command(self, *args: Arg) -> Any:
+        """One plain command (MGET, ...), pipelined with the scripts in flight."""
+        reply = await self._call(*args)
+        if isinstance(reply, hiredis.ReplyError):
+            raise ResponseError(str(reply))
+        return reply
+
     async def close(self) -> None:
         if self._link is not None and self._link.transport is not None:
             self._link.transport.close()

@@ -85,6 +85,8 @@ class Settings:
     # Fan-out lets a timeline grow this far past the cap, then trims back to it in one
     # go: trimming on every write costs ~1 us of Redis per follower at the cap.
     timeline_trim_slack: int = 64
+    # Post bodies each API server process holds in memory for feed pages (~0.5 KB each).
+    feed_held_posts: int = 50_000
 
     # Push (push/). APNs token auth: the .p8 key as PEM text or a file path.
     apns_key: str = _secret("")
@@ -158,6 +160,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
+        if self.feed_held_posts < 0:
+            raise SettingsError("FEED_HELD_POSTS must not be negative")
         if self.timeline_trim_slack < 0:
             raise SettingsError("TIMELINE_TRIM_SLACK must not be negative")
         for name in ("fanout_offset_reset", "push_offset_reset"):

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from redis.asyncio.cluster import RedisCluster
 
-from core import events, keys
+from core import events, keys, post_cache
 from core.ids import IdGenerator, id_timestamp_ms
 from core.postview import fetch_rows, full_post, iso
 from core.settings import Settings
@@ -323,7 +323,7 @@ class Handlers:
     async def post_deleted(self, event: events.PostDeleted) -> None:
         d = self.d
         payload = events.live_delete(event.post_id)
-        await d.redis.set(keys.post_cache(event.post_id), b"-", ex=24 * 3600)
+        await post_cache.tombstone(d.redis, event.post_id)
         await d.writer.remove_posts(event.author_id, [event.post_id])
         tier, _ = await self._tier(event.author_id)
         if tier is Tier.PULL:

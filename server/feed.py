@@ -12,10 +12,11 @@ A page normally costs one Redis call and no Postgres query: one script
 the user follows (the following cache, server/following.py) and merges their recent
 posts, which each process holds (refreshed every CELEB_POSTS_SECONDS, and at once for
 posts created by this process) and sends along; it drops authors no longer followed and
-deleted posts and returns the posts' cached bodies and counters, which the server
-splices into the page's JSON. When a cache misses, or history runs past
-what the caches hold, the script says so and the general path (HomeFeed._general)
-finishes the page: cache fills, Postgres, more rounds of merging.
+deleted posts and returns the posts' cached counters, which the server splices into
+the bodies it holds (server/held_bodies.py; read from Redis once per process). When a
+cache misses, or history runs past what the caches hold, the script says so and the
+general path (HomeFeed._general) finishes the page: cache fills, Postgres, more rounds
+of merging.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
 from server.context import ServerContext
 from server.following import FollowingCache
+from server.held_bodies import HeldBodies
 from server.hydrate import REDIS_ERRORS, Hydrator
 
 log = logging.getLogger(__name__)
@@ -215,7 +217,7 @@ class HomeFeed:
         # The page's script calls skip redis-py (core/lean_redis.py); one deadline each,
         # past which the page comes from Postgres.
         self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
-        self._hydrator = Hydrator(c.db, c.redis)
+        self._hydrator = Hydrator(c.db, c.redis, HeldBodies(c.settings.feed_held_posts))
         self._following = FollowingCache(c.db, c.redis)
 
     async def close(self) -> None:
@@ -234,8 +236,9 @@ class HomeFeed:
             first = await store.read_page(self._lean, user_id, before, limit, celebs, held)
             if isinstance(first, store.ReadyPage):
                 self._redis_reads.inc()
-                last = first.ids[-1] if first.has_more else None
-                return FeedPage(first.posts, first.ids, last, first.has_more)
+                hydrator, ids = self._hydrator, first.ids
+                posts, shown = await hydrator.spliced_page(self._lean, ids, first.counters)
+                return FeedPage(posts, shown, ids[-1] if first.has_more else None, first.has_more)
             self._general_pages.inc()
             return await self._general(user_id, celebs, before, limit, first)
         except REDIS_ERRORS as exc:

@@ -15,84 +15,73 @@ import redis.exceptions
 
 from core import keys
 from core.lean_redis import LeanRedis, LeanScript
+from core.post_cache import (
+    COUNTER_NAMES,
+    COUNTER_TTL,
+    POST_TTL,
+    TOMBSTONE,
+    counter_parts,
+    encode_counters,
+    tombstone,
+)
 from core.postview import counts, fetch_rows, iso, post_body
+from server.held_bodies import HeldBodies
 
 __all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso", "spliced"]
 
 log = logging.getLogger(__name__)
 
-POST_TTL = 24 * 3600
-COUNTER_TTL = 3600
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
-
-COUNTER_NAMES = ("likes", "reposts", "replies")
-
-# A post's counters are one string, "likes,reposts,replies", so that bodies and counters
-# of a whole page come in one MGET: inside a script each redis.call costs ~3 us here,
-# and one GET plus one HMGET per post made hydration the largest share of Redis's time
-# per feed page.
-
-
-def encode_counts(likes: int, reposts: int, replies: int) -> bytes:
-    return b"%d,%d,%d" % (likes, reposts, replies)
-
+# A post's counters are one string, "author,likes,reposts,replies" (core/post_cache.py),
+# so that a feed page learns who wrote each post, whether it still exists and its counts
+# from one MGET of short values: inside a script each redis.call costs ~3 us here, and
+# every byte read there is copied into a Lua string.
 
 COUNTS_JSON = b',"counts":{"likes":%s,"reposts":%s,"replies":%s}}'
-
-
-def _count_parts(counters: bytes) -> list[bytes] | None:
-    """The three decimal counts of a cached counters value; None when it is not ours
-    (the caller reads the post from Postgres instead)."""
-    parts = counters.split(b",")
-    if len(parts) != 3 or not all(p.lstrip(b"-").isdigit() for p in parts):
-        return None
-    return parts
 
 
 def with_counts(body: bytes, counters: bytes) -> bytes | None:
     """A cached body (a JSON object) with its counts spliced in, without parsing either;
     None when the counters are not ours."""
-    return None if _count_parts(counters) is None else spliced(body, counters)
+    return None if counter_parts(counters) is None else spliced(body, counters)
 
 
 def spliced(body: bytes, counters: bytes) -> bytes:
     """with_counts for counters already checked to be ours (server/lua/feed_page.lua)."""
-    return body[:-1] + COUNTS_JSON % tuple(counters.split(b","))
+    return body[:-1] + COUNTS_JSON % tuple(counters.split(b",")[1:])
 
 
 def decode_counts(counters: bytes) -> dict[str, int] | None:
     """The counts of a cached counters value; None when it is not ours."""
-    parts = _count_parts(counters)
-    return None if parts is None else dict(zip(COUNTER_NAMES, map(int, parts), strict=True))
+    parts = counter_parts(counters)
+    return None if parts is None else dict(zip(COUNTER_NAMES, map(int, parts[1:]), strict=True))
 
 
-# A reader's home feed page: KEYS n post bodies, the same n posts' counters, then the
-# reader's following set (keys.following); ARGV[1] the reader's id. Returns the n bodies
-# and n counters (false when missing), then per post whether the reader follows its
-# author (or is the author): 1 yes, 0 no, -1 cannot tell here (no cached body, or no
-# cached following set). The author id is read from the cached body, which
-# core.postview.post_body writes as {"id":"..","author":{"id":"..", first.
+# A reader's home feed posts: KEYS n posts' counters, then the reader's following set
+# (keys.following); ARGV[1] the reader's id. Returns the n counters (false when missing),
+# then per post whether the reader follows its author (or is the author): 1 yes, 0 no,
+# -1 cannot tell here (no cached counters, or no cached following set).
 READ_VISIBLE = """
-local n = (#KEYS - 1) / 2
+local n = #KEYS - 1
 local following = KEYS[#KEYS]
-local out = redis.call('MGET', unpack(KEYS, 1, 2 * n))
+local out = redis.call('MGET', unpack(KEYS, 1, n))
 local cached = redis.call('EXISTS', following) == 1
 local authors, at = {}, {}
 for i = 1, n do
-  local body = out[i]
+  local counters = out[i]
   local flag = -1
-  if body and cached then
-    local author = string.match(body, '^{"id":"%d+","author":{"id":"(%d+)"')
+  if counters and cached then
+    local author = string.match(counters, '^(%d+),')
     if author == ARGV[1] then
       flag = 1
     elseif author then
       authors[#authors + 1] = author
-      at[#authors] = 2 * n + i
+      at[#authors] = n + i
       flag = 0
     end
   end
-  out[2 * n + i] = flag
+  out[n + i] = flag
 end
 if #authors > 0 then
   local followed = redis.call('SMISMEMBER', following, unpack(authors))
@@ -106,9 +95,12 @@ READ_VISIBLE_SCRIPT = LeanScript(READ_VISIBLE)
 
 
 class Hydrator:
-    def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
+    def __init__(
+        self, db: asyncpg.Pool, redis_client: aioredis.Redis, held: HeldBodies | None = None
+    ) -> None:
         self._db = db
         self._redis = redis_client
+        self._held = HeldBodies(0) if held is None else held
 
     async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Live (not deleted) posts by id; unknown and deleted ids are simply absent."""
@@ -125,6 +117,50 @@ class Hydrator:
                 if r["deleted_at"] is None
             }
 
+    async def spliced_page(
+        self, lean: LeanRedis, ids: list[int], counters: list[bytes]
+    ) -> tuple[list[bytes], list[int]]:
+        """The JSON of a page's posts whose counters the page script has checked, and
+        their ids: bodies held by this process, else from Redis, else from Postgres. A
+        post deleted meanwhile is left out."""
+        bodies = await self.bodies(lean, ids)
+        posts: list[bytes] = []
+        kept: list[int] = []
+        for post_id, counter in zip(ids, counters, strict=True):
+            body = bodies.get(post_id)
+            if body is not None:
+                posts.append(spliced(body, counter))
+                kept.append(post_id)
+        return posts, kept
+
+    async def bodies(self, lean: LeanRedis, ids: list[int]) -> dict[int, bytes]:
+        """The cached bodies (JSON without counts) of the live posts among `ids`: held by
+        this process, else read from Redis (one MGET), else from Postgres (then cached in
+        both)."""
+        held = self._held
+        found: dict[int, bytes] = {}
+        missing: list[int] = []
+        for post_id in ids:
+            body = held.get(post_id)
+            if body is None:
+                missing.append(post_id)
+            else:
+                found[post_id] = body
+        if not missing:
+            return found
+        raw = await lean.command("MGET", *[keys.post_cache(i) for i in missing])
+        unknown: list[int] = []
+        for post_id, body in zip(missing, raw, strict=True):
+            if body is None:
+                unknown.append(post_id)
+            elif body != TOMBSTONE:
+                found[post_id] = body
+                held.put(post_id, body)
+        if unknown:
+            for post_id, (body, _) in (await self._fill(unknown)).items():
+                found[post_id] = body
+        return found
+
     async def for_reader(
         self, lean: LeanRedis, reader: int, ids: list[int]
     ) -> tuple[dict[int, bytes], dict[int, int], dict[int, int]]:
@@ -136,34 +172,32 @@ class Hydrator:
         whole."""
         if not ids:
             return {}, {}, {}
-        names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
+        names = [keys.post_counters(i) for i in ids]
         names.append(keys.following(reader))
         found = await lean.run(READ_VISIBLE_SCRIPT, names, [reader])
         n = len(ids)
-        posts: dict[int, bytes] = {}
+        live: dict[int, bytes] = {}  # counters, checked
         flags: dict[int, int] = {}
         unsure: dict[int, int] = {}
         missing: list[int] = []
-        for post_id, raw, counter, flag in zip(
-            ids, found[:n], found[n : 2 * n], found[2 * n :], strict=True
-        ):
-            if raw == b"-":  # tombstone: deleted
+        for post_id, counter, flag in zip(ids, found[:n], found[n:], strict=True):
+            if counter == TOMBSTONE:  # deleted
                 continue
-            data = with_counts(raw, counter) if raw is not None and counter is not None else None
-            if data is None:
+            parts = None if counter is None else counter_parts(counter)
+            if parts is None:
                 missing.append(post_id)
                 continue
-            posts[post_id] = data
+            live[post_id] = counter
             if flag == -1:
-                unsure[post_id] = int(orjson.loads(raw)["author"]["id"])
+                unsure[post_id] = int(parts[0])
             else:
                 flags[post_id] = flag
+        bodies = await self.bodies(lean, list(live))
+        posts = {i: spliced(bodies[i], c) for i, c in live.items() if i in bodies}
         if missing:
-            filled: dict[int, dict[str, Any]] = {}
-            await self._fill(missing, filled)
-            for post_id, post in filled.items():
-                posts[post_id] = orjson.dumps(post)
-                unsure[post_id] = int(post["author"]["id"])
+            for post_id, (body, post_counts) in (await self._fill(missing)).items():
+                posts[post_id] = spliced(body, post_counts)
+                unsure[post_id] = int(post_counts.split(b",", 1)[0])
         return posts, flags, unsure
 
     async def _from_cache(self, ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -177,49 +211,60 @@ class Hydrator:
         """Cached bodies and counters into posts; what the cache misses comes from Postgres
         (and is cached)."""
         result: dict[int, dict[str, Any]] = {}
-        missing: set[int] = set()
+        missing: list[int] = []
         for post_id, raw, counter in zip(ids, bodies, counters, strict=True):
-            if raw == b"-":  # tombstone: deleted
+            if raw == TOMBSTONE or counter == TOMBSTONE:  # deleted
                 continue
             counts_now = decode_counts(counter) if raw is not None and counter is not None else None
             if counts_now is None:
-                missing.add(post_id)
+                missing.append(post_id)
                 continue
             post = orjson.loads(raw)
             post["counts"] = counts_now
             result[post_id] = post
         if missing:
-            await self._fill(sorted(missing), result)
+            for post_id, (body, post_counts) in (await self._fill(missing)).items():
+                post = orjson.loads(body)
+                post["counts"] = decode_counts(post_counts)
+                result[post_id] = post
         return result
 
-    async def _fill(self, ids: list[int], result: dict[int, dict[str, Any]]) -> None:
+    async def _fill(self, ids: list[int]) -> dict[int, tuple[bytes, bytes]]:
+        """The body and counters of the live posts among `ids`, read from Postgres and
+        cached (a deleted post's tombstones, too)."""
         rows = await fetch_rows(self._db, ids)
         pipe = self._redis.pipeline(transaction=False)
+        filled: dict[int, tuple[bytes, bytes]] = {}
         for row in rows:
+            post_id = row["id"]
             if row["deleted_at"] is not None:
-                pipe.set(keys.post_cache(row["id"]), b"-", ex=POST_TTL)
+                pipe.set(keys.post_counters(post_id), TOMBSTONE, ex=POST_TTL)
+                pipe.set(keys.post_cache(post_id), TOMBSTONE, ex=POST_TTL)
                 continue
-            body = post_body(row)
-            pipe.set(keys.post_cache(row["id"]), orjson.dumps(body), ex=POST_TTL)
-            pipe.set(keys.post_counters(row["id"]), encode_counts(**counts(row)), ex=COUNTER_TTL)
-            result[row["id"]] = {**body, "counts": counts(row)}
+            body = orjson.dumps(post_body(row))
+            post_counts = encode_counters(row["author_id"], **counts(row))
+            pipe.set(keys.post_cache(post_id), body, ex=POST_TTL)
+            pipe.set(keys.post_counters(post_id), post_counts, ex=COUNTER_TTL)
+            self._held.put(post_id, body)
+            filled[post_id] = (body, post_counts)
         await pipe.execute()
+        return filled
 
 
 # Adjusts a cached counter only when it is cached (a counter made up here would be
-# wrong); Postgres is the truth and the TTL heals any drift. KEYS[1] counters;
-# ARGV[1] which (1 likes, 2 reposts, 3 replies), ARGV[2] by how much.
+# wrong); Postgres is the truth and the TTL heals any drift. A tombstone stays as it is.
+# KEYS[1] counters; ARGV[1] which (1 likes, 2 reposts, 3 replies), ARGV[2] by how much.
 BUMP_COUNTER = """
 local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-local c = {string.match(raw, '^(%-?%d+),(%-?%d+),(%-?%d+)$')}
-if #c ~= 3 then
+if not raw or raw == '-' then return false end
+local c = {string.match(raw, '^(%d+),(%-?%d+),(%-?%d+),(%-?%d+)$')}
+if #c ~= 4 then
   redis.call('DEL', KEYS[1])  -- not ours: the next read caches it from Postgres
   return false
 end
-local i = tonumber(ARGV[1])
+local i = tonumber(ARGV[1]) + 1
 c[i] = tonumber(c[i]) + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], c[1] .. ',' .. c[2] .. ',' .. c[3], 'KEEPTTL')
+redis.call('SET', KEYS[1], table.concat(c, ','), 'KEEPTTL')
 return c[i]
 """
 
@@ -234,6 +279,6 @@ async def bump_counter(redis_client: aioredis.Redis, post_id: int, name: str, by
 
 async def forget_post(redis_client: aioredis.Redis, post_id: int) -> None:
     try:
-        await redis_client.set(keys.post_cache(post_id), b"-", ex=POST_TTL)
+        await tombstone(redis_client, post_id)
     except REDIS_ERRORS as exc:
         log.warning("post %d not tombstoned in Redis: %s", post_id, exc)

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 
 from core import keys
 from core.lean_redis import LeanRedis, LeanScript
-from server.hydrate import spliced
 
 SENTINEL = keys.timeline_member(0)
 
@@ -64,9 +63,10 @@ class FirstRead:
 
 @dataclass(frozen=True, slots=True)
 class ReadyPage:
-    """A whole feed page, merged, filtered and hydrated by the page script."""
+    """A whole feed page, merged and filtered by the page script: its posts' ids and
+    checked counters (core/post_cache.py); the bodies are the server's to add."""
 
-    posts: list[bytes]  # each post's JSON, counts included
+    counters: list[bytes]
     ids: list[int]
     has_more: bool
 
@@ -76,7 +76,6 @@ def _script(name: str) -> LeanScript:
     for marker, value in {
         "@WIDTH@": str(keys.TIMELINE_ID_WIDTH),
         "@SENTINEL@": SENTINEL.decode(),
-        "@POST@": keys.post_cache(0)[:-1],
         "@COUNTS@": keys.post_counters(0)[:-1],
     }.items():
         text = text.replace(marker, value)
@@ -107,11 +106,8 @@ async def read_page(
         [user_id, upper, limit, len(authors), *authors, *(held or ())],
     )
     if found[0] == 1:
-        _, cached, members, has_more = found
-        posts = [
-            spliced(body, counts) for body, counts in zip(cached[::2], cached[1::2], strict=True)
-        ]
-        return ReadyPage(posts, list(map(keys.post_id_from_member, members)), bool(has_more))
+        _, counters, members, has_more = found
+        return ReadyPage(counters, list(map(keys.post_id_from_member, members)), bool(has_more))
     _, exists, sentinel, members, cached, flags = found
     page = None
     if exists:

@@ -270,13 +270,14 @@ async def test_celebrity_post_made_through_another_process_is_merged_within_a_se
 
 def test_counts_are_spliced_into_cached_json_only_when_they_are_ours() -> None:
     body = orjson.dumps({"id": "1", "author": {"id": "2"}, "text": 'a "quoted" }'})
-    spliced = with_counts(body, b"3,0,-1")
+    spliced = with_counts(body, b"2,3,0,-1")  # author 2
     assert spliced is not None
     assert orjson.loads(spliced) == {
         **orjson.loads(body),
         "counts": {"likes": 3, "reposts": 0, "replies": -1},
     }
-    for foreign in (b"1,2", b"1,2,3,4", b"1,x,3", b'1,2,3}],"evil":{"x":1'):
+    foreigns = (b"1,2", b"1,2,3", b"1,2,3,4,5", b"-2,1,2,3", b"2,1,x,3", b'2,1,2,3}],"x":{"y":1')
+    for foreign in (*foreigns, b"-"):
         assert with_counts(body, foreign) is None
 
 

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from core import keys
 from core.ids import IdGenerator
+from server.hydrate import bump_counter
 from tests.support.api import error_of, follow, post, sign_up
 
 Client = TestClient[web.Request, web.Application]
@@ -168,23 +169,31 @@ async def test_cached_counters_follow_likes_and_a_foreign_value_is_dropped(
 ) -> None:
     author, fan = await sign_up(api), await sign_up(api)
     post_id = await post(api, author, "count me")
-    await api.get(f"/v1/posts/{post_id}", headers=fan.auth)  # cached: "0,0,0"
+    await api.get(f"/v1/posts/{post_id}", headers=fan.auth)  # cached: "author,0,0,0"
     counters = keys.post_counters(int(post_id))
-    assert await redis_client.get(counters) == b"0,0,0"
+    assert await redis_client.get(counters) == f"{author.id},0,0,0".encode()
     await api.post(f"/v1/posts/{post_id}/like", headers=fan.auth)
-    assert await redis_client.get(counters) == b"1,0,0"  # bumped in place, TTL kept
+    assert await redis_client.get(counters) == f"{author.id},1,0,0".encode()  # TTL kept
     assert await redis_client.ttl(counters) > 0
     await redis_client.set(counters, "not,our,format")
     await api.delete(f"/v1/posts/{post_id}/like", headers=fan.auth)
     assert not await redis_client.exists(counters)  # dropped, not trusted
     got = await (await api.get(f"/v1/posts/{post_id}", headers=author.auth)).json()
     assert got["counts"] == {"likes": 0, "reposts": 0, "replies": 0}
-    # A read meeting a foreign value reads Postgres instead (and caches ours again).
-    await redis_client.set(counters, "1,2")
-    resp = await api.get(f"/v1/posts/{post_id}", headers=author.auth)
-    assert resp.status == 200
-    assert (await resp.json())["counts"] == {"likes": 0, "reposts": 0, "replies": 0}
-    assert await redis_client.get(counters) == b"0,0,0"
+    # A read meeting a foreign value (the three-count form of earlier releases among
+    # them) reads Postgres instead, and caches ours again.
+    for foreign in ("1,2", "0,0,0"):
+        await redis_client.set(counters, foreign)
+        resp = await api.get(f"/v1/posts/{post_id}", headers=author.auth)
+        assert resp.status == 200
+        assert (await resp.json())["counts"] == {"likes": 0, "reposts": 0, "replies": 0}
+        assert await redis_client.get(counters) == f"{author.id},0,0,0".encode()
+    # Deleted: both keys become tombstones, and a like on a tombstone leaves it one.
+    await api.delete(f"/v1/posts/{post_id}", headers=author.auth)
+    assert await redis_client.get(counters) == b"-"
+    assert await redis_client.get(keys.post_cache(int(post_id))) == b"-"
+    await bump_counter(redis_client, int(post_id), "likes", 1)
+    assert await redis_client.get(counters) == b"-"
 
 
 async def test_replies_and_reposts_count_and_list(api: Client) -> None:

@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import keys
+from core.post_cache import TOMBSTONE, encode_counters, tombstone
 from server import timeline_store as store
 from server.feed import CELEB_INLINE_MAX, FEED, FeedPage, HomeFeed
-from server.hydrate import encode_counts
 
 FAR_FUTURE = 1e12  # a fetch time that never goes stale
 
@@ -59,10 +59,13 @@ async def build(redis_client: aioredis.Redis, feed: HomeFeed, rng: random.Random
             recent[author].append(next_id)
         else:
             timeline.append(next_id)
-        deleted = rng.random() < 0.25
-        pipe.set(keys.post_cache(next_id), b"-" if deleted else body(next_id, author))
+        if rng.random() < 0.25:  # deleted
+            pipe.set(keys.post_cache(next_id), TOMBSTONE)
+            pipe.set(keys.post_counters(next_id), TOMBSTONE)
+            continue
+        pipe.set(keys.post_cache(next_id), body(next_id, author))
         likes, reposts, replies = (rng.randrange(0, 1000) for _ in range(3))
-        pipe.set(keys.post_counters(next_id), encode_counts(likes, reposts, replies))
+        pipe.set(keys.post_counters(next_id), encode_counters(author, likes, reposts, replies))
     complete = rng.random() < 0.8
     members = {keys.timeline_member(p): 0 for p in timeline}
     if complete:
@@ -106,8 +109,9 @@ async def test_every_page_the_script_makes_is_the_general_paths_page(
                 declined += 1
                 continue
             made += 1
-            assert fast.ids == expected.ids
-            assert fast.posts == expected.posts
+            posts, shown = await feed._hydrator.spliced_page(feed._lean, fast.ids, fast.counters)
+            assert fast.ids == shown == expected.ids
+            assert posts == expected.posts
             assert fast.has_more == expected.has_more
             assert (fast.ids[-1] if fast.has_more else None) == expected.next_cursor
     # Both paths were taken often: declines come from incomplete timelines, pull-tier
@@ -124,7 +128,7 @@ async def test_spliced_counts_and_unicode_survive_the_script(
     text = 'e\u0301 \U0001f600 \u05e9\u05dc\u05d5\u05dd \u202e \\u0000 "}]'
     raw = orjson.dumps({"id": str(post_id), "author": {"id": str(author)}, "text": text})
     await redis_client.set(keys.post_cache(post_id), raw)
-    await redis_client.set(keys.post_counters(post_id), b"7,0,-1")
+    await redis_client.set(keys.post_counters(post_id), b"%d,7,0,-1" % author)
     await redis_client.zadd(
         keys.timeline(reader), {keys.timeline_member(post_id): 0, store.SENTINEL: 0}
     )
@@ -153,13 +157,13 @@ async def test_the_script_declines_when_a_cache_misses(
     await redis_client.zadd(tl, {keys.timeline_member(post_id): 0, store.SENTINEL: 0})
     assert isinstance(await read(), store.FirstRead)  # no following set
     await redis_client.sadd(following, "0", str(author))
-    assert isinstance(await read(), store.FirstRead)  # no cached body
-    await redis_client.set(keys.post_cache(post_id), body(post_id, author))
     assert isinstance(await read(), store.FirstRead)  # no cached counters
-    for foreign in (b"1,2", b"1,x,3", b'1,2,3}],"evil":{"x":1'):
+    # Counters that are not ours, the three-count form of earlier releases among them.
+    for foreign in (b"1,2,3", b"%d,1,x,3" % author, b'%d,1,2,3}],"evil":{"x":1' % author):
         await redis_client.set(keys.post_counters(post_id), foreign)
-        assert isinstance(await read(), store.FirstRead)  # counters that are not ours
-    await redis_client.set(keys.post_counters(post_id), b"1,2,3")
+        assert isinstance(await read(), store.FirstRead)
+    # The body is not the script's to read: a missing one does not decline the page.
+    await redis_client.set(keys.post_counters(post_id), b"%d,1,2,3" % author)
     ready = await read()
     assert isinstance(ready, store.ReadyPage) and ready.ids == [post_id]
     await redis_client.srem(following, str(author))  # unfollowed: filtered, not declined
@@ -178,9 +182,9 @@ async def test_a_run_of_deleted_pull_tier_posts_leaves_no_gap(
     hold(feed, [star], {star: [p8, p9, p10, p11]}, {star})
     for post_id, author in ((p7, friend), (p8, star)):
         await redis_client.set(keys.post_cache(post_id), body(post_id, author))
-        await redis_client.set(keys.post_counters(post_id), b"0,0,0")
+        await redis_client.set(keys.post_counters(post_id), encode_counters(author, 0, 0, 0))
     for post_id in (p9, p10, p11):
-        await redis_client.set(keys.post_cache(post_id), b"-")
+        await tombstone(redis_client, post_id)
     await redis_client.zadd(keys.timeline(reader), {keys.timeline_member(p7): 0, store.SENTINEL: 0})
     await redis_client.sadd(keys.following(reader), "0", str(star), str(friend))
     s = Scenario(reader, [star], [])
@@ -206,3 +210,32 @@ async def test_too_many_pull_tier_authors_are_merged_by_the_general_path(
     hold(feed, many, {a: [] for a in many}, set(many))
     assert await feed.celebs.held(many, None, 21) is None
     assert await feed.celebs.held(many[:CELEB_INLINE_MAX], None, 21) is not None
+
+
+async def test_a_held_body_serves_pages_but_never_a_deleted_post(
+    api: TestClient[web.Request, web.Application], redis_client: aioredis.Redis
+) -> None:
+    """Bodies read once are held by the process (they never change); whether a post
+    still exists is read from its counters on every page, on both paths."""
+    feed = api.app[FEED]
+    reader, author, kept_id, doomed_id = 3_000_000_401, 3_000_000_402, 3_000_000_403, 3_000_000_404
+    hold(feed, [], {}, set())
+    for post_id in (kept_id, doomed_id):
+        await redis_client.set(keys.post_cache(post_id), body(post_id, author))
+        await redis_client.set(keys.post_counters(post_id), encode_counters(author, 1, 0, 0))
+    members = {keys.timeline_member(p): 0 for p in (kept_id, doomed_id)}
+    await redis_client.zadd(keys.timeline(reader), {**members, store.SENTINEL: 0})
+    await redis_client.sadd(keys.following(reader), "0", str(author))
+    assert (await feed.page(reader, None, 20)).ids == [doomed_id, kept_id]
+
+    # Gone from Redis (and never in Postgres): only the process's copy can serve them.
+    await redis_client.delete(keys.post_cache(kept_id), keys.post_cache(doomed_id))
+    page = await feed.page(reader, None, 20)
+    assert page.ids == [doomed_id, kept_id]
+    assert orjson.loads(page.posts[1])["counts"] == {"likes": 1, "reposts": 0, "replies": 0}
+
+    await tombstone(redis_client, doomed_id)
+    assert (await feed.page(reader, None, 20)).ids == [kept_id]
+    # The general path's hydration agrees.
+    posts, flags, unsure = await feed._hydrator.for_reader(feed._lean, reader, [doomed_id, kept_id])
+    assert list(posts) == [kept_id] and flags == {kept_id: 1} and not unsure

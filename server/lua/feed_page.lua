@@ -1,11 +1,12 @@
 -- A home feed page in one call (server/feed.py "fast path"): the timeline page, the
 -- celebrity-tier posts of the authors the reader follows, their merge, the unfollow and
--- delete filters and the cached posts, when every cache it needs is warm. Otherwise it
--- answers what the general path (server/feed.py HomeFeed._general) goes on from.
+-- delete filters and the posts' cached counters, when every cache it needs is warm.
+-- Otherwise it answers what the general path (server/feed.py HomeFeed._general) goes on
+-- from.
 --
 -- KEYS[1] the reader's timeline (keys.timeline), KEYS[2] their following set
--- (keys.following). Post bodies and counters are read by name (@POST@<id>, @COUNTS@<id>),
--- undeclared: this script is for a single Redis, as the feed read path is.
+-- (keys.following). Post counters are read by name (@COUNTS@<id>), undeclared: this
+-- script is for a single Redis, as the feed read path is.
 -- ARGV[1] reader id; ARGV[2] upper lex bound of the timeline ('+' or '(' .. member);
 -- ARGV[3] page size; ARGV[4] n, the number of pull-tier authors; ARGV[5 .. 4+n] their
 -- ids; optionally ARGV[5+n] and ARGV[6+n], their posts held by the server below the
@@ -15,12 +16,11 @@
 -- records of the author's 1-based position and the post's member (@WIDTH@ bytes), all
 -- authors merged, newest first.
 --
--- Returns {1, posts, ids, has_more}: posts the page's cached bodies and counters, in
--- turn (checked: counters in the cache's form, bodies naming their author), ids their
--- timeline members. Or {0, exists, sentinel, members, cached, flags}, the general
--- path's first read: whether the timeline exists, whether the page reaches its
--- sentinel (the end of a complete timeline), the page (page size + 1 members), whether
--- the following set is cached and which pull-tier authors it holds.
+-- Returns {1, counters, ids, has_more}: the page's posts' cached counters (checked to be
+-- in the cache's form), ids their timeline members. Or {0, exists, sentinel, members,
+-- cached, flags}, the general path's first read: whether the timeline exists, whether
+-- the page reaches its sentinel (the end of a complete timeline), the page (page size + 1
+-- members), whether the following set is cached and which pull-tier authors it holds.
 
 local W = @WIDTH@
 local X, P = string.byte('x'), string.byte('p')
@@ -102,23 +102,23 @@ while true do
   candidates[#candidates + 1] = m
 end
 
--- Hydration: bodies and counters in one MGET; a miss or a value that is not ours sends
--- the page to the general path (which reads Postgres and fills the cache).
+-- The candidates' counters in one MGET: "author,likes,reposts,replies", or '-' for a
+-- deleted post (core/post_cache.py). A miss or a value that is not ours sends the page to
+-- the general path (which reads Postgres and fills the cache). Bodies are not read here:
+-- they never change, so the server holds them (server/held_bodies.py), and each body
+-- read here would be copied into a Lua string and out again.
 local c = #candidates
 local names = {}
 for j = 1, c do
-  local id = string.match(candidates[j], '^0*(%d+)$')
-  names[j] = '@POST@' .. id
-  names[c + j] = '@COUNTS@' .. id
+  names[j] = '@COUNTS@' .. string.match(candidates[j], '^0*(%d+)$')
 end
 local values = c > 0 and redis.call('MGET', unpack(names)) or {}
 local kept, others, other_at = {}, {}, {}
 for j = 1, c do
-  local body, counter = values[j], values[c + j]
-  if not body then return general end
-  if body ~= '-' then -- '-' is a deleted post's tombstone
-    if not counter or not string.find(counter, '^%-?%d+,%-?%d+,%-?%d+$') then return general end
-    local author = string.match(body, '^{"id":"%d+","author":{"id":"(%d+)"')
+  local counter = values[j]
+  if not counter then return general end
+  if counter ~= '-' then
+    local author = string.match(counter, '^(%d+),%-?%d+,%-?%d+,%-?%d+$')
     if not author then return general end
     local k = #kept + 1
     kept[k] = j
@@ -137,20 +137,19 @@ if #others > 0 then
   end
 end
 
--- Bodies and counters go back as they are (the server splices the counts in): new
+-- Counters go back as they are (the server splices the counts into the bodies): new
 -- strings made here cost Redis's single thread, and its garbage collector, more.
-local posts, ids, live = {}, {}, 0
+local counters, ids, live = {}, {}, 0
 for k = 1, #kept do
   if visible[k] then
     live = live + 1
     if live <= limit then
       local j = kept[k]
-      posts[2 * live - 1] = values[j]
-      posts[2 * live] = values[c + j]
+      counters[live] = values[j]
       ids[live] = candidates[j]
     end
   end
 end
 if live < limit and boundary ~= '' then return general end -- more rounds needed
 local has_more = (boundary ~= '' or live > limit) and 1 or 0
-return {1, posts, ids, has_more}
+return {1, counters, ids, has_more}
