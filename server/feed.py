@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import repeat
 
 import asyncpg
 import orjson
@@ -106,6 +107,7 @@ class Celebrities:
         self._ids: list[int] = []
         self._fetched = 0.0
         self._recent: dict[int, list[int]] = {}
+        self._members: dict[int, list[bytes]] = {}  # the same posts as timeline members
         self._complete: set[int] = set()  # authors whose every post is held
         self._posts_fetched = 0.0
         self._refreshing = False
@@ -130,7 +132,7 @@ class Celebrities:
         then up to n + 1 posts per author (one more than a batch takes: whether more
         remain), tagged with the author's position, all merged newest first."""
         kinds = bytearray()
-        tagged: list[tuple[int, bytes]] = []
+        tagged: list[tuple[int, bytes, bytes]] = []
         for position, author in enumerate(authors, start=1):
             held = self._recent.get(author, [])
             end = bisect.bisect_left(held, before)
@@ -138,10 +140,11 @@ class Celebrities:
                 kinds += b"c"
             else:
                 kinds += b"p" if end >= n else b"x"
-            tag = bytes((position,))
-            tagged.extend((post_id, tag) for post_id in held[max(0, end - n - 1) : end])
-        tagged.sort(reverse=True)
-        merged = b"".join(tag + keys.timeline_member(post_id) for post_id, tag in tagged)
+            start = max(0, end - n - 1)
+            members = self._members[author][start:end] if end else []
+            tagged.extend(zip(held[start:end], repeat(bytes((position,))), members))
+        tagged.sort(reverse=True)  # post ids are unique: tags and members never compared
+        merged = b"".join(tag + member for _, tag, member in tagged)
         return [bytes(kinds), merged]
 
     async def ids(self) -> list[int]:
@@ -182,6 +185,7 @@ class Celebrities:
         at = bisect.bisect_left(held, post_id)
         if at == len(held) or held[at] != post_id:  # a refresh may have read it already
             held.insert(at, post_id)
+            self._members[author].insert(at, keys.timeline_member(post_id))
             self._first_pages = {}
 
     async def _fresh(self) -> None:
@@ -195,14 +199,19 @@ class Celebrities:
             recent: dict[int, list[int]] = {a: [] for a in authors}
             for row in rows:
                 recent[row["author_id"]].append(row["id"])
-            for held in recent.values():
-                held.sort()
-            self._recent = recent
-            self._complete = {a for a, held in recent.items() if len(held) < CELEB_POSTS_DEPTH}
-            self._first_pages = {}
+            self.hold(recent, {a for a, held in recent.items() if len(held) < CELEB_POSTS_DEPTH})
             self._posts_fetched = time.monotonic()
         finally:
             self._refreshing = False
+
+    def hold(self, recent: dict[int, list[int]], complete: set[int]) -> None:
+        """Hold these recent posts per author (`complete`: the authors with no others)."""
+        for held in recent.values():
+            held.sort()
+        self._recent = recent
+        self._members = {a: list(map(keys.timeline_member, held)) for a, held in recent.items()}
+        self._complete = complete
+        self._first_pages = {}
 
 
 class HomeFeed:

@@ -32,9 +32,9 @@ def hold(
 ) -> None:
     """Makes the process hold exactly these pull-tier authors and posts (no Postgres)."""
     c = feed.celebs
-    c._ids, c._recent, c._complete = celebs, recent, complete
+    c._ids = celebs
+    c.hold(recent, complete)
     c._fetched = c._posts_fetched = time.monotonic() + FAR_FUTURE
-    c._first_pages = {}
 
 
 def body(post_id: int, author: int) -> bytes:
