@@ -59,8 +59,8 @@ def spliced(body: bytes, counters: bytes) -> bytes:
 
 
 # The counts' JSON by their cached form ("likes,reposts,replies"): most posts share a few
-# small counts (0,0,0 above all), and formatting them was a tenth of a feed page's
-# server CPU. Cleared when full: the common ones are back after a page or two.
+# small counts (0,0,0 above all), and formatting them per post cost ~4 us per 20-post
+# page. Cleared when full: the common ones are back after a page or two.
 COUNTS_JSON_HELD = 4096
 _counts_json: dict[bytes, bytes] = {}
 
