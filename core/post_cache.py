@@ -36,8 +36,16 @@ def counter_parts(counters: bytes) -> list[bytes] | None:
     return parts
 
 
+def queue_tombstone(pipe: Any, post_id: int) -> None:
+    """Queue on a redis-py pipeline (single node or cluster) what marks a deleted post in
+    the cache: its counters first, as they are what feed pages read, then its body. Two
+    commands, not one MSET: the two keys may live on different cluster nodes."""
+    pipe.set(keys.post_counters(post_id), TOMBSTONE, ex=POST_TTL)
+    pipe.set(keys.post_cache(post_id), TOMBSTONE, ex=POST_TTL)
+
+
 async def tombstone(client: Any, post_id: int) -> None:
-    """Mark a deleted post in the cache (`client`: a redis-py client, single or cluster).
-    The two keys may live on different cluster nodes, hence two commands, not MSET."""
-    await client.set(keys.post_counters(post_id), TOMBSTONE, ex=POST_TTL)
-    await client.set(keys.post_cache(post_id), TOMBSTONE, ex=POST_TTL)
+    """Mark a deleted post in the cache (`client`: a redis-py client, single or cluster)."""
+    pipe = client.pipeline(transaction=False)
+    queue_tombstone(pipe, post_id)
+    await pipe.execute()

@@ -141,7 +141,7 @@ class Celebrities:
             else:
                 kinds += b"p" if end >= n else b"x"
             start = max(0, end - n - 1)
-            members = self._members[author][start:end] if end else []
+            members = self._members.get(author, [])[start:end]
             tagged.extend(zip(held[start:end], repeat(bytes((position,))), members))
         tagged.sort(reverse=True)  # post ids are unique: tags and members never compared
         merged = b"".join(tag + member for _, tag, member in tagged)

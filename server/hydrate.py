@@ -22,6 +22,7 @@ from core.post_cache import (
     TOMBSTONE,
     counter_parts,
     encode_counters,
+    queue_tombstone,
     tombstone,
 )
 from core.postview import counts, fetch_rows, iso, post_body
@@ -254,8 +255,7 @@ class Hydrator:
         for row in rows:
             post_id = row["id"]
             if row["deleted_at"] is not None:
-                pipe.set(keys.post_counters(post_id), TOMBSTONE, ex=POST_TTL)
-                pipe.set(keys.post_cache(post_id), TOMBSTONE, ex=POST_TTL)
+                queue_tombstone(pipe, post_id)
                 continue
             body = orjson.dumps(post_body(row))
             post_counts = encode_counters(row["author_id"], **counts(row))

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from core import events, keys
+from core import events, keys, post_cache
 from core.clients import create_producer
 from core.ids import IdGenerator
 from core.settings import Settings
@@ -128,3 +128,16 @@ async def test_fanout_service_writes_timelines_on_a_cluster(
         return all(score is not None for score in scores)
 
     await eventually(everywhere, seconds=30, what="fan-out on the cluster")
+
+
+async def test_a_tombstone_reaches_both_keys_across_nodes(cluster: RedisCluster) -> None:
+    """Fan-out's delete marks a post in the cache with one pipeline, whose two keys
+    may hash to different nodes."""
+    node = cluster.get_node_from_key
+    post_id = next(
+        p for p in range(1, 10_000) if node(keys.post_cache(p)) != node(keys.post_counters(p))
+    )
+    await post_cache.tombstone(cluster, post_id)
+    assert await cluster.get(keys.post_counters(post_id)) == post_cache.TOMBSTONE
+    assert await cluster.get(keys.post_cache(post_id)) == post_cache.TOMBSTONE
+    assert await cluster.ttl(keys.post_cache(post_id)) > 0
