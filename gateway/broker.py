@@ -36,6 +36,7 @@ RESUBSCRIBE_CHUNK = 10_000  # channels per SUBSCRIBE when resubscribing everythi
 PING_SECONDS = 15.0
 PING_TIMEOUT = 15.0  # no answer to a PING within this long: the link is dead
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+FEED_SLICE = 4096  # bytes of a socket read handed to the reply parser at a time
 
 
 class BrokerUnavailable(ConnectionError):
@@ -80,15 +81,25 @@ class _PubSubProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
+        # Fed in slices: hiredis moves its unread bytes to the front of its buffer each
+        # time a reply ends past its first KiB, so one 64 KiB read fed whole is copied
+        # over and over (~25 times for 400-byte messages) as it is parsed.
+        size, reader = len(data), self._reader
+        for start in range(0, size, FEED_SLICE):
+            reader.feed(data, start, min(FEED_SLICE, size - start))
+            if not self._parse():
+                return
+
+    def _parse(self) -> bool:
+        """Dispatches every complete reply fed so far; False once the link is dropped."""
         while True:
             try:
                 self._drain()
-                return
+                return True
             except hiredis.ProtocolError:
                 log.exception("pub/sub protocol error; dropping the link")
                 self.abort()
-                return
+                return False
             except Exception:
                 # A bug in a dispatch target must not kill the node's only link.
                 log.exception("pub/sub message dispatch failed")

@@ -104,15 +104,30 @@ class Client:
         self.delivered = 0
         self.high_water = 0
 
-    def deliver(self, message: Outgoing) -> None:
+    def deliver(self, message: Outgoing, live: bool = True) -> None:
+        """Queues an event for the node's next flush. A live one is held instead while
+        the client catches up; replayed ones (live=False) are sent during the catch-up.
+        One function for both: this runs once per message per connection."""
         if self.closing:
             return
-        if self.replaying:
+        if live and self.replaying:
             self._held.append(message)
             if len(self._held) > self._limits.messages:
                 self.close(Close.SLOW_CONSUMER, "too many events while catching up")
             return
-        self._enqueue(message)
+        queue = self._queue
+        queue.append(message)
+        queued = self._queued_bytes = self._queued_bytes + len(message.payload)
+        pending = queued + self.transport.buffered()
+        if pending > self.high_water:
+            self.high_water = pending
+        limits = self._limits
+        if len(queue) > limits.messages or pending > limits.bytes:
+            self.close(Close.SLOW_CONSUMER, "client cannot keep up; resume with since")
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._flusher.schedule(self)
 
     def received(self, text: str | None) -> None:
         """A data message from the client (None: binary). The only one allowed is the
@@ -125,7 +140,7 @@ class Client:
     def send_now(self, messages: list[Outgoing]) -> None:
         """Replayed events, sent in order, outside the hold."""
         for message in messages:
-            self._enqueue(message)
+            self.deliver(message, live=False)
 
     def finish_replay(self, replayed_ids: set[int]) -> None:
         """Release live events held during the replay, minus those the replay already
@@ -134,21 +149,7 @@ class Client:
         self.replaying = False
         for message in held:
             if message.event_id is None or message.event_id not in replayed_ids:
-                self._enqueue(message)
-
-    def _enqueue(self, message: Outgoing) -> None:
-        if self.closing:
-            return
-        self._queue.append(message)
-        self._queued_bytes += len(message.payload)
-        pending = self._queued_bytes + self.transport.buffered()
-        self.high_water = max(self.high_water, pending)
-        if len(self._queue) > self._limits.messages or pending > self._limits.bytes:
-            self.close(Close.SLOW_CONSUMER, "client cannot keep up; resume with since")
-            return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._flusher.schedule(self)
+                self.deliver(message, live=False)
 
     def flush(self) -> None:
         """Everything queued, in one write (called by the Flusher)."""

@@ -15,7 +15,9 @@ from gateway.outgoing import Outgoing
 class Hub:
     def __init__(self) -> None:
         self._clients: defaultdict[int, set[Client]] = defaultdict(set)
-        self._listeners: defaultdict[bytes, set[int]] = defaultdict(set)
+        # Channel -> the connections it reaches (not their users): dispatch is the hot
+        # path, and one lookup per message beats one per listening user.
+        self._listeners: defaultdict[bytes, set[Client]] = defaultdict(set)
         self._channels_of: dict[int, list[bytes]] = {}
 
     def connections(self, user_id: int) -> int:
@@ -44,13 +46,14 @@ class Hub:
         user = client.user_id
         first = user not in self._clients
         self._clients[user].add(client)
-        if not first:
-            return self._channels_of[user]
-        channels = [keys.user_channel(user).encode()]
-        channels += [keys.author_channel(a).encode() for a in authors]
-        self._channels_of[user] = channels
+        if first:
+            channels = [keys.user_channel(user).encode()]
+            channels += [keys.author_channel(a).encode() for a in authors]
+            self._channels_of[user] = channels
+        else:
+            channels = self._channels_of[user]
         for channel in channels:
-            self._listeners[channel].add(user)
+            self._listeners[channel].add(client)
         return channels
 
     def remove(self, client: Client) -> list[bytes]:
@@ -60,26 +63,23 @@ class Hub:
         if clients is None or client not in clients:
             return []
         clients.discard(client)
-        if clients:
-            return []
-        del self._clients[user]
+        channels = self._channels_of[user] if clients else self._channels_of.pop(user, [])
+        if not clients:
+            del self._clients[user]
         stale = []
-        for channel in self._channels_of.pop(user, []):
+        for channel in channels:
             listeners = self._listeners[channel]
-            listeners.discard(user)
+            listeners.discard(client)
             if not listeners:
                 del self._listeners[channel]
                 stale.append(channel)
         return stale
 
     def dispatch(self, channel: bytes, payload: bytes) -> int:
-        users = self._listeners.get(channel)
-        if not users:
+        clients = self._listeners.get(channel)
+        if not clients:
             return 0
-        message = Outgoing(payload, live=True)
-        count = 0
-        for user in users:
-            for client in self._clients.get(user, ()):
-                client.deliver(message)
-                count += 1
-        return count
+        message = Outgoing(payload, True)
+        for client in clients:
+            client.deliver(message)
+        return len(clients)

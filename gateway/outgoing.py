@@ -7,6 +7,8 @@ neither, and parsing every payload cost more than framing it."""
 
 from __future__ import annotations
 
+import struct
+
 import orjson
 
 from core.ids import id_timestamp_ms
@@ -14,16 +16,21 @@ from core.ids import id_timestamp_ms
 _UNPARSED = -1  # sentinel for "not looked at yet" (ids and timestamps are never negative)
 
 
+# Frame headers by payload size (RFC 6455 5.2: FIN + text opcode, then the length in 7,
+# 7+16 or 7+64 bits); packed by a precompiled Struct, once per event on the hot path.
+_SHORT = [bytes((0x81, size)) for size in range(126)]
+_MEDIUM = struct.Struct(">BBH").pack
+_LONG = struct.Struct(">BBQ").pack
+
+
 def ws_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket text frame (RFC 6455 5.2): servers never mask."""
     size = len(payload)
     if size < 126:
-        header = bytes((0x81, size))
-    elif size < 65_536:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + payload
+        return _SHORT[size] + payload
+    if size < 65_536:
+        return _MEDIUM(0x81, 126, size) + payload
+    return _LONG(0x81, 127, size) + payload
 
 
 class Outgoing:

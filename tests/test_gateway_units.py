@@ -1,5 +1,6 @@
-"""The gateway's per-connection machinery without sockets: the coalescing Flusher and
-lazily parsed events. (The same paths run end to end in test_gateway*.py.)"""
+"""The gateway's per-connection machinery without sockets: the hub's routing, the
+coalescing Flusher, queue limits, WebSocket framing and lazily parsed events. (The same
+paths run end to end in test_gateway*.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from collections.abc import Sequence
 import orjson
 from prometheus_client import Histogram
 
+from core import keys
 from core.ids import id_timestamp_ms
+from gateway.broker import FEED_SLICE, _PubSubProtocol
 from gateway.client import Client, Flusher, QueueLimits
 from gateway.codes import Close
+from gateway.hub import Hub
 from gateway.latency import DeliveryLatency
-from gateway.outgoing import Outgoing
+from gateway.outgoing import Outgoing, ws_frame
 
 POST_ID = 7_300_000_000_000_000_000
+ROOMY = QueueLimits(messages=100, bytes=1 << 20)
 
 
 class RecordingTransport:
@@ -24,6 +29,7 @@ class RecordingTransport:
     def __init__(self, broken: bool = False) -> None:
         self.writes: list[list[bytes]] = []
         self.broken = broken
+        self.backlog = 0  # what the "kernel" has not taken yet
 
     def write(self, messages: Sequence[Outgoing]) -> None:
         if self.broken:
@@ -31,20 +37,26 @@ class RecordingTransport:
         self.writes.append([m.payload for m in messages])
 
     def buffered(self) -> int:
-        return 0
+        return self.backlog
 
     async def close(self, code: int, reason: str) -> None:
         return None
 
 
-def make_client(user: int, transport: RecordingTransport, flusher: Flusher) -> Client:
+def make_client(
+    user: int,
+    transport: RecordingTransport,
+    flusher: Flusher,
+    closed: list[Close] | None = None,
+    limits: QueueLimits = ROOMY,
+) -> Client:
     histogram = Histogram(f"t_latency_{user}_{id(transport)}", "test", registry=None)
-    closed: list[Close] = []
+    seen = closed if closed is not None else []
     client = Client(
         user,
         transport,  # type: ignore[arg-type]
-        QueueLimits(messages=100, bytes=1 << 20),
-        lambda c, code, reason: closed.append(code),
+        limits,
+        lambda c, code, reason: seen.append(code),
         DeliveryLatency(histogram),
         flusher,
     )
@@ -98,3 +110,117 @@ def test_outgoing_parses_only_when_asked_and_gets_it_right() -> None:
         odd = Outgoing(garbage, live=True)
         assert odd.event_id is None and odd.created_ms is None
         assert odd.ws.endswith(garbage)
+
+
+async def test_hub_routes_each_channel_to_every_connection_of_its_listeners() -> None:
+    hub, flusher = Hub(), Flusher()
+    tabs = [RecordingTransport(), RecordingTransport()]
+    first, second = (make_client(1, t, flusher) for t in tabs)
+    other = RecordingTransport()
+    follower = make_client(2, other, flusher)
+    author = keys.author_channel(77).encode()
+    mine = keys.user_channel(1).encode()
+    # The user's first connection brings the channels; a second one shares them.
+    assert hub.add(first, [77]) == [mine, author]
+    assert hub.add(second, [12345]) == [mine, author]
+    hub.add(follower, [77])
+
+    assert hub.dispatch(mine, b'{"type":"x"}') == 2  # both tabs, not user 2
+    assert hub.dispatch(author, b'{"type":"y"}') == 3  # every follower's every tab
+    assert hub.dispatch(keys.user_channel(3).encode(), b"{}") == 0
+    await asyncio.sleep(0)
+    assert [t.writes for t in tabs] == [[[b'{"type":"x"}', b'{"type":"y"}']]] * 2
+    assert other.writes == [[b'{"type":"y"}']]
+
+    # A channel goes stale only when its last connection on the node leaves.
+    assert hub.remove(first) == []
+    assert hub.dispatch(mine, b"1") == 1
+    assert hub.remove(second) == [mine]
+    assert hub.dispatch(author, b"2") == 1
+    assert hub.connections(1) == 0 and hub.users == 1
+    assert hub.remove(second) == []  # twice: nothing left to forget
+    assert hub.remove(follower) == [keys.user_channel(2).encode(), author]
+    assert hub.dispatch(author, b"3") == 0 and hub.users == 0
+
+
+async def test_a_client_is_slow_when_its_queue_and_socket_backlog_exceed_the_limit() -> None:
+    flusher = Flusher()
+    transport, closed = RecordingTransport(), list[Close]()
+    limits = QueueLimits(messages=100, bytes=1000)
+    client = make_client(1, transport, flusher, closed, limits)
+    event = Outgoing(b"x" * 300, live=True)
+    client.deliver(event)
+    client.deliver(event)
+    assert closed == [] and client.high_water == 600
+    transport.backlog = 500  # the peer stopped reading: the kernel holds what was sent
+    client.deliver(event)  # 900 queued + 500 not yet taken by the kernel
+    assert closed == [Close.SLOW_CONSUMER] and client.closing
+    client.deliver(event)  # nothing is queued after the close
+    await asyncio.sleep(0)
+    assert transport.writes == [] and client.high_water == 1400
+
+
+def test_websocket_frames_carry_the_length_in_the_form_rfc_6455_asks() -> None:
+    for size, header in (
+        (0, b"\x81\x00"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65_535, b"\x81\x7e\xff\xff"),
+        (65_536, b"\x81\x7f" + (65_536).to_bytes(8, "big")),
+    ):
+        payload = b"a" * size
+        assert ws_frame(payload) == header + payload, size
+
+
+def pubsub_message(channel: bytes, payload: bytes) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(channel),
+        channel,
+        len(payload),
+        payload,
+    )
+
+
+class AbortRecorder:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_pubsub_replies_split_anywhere_across_reads_and_slices_arrive_whole() -> None:
+    """A socket read is parsed in FEED_SLICE pieces: messages that straddle a piece, a
+    read, or are larger than a piece all arrive once, whole and in order."""
+    sent = [
+        (b"u:%d" % n, b"\xf0\x9f\x93\xa3" * (n % 7) + b"x" * (n * 37 % 900)) for n in range(400)
+    ]
+    sent.insert(123, (b"a:9", b"y" * (3 * FEED_SLICE + 5)))  # one message over several pieces
+    stream = b"".join(pubsub_message(c, p) for c, p in sent)
+    assert len(stream) > 20 * FEED_SLICE
+    for read in (len(stream), 65_536, FEED_SLICE + 1, 1_000, 7):
+        got: list[tuple[bytes, bytes]] = []
+        proto = _PubSubProtocol(
+            lambda c, p, got=got: got.append((c, p)), lambda r: None, lambda p: None
+        )
+        for start in range(0, len(stream), read):
+            proto.data_received(stream[start : start + read])
+        assert got == sent, read
+
+
+async def test_a_failing_dispatch_skips_one_message_and_garbage_drops_the_link() -> None:
+    got: list[bytes] = []
+
+    def on_message(channel: bytes, payload: bytes) -> None:
+        if payload == b"boom":
+            raise RuntimeError("bug in a dispatch target")
+        got.append(payload)
+
+    proto = _PubSubProtocol(on_message, lambda r: None, lambda p: None)
+    link = AbortRecorder()
+    proto.transport = link  # type: ignore[assignment]
+    big = b"z" * (2 * FEED_SLICE)
+    proto.data_received(b"".join(pubsub_message(b"u:1", p) for p in (b"a", b"boom", big, b"b")))
+    assert got == [b"a", big, b"b"] and not link.aborted
+    proto.data_received(pubsub_message(b"u:1", b"c") + b"?not redis\r\n" + b"x" * FEED_SLICE)
+    assert got == [b"a", big, b"b", b"c"] and link.aborted

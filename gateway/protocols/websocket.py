@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from gateway.client import Client
@@ -51,6 +51,10 @@ PONG_BUFFER_LIMIT = 256 * 1024
 OPEN, CLOSING, FAILED, CLOSED = range(4)
 
 
+def _nothing_buffered() -> int:
+    return 0
+
+
 class WebSocketProtocol(asyncio.Protocol):
     name = "websocket"  # the Transport contract: stats count connections by this name
 
@@ -63,12 +67,17 @@ class WebSocketProtocol(asyncio.Protocol):
         "_owner",
         "_state",
         "_transport",
+        "buffered",
         "client",
     )
 
     def __init__(self, owner: WebSocketConnections) -> None:
         self._owner = owner
         self._transport: asyncio.Transport | None = None
+        # The Transport contract's buffered(): the socket transport's own method while
+        # there is one. The client asks on every queued event, and a Python method in
+        # between cost more than the answer.
+        self.buffered: Callable[[], int] = _nothing_buffered
         self.client: Client | None = None  # None: refused, only the close is left to do
         self._buf = b""  # an incomplete frame (bounded: the frame limit plus its header)
         self._message: bytearray | None = None  # fragments of a message so far
@@ -82,6 +91,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self._transport = cast(asyncio.Transport, transport)
+        self.buffered = self._transport.get_write_buffer_size
 
     def data_received(self, data: bytes) -> None:
         self._alive = True
@@ -105,6 +115,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self.buffered = _nothing_buffered
         self._state = CLOSED
         self._buf, self._message = b"", None
         self._ended()
@@ -118,9 +129,6 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._send(messages[0].ws)
             else:
                 self._send(b"".join([m.ws for m in messages]))
-
-    def buffered(self) -> int:
-        return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     async def close(self, code: int, reason: str) -> None:
         """Our close frame, then wait (bounded) for the peer's, then hang up."""
