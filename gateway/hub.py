@@ -63,9 +63,11 @@ class Hub:
         if clients is None or client not in clients:
             return []
         clients.discard(client)
-        channels = self._channels_of[user] if clients else self._channels_of.pop(user, [])
-        if not clients:
+        if clients:
+            channels = self._channels_of[user]
+        else:  # the user's last connection here
             del self._clients[user]
+            channels = self._channels_of.pop(user, [])
         stale = []
         for channel in channels:
             listeners = self._listeners[channel]
