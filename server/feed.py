@@ -106,6 +106,7 @@ class Celebrities:
         self._policy = policy
         self._ids: list[int] = []
         self._fetched = 0.0
+        self._ids_refreshing = False
         self._recent: dict[int, list[int]] = {}
         self._members: dict[int, list[bytes]] = {}  # the same posts as timeline members
         self._complete: set[int] = set()  # authors whose every post is held
@@ -148,7 +149,14 @@ class Celebrities:
         return [bytes(kinds), merged]
 
     async def ids(self) -> list[int]:
-        if time.monotonic() - self._fetched > CELEB_CACHE_SECONDS:
+        stale = time.monotonic() - self._fetched > CELEB_CACHE_SECONDS
+        # One read refreshes; the others use the list held. Every read that found the list
+        # stale used to ask Postgres itself: at 2 000 reads/s that was a dozen scans of
+        # `users` at once every CELEB_CACHE_SECONDS, and the latency tail's worst bursts.
+        if not stale or (self._ids_refreshing and self._fetched):
+            return self._ids
+        self._ids_refreshing = True
+        try:
             thresholds = await self._policy.thresholds()
             rows = await self._db.fetch(PULL_AUTHORS_SQL, thresholds.throttle_max)
             ids = [r["id"] for r in rows]
@@ -156,6 +164,8 @@ class Celebrities:
                 self._posts_fetched = 0.0  # new authors: their posts are needed now
             self._ids = ids
             self._fetched = time.monotonic()
+        finally:
+            self._ids_refreshing = False
         return self._ids
 
     async def below(self, authors: list[int], before: int, n: int) -> tuple[list[int], bool] | None:
