@@ -28,7 +28,7 @@ import asyncpg
 import redis
 
 from core import stats
-from scripts.bench import common, observe
+from scripts.bench import common, observe, tail
 from scripts.bench.bench_data import (
     DatasetInfo,
     Target,
@@ -152,6 +152,7 @@ class Measured:
     result: Result
     context: str  # where timelines were read from; why a run is invalid, if it is
     valid: bool
+    tail: list[str]  # when the slow requests came, and what the machine did then
 
 
 def measure_one(
@@ -160,7 +161,15 @@ def measure_one(
     run_id = observe.redis_run_id(target.redis_url)
     reads_before = observe.server_reads(target.redis_url)
     commands = observe.redis_commands(target.redis_url)
-    result, spent = run_load(args, plan, server.pids)
+    sampler = tail.Sampler(
+        {"server": server.pids, "redis": (observe.redis_pid(target.redis_url),)}
+    ).start()
+    try:
+        result, spent = run_load(args, plan, server.pids)
+    finally:
+        samples = sampler.stop()
+    window = (result.window_start, result.window_start + plan.duration)
+    tail_lines = tail.explain(window, result.slow, samples, plan.slow_after)
     time.sleep(stats.REPORT_EVERY + 0.2)  # the processes' last snapshots of the window
     reads = observe.reads_between(reads_before, observe.server_reads(target.redis_url))
     commands = observe.redis_commands(target.redis_url) - commands
@@ -188,7 +197,9 @@ def measure_one(
         f"p99 {row.p99:.1f} ms; CPU {shares}"
     )
     note(f"feed: {context}")
-    return Measured(row, result, context, problem is None)
+    for line in tail_lines:
+        note(f"feed: tail: {line}")
+    return Measured(row, result, context, problem is None, tail_lines)
 
 
 def measure_feed(
@@ -242,7 +253,10 @@ def markdown(
             f"- warm-up pages held {warm.warm_posts / warm.warm_pages:.1f} posts on average "
             f"({warm.warm_errors} warm-up errors)"
         )
-    lines += ["", table([m.row for m in runs]), *(f"- {m.context}" for m in runs), ""]
+    lines += ["", table([m.row for m in runs]), ""]
+    for m in runs:
+        lines += [f"- {m.context}", *(f"  - {line}" for line in m.tail)]
+    lines.append("")
     if ceil is not None:
         lines += [
             f"Machine ceiling, measured in the same run (`/healthz` through the same "

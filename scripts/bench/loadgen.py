@@ -41,6 +41,7 @@ class Plan:
     timeout: float = 10.0
     max_inflight: int = 20_000  # beyond this the client itself is overloaded: shed, counted
     seed: int = 7
+    slow_after: float = 0.010  # measured requests slower than this are also listed in `slow`
 
 
 @dataclass(slots=True)
@@ -56,6 +57,10 @@ class Result:
     warm_posts: int = 0
     warm_errors: int = 0
     client_cpu: float = 0.0  # user+system seconds of this process over the whole run
+    window_start: float = 0.0  # Unix time the measured window opened
+    # (scheduled seconds after window_start, latency) of each request over plan.slow_after:
+    # when the tail happened, to lay against what the machine did then
+    slow: list[tuple[float, float]] = field(default_factory=list)
 
 
 class _Run:
@@ -72,12 +77,14 @@ class _Run:
         self.result = Result(plan.rate, plan.duration)
         self.rng = random.Random(plan.seed)  # noqa: S311 - load pattern, not security
 
-    def pick(self, measured: bool) -> tuple[int, str, str]:
+    def pick(self) -> tuple[int, str, str]:
         """(user index, kind, url) of the next request."""
         url = self.plan.base_url + self.plan.path
-        share = self.plan.second_page_share if measured else 0.0
-        # Page 2 goes to a user whose cursor was learnt in warm-up (only some users were
-        # seen then), so the share holds whatever the warm-up covered.
+        share = self.plan.second_page_share
+        # Page 2 goes to a user whose cursor was learnt from a warm-up page 1 (only some
+        # users were seen then), so the share holds whatever the warm-up covered. Warm-up
+        # asks for second pages too, once it has cursors: the mix the window measures is
+        # then already running when it opens, instead of starting with a burst of them.
         if self.learnt and share > 0 and self.rng.random() < share:
             user = self.rng.choice(self.learnt)
             return user, "page2", f"{url}&cursor={self.cursors[user]}"
@@ -101,11 +108,13 @@ class _Run:
         if measured:
             self.result.outcomes[str(status)] += 1
             self.result.latencies.setdefault(kind, []).append(done - scheduled)
+            if done - scheduled > self.plan.slow_after:
+                self.result.slow.append((scheduled - self.window_start, done - scheduled))
             self.result.last_done = max(self.result.last_done, done - self.window_start)
-        elif status == 200:
-            self._learn(user, body)
-        else:
+        elif status != 200:
             self.result.warm_errors += 1
+        elif kind == "page1":  # a page 2's cursor leads to page 3
+            self._learn(user, body)
 
     def failed(self, measured: bool, outcome: str) -> None:
         if measured:
@@ -155,7 +164,7 @@ async def _schedule(run: _Run, start: float, conn: Connection) -> set[asyncio.Ta
             if len(inflight) >= plan.max_inflight:
                 run.failed(measured, "shed")
                 continue
-            user, kind, url = run.pick(measured)
+            user, kind, url = run.pick()
             task = asyncio.create_task(run.one(user, kind, url, scheduled))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
@@ -175,6 +184,7 @@ async def _run(plan: Plan, conn: Connection) -> Result:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter() + 0.1
         run = _Run(plan, session, start)
+        run.result.window_start = time.time() + (run.window_start - time.perf_counter())
         await asyncio.sleep(0.1)
         inflight = await _schedule(run, start, conn)
         if inflight:

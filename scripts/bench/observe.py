@@ -20,6 +20,11 @@ def redis_run_id(url: str) -> str:
         return str(client.info("server")["run_id"])
 
 
+def redis_pid(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("server")["process_id"])
+
+
 def server_reads(redis_url: str) -> dict[str, Counter[str]]:
     """Per server process (its stats node), its feed reads so far: timeline cache hits
     and misses, and pages the one-call script handed to the general path. From the

@@ -134,6 +134,7 @@ def go_plan(plan: Plan) -> dict[str, Any]:
         "timeout": plan.timeout,
         "max_inflight": plan.max_inflight,
         "seed": plan.seed,
+        "slow_after": plan.slow_after,
         "second_page_share": plan.second_page_share,
         "progress_every": PROGRESS_EVERY,
         "tick": GO_TICK,
@@ -196,4 +197,6 @@ def _result(data: dict[str, Any]) -> Result:
         warm_posts=int(data["warm_posts"]),
         warm_errors=int(data["warm_errors"]),
         client_cpu=float(data["client_cpu"]),
+        window_start=float(data["window_start"]),
+        slow=[(float(at), float(latency)) for at, latency in data["slow"]],
     )

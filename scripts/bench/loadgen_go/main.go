@@ -83,6 +83,9 @@ type plan struct {
 	// Tick: wake at least this long apart (seconds) to send what is due, unless a response
 	// wakes the loop first. 0 wakes exactly when each request is due.
 	Tick float64 `json:"tick"`
+	// SlowAfter: a measured request slower than this (seconds) is also listed in Slow with
+	// its scheduled time, so the report can say when the tail happened.
+	SlowAfter float64 `json:"slow_after"`
 }
 
 // result mirrors scripts/bench/loadgen.py's Result field for field.
@@ -97,7 +100,9 @@ type result struct {
 	WarmPages   int                  `json:"warm_pages"`
 	WarmPosts   int                  `json:"warm_posts"`
 	WarmErrors  int                  `json:"warm_errors"`
-	ClientCPU   float64              `json:"client_cpu"` // user+system seconds, whole run
+	ClientCPU   float64              `json:"client_cpu"`   // user+system seconds, whole run
+	WindowStart float64              `json:"window_start"` // Unix time the window opened
+	Slow        [][2]float64         `json:"slow"`         // (scheduled s after window start, latency s)
 }
 
 type job struct {
@@ -221,6 +226,7 @@ func readPlan() (plan, error) {
 	p.MaxInflight = 20_000
 	p.Seed = 7
 	p.ProgressEvery = 5
+	p.SlowAfter = 0.010
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return p, fmt.Errorf("parsing the plan: %w", err)
 	}
@@ -266,6 +272,7 @@ func newLoadgen(p plan) (*loadgen, error) {
 			Latencies:   map[string][]float64{},
 			Outcomes:    map[string]int{},
 			Lag:         make([]float64, 0, int(p.Duration*p.Rate)+1),
+			Slow:        [][2]float64{},
 		},
 	}
 	if ip4 := addr.IP.To4(); ip4 != nil {
@@ -298,6 +305,7 @@ func (g *loadgen) loop() {
 	tick := seconds(p.Tick)
 	var lastTick, yielded time.Duration
 	g.start = time.Now().Add(startIn)
+	g.res.WindowStart = float64(g.start.Add(g.windowStart).UnixNano()) / 1e9
 	for {
 		now := time.Since(g.start)
 		if sent < total {
@@ -361,9 +369,11 @@ func (g *loadgen) schedule(at time.Duration, measured bool) {
 		return
 	}
 	j := job{req: int32(g.rng.IntN(len(p.Requests))), measured: measured, scheduled: at}
-	// Page 2 goes to a reader whose cursor was learnt in warm-up (only some readers were
-	// seen then), so the share holds whatever the warm-up covered.
-	if measured && len(g.learnt) > 0 && g.rng.Float64() < p.SecondPageShare {
+	// Page 2 goes to a reader whose cursor was learnt from a warm-up page 1 (only some
+	// readers were seen then), so the share holds whatever the warm-up covered. Warm-up
+	// asks for second pages too, once it has cursors: the mix the window measures is then
+	// already running when it opens, instead of starting with a burst of second pages.
+	if len(g.learnt) > 0 && g.rng.Float64() < p.SecondPageShare {
 		j.req = g.learnt[g.rng.IntN(len(g.learnt))]
 		j.page2, j.cursor = true, g.cursors[j.req]
 	}
@@ -707,12 +717,16 @@ func (g *loadgen) complete(slot int, end int) {
 		if j.page2 {
 			kind = "page2"
 		}
-		g.res.Latencies[kind] = append(g.res.Latencies[kind], (done - j.scheduled).Seconds())
+		latency := (done - j.scheduled).Seconds()
+		g.res.Latencies[kind] = append(g.res.Latencies[kind], latency)
+		if latency > g.plan.SlowAfter {
+			g.res.Slow = append(g.res.Slow, [2]float64{(j.scheduled - g.windowStart).Seconds(), latency})
+		}
 		g.lastDone = max(g.lastDone, done-g.windowStart)
-	case c.status == 200:
-		g.learn(j.req, c.body(end))
-	default:
+	case c.status != 200:
 		g.res.WarmErrors++
+	case !j.page2: // a page 2's cursor leads to page 3
+		g.learn(j.req, c.body(end))
 	}
 	if c.closeAfter || end != len(c.in) {
 		g.closeConn(slot)
