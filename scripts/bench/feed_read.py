@@ -255,7 +255,7 @@ def markdown(
         )
     lines += ["", table([m.row for m in runs]), ""]
     for m in runs:
-        lines += [f"- {m.context}", *(f"  - {line}" for line in m.tail)]
+        lines += [f"- {m.context}", *tail.markdown(m.tail, indent="  ")]
     lines.append("")
     if ceil is not None:
         lines += [

@@ -90,6 +90,16 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def write_calls(pid: int) -> int:
+    """Write-class system calls (write, writev, send...) the process has made, from
+    /proc/PID/io: per delivered message, how well the gateway coalesces its sends."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    return int(text.split("syscw:", 1)[1].split(None, 1)[0])
+
+
 @dataclass(slots=True)
 class CpuWindow:
     """CPU used by named processes and by the whole machine between start() and stop():

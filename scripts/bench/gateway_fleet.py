@@ -35,12 +35,19 @@ class PhaseResult:
     first_ns: int = 0
     last_ns: int = 0
     latency_us: array[int] = field(default_factory=lambda: array("q"))
+    slow: list[tuple[int, int]] = field(default_factory=list)  # (publish ns, latency us)
 
     def merge(self, raw: dict[str, Any]) -> None:
         self.first_ns = min(self.first_ns or raw["first_ns"], raw["first_ns"])
         self.last_ns = max(self.last_ns, raw["last_ns"])
         self.count += raw["count"]
         self.latency_us.frombytes(raw["latency_us"])
+        self.slow.extend((int(t), int(us)) for t, us in raw["slow"])
+
+    def slow_since(self, start: float) -> list[tuple[float, float]]:
+        """The slow messages as tail.explain takes them: (seconds after `start`, a Unix
+        time, that the message was published; latency in seconds)."""
+        return [(t / 1e9 - start, us / 1e6) for t, us in self.slow]
 
     def rate(self) -> float:
         """Messages per second over the span in which this phase's messages arrived."""

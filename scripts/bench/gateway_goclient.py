@@ -81,6 +81,7 @@ def parse_report(raw: bytes) -> dict[str, Any]:
             "first_ns": stats["first_ns"],
             "last_ns": stats["last_ns"],
             "latency_us": latency.tobytes(),
+            "slow": [(int(t), int(us)) for t, us in stats["slow"]],
         }
     codes = {int(code): n for code, n in data["close_codes"].items()}
     return {"phases": phases, "close_codes": codes}

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from scripts.bench import gateway_ceiling
+from scripts.bench import gateway_ceiling, tail
 from scripts.bench.gateway_common import (
     ROOT,
     SECRET,
@@ -53,10 +53,11 @@ from scripts.bench.gateway_common import (
     redis_pid,
     start_gateways,
     wait_quiet,
+    write_calls,
 )
 from scripts.bench.gateway_fleet import CLIENTS, Fleet, PhaseResult, split_plans
 from scripts.bench.gateway_publisher import PublishPlan, publisher_main
-from scripts.bench.gateway_wsclient import RECEIVED, SLOTS
+from scripts.bench.gateway_wsclient import RECEIVED, SLOTS, SLOW_US
 from scripts.bench.runner import default_client
 
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
@@ -90,6 +91,8 @@ class PhaseReport:
     publisher_worst_lag_s: float
     close_codes: dict[int, int]
     lost_connections: int
+    writes_per_message: float  # the gateway's write system calls per message delivered
+    tail: list[str]  # when the messages over SLOW_US came, and what the machine did then
 
 
 @dataclass(slots=True)
@@ -205,12 +208,21 @@ class PhaseRunner:
         before = self._stats()
         received = self.fleet.total("received")
         cpu = CpuWindow(self.pids).start()
+        sampler = tail.Sampler(
+            {"gateway": tuple(self.pids["gateway"]), "redis": tuple(self.pids["redis"])}
+        ).start()
+        started = time.time()
+        writes = write_calls(self.bench.gateway.pid)
         self.control.send(command)
         result = self.control.recv()
         cpu.stop()
         after = self._stats()
         self._drain(received + result["deliveries"])
+        samples = sampler.stop()
+        writes = write_calls(self.bench.gateway.pid) - writes
         got = self.fleet.collect().get(number, PhaseResult())
+        window = (started, time.time())
+        slow = tail.explain(window, got.slow_since(started), samples, SLOW_US / 1e6, "messages")
         report = PhaseReport(
             mode=self.mode.name,
             name=name,
@@ -224,6 +236,8 @@ class PhaseRunner:
             publisher_worst_lag_s=result["worst_lag_s"],
             close_codes=self.fleet.close_codes,
             lost_connections=self.fleet.total("lost"),
+            writes_per_message=writes / max(got.count, 1),
+            tail=slow,
         )
         _show_phase(report)
         self.done.append(report)
@@ -265,8 +279,12 @@ def _show_phase(r: PhaseReport) -> None:
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r.cpu_percent.items())
     note(
         f"  {r.name}: {r.delivered_per_s:,.0f} msgs/s delivered ({r.delivered:,}/{r.expected:,}),"
-        f" p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms max {lat['max']:.1f} ms; CPU {cpu}"
+        f" p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms max {lat['max']:.1f} ms; CPU {cpu};"
+        f" {r.writes_per_message:.2f} gateway writes per message"
     )
+    if r.offered_per_s:  # a closed loop's latency is its window's queueing, by design
+        for line in r.tail:
+            note(f"    tail: {line}")
 
 
 def markdown(reports: list[PhaseReport], client: str) -> str:
@@ -277,9 +295,8 @@ def markdown(reports: list[PhaseReport], client: str) -> str:
         f"WebSocket clients: {CLIENTS[client]}\n\n"
         "| mode | phase | offered msgs/s | delivered msgs/s | per gateway core "
         "| gateway's count/s | delivered/sent | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-        "| CPU gateway | CPU redis | CPU clients | CPU publisher | CPU others |\n"
-        + "|---" * 17
-        + "|\n"
+        "| CPU gateway | CPU redis | CPU clients | CPU publisher | CPU others "
+        "| gateway writes per message |\n" + "|---" * 18 + "|\n"
     )
     rows = []
     for r in reports:
@@ -291,9 +308,19 @@ def markdown(reports: list[PhaseReport], client: str) -> str:
             f"| {r.gateway_per_s:,.0f} | {r.delivered:,}/{r.expected:,} "
             f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {lat['p99.9']:.1f} "
             f"| {lat['max']:.1f} | {cpu['gateway']:.0f}% | {cpu['redis']:.0f}% "
-            f"| {cpu['clients']:.0f}% | {cpu['publisher']:.0f}% | {cpu['other']:.0f}% |"
+            f"| {cpu['clients']:.0f}% | {cpu['publisher']:.0f}% | {cpu['other']:.0f}% "
+            f"| {r.writes_per_message:.2f} |"
         )
-    return head + "\n".join(rows) + "\n"
+    tails = [
+        line
+        for r in reports
+        if r.offered_per_s
+        for line in (f"- {r.mode}, {r.name}:", *tail.markdown(r.tail, indent="  "))
+    ]
+    if tails:
+        title = f"When the open-loop phases' messages over {SLOW_US // 1000} ms came:"
+        tails = ["", title, "", *tails]
+    return head + "\n".join(rows) + "\n" + "".join(f"{line}\n" for line in tails)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -32,6 +32,10 @@ PONG_EMPTY = b"\x8a\x80\x00\x00\x00\x00"  # masked (all-zero key) empty pong
 MAX_HEADER = 16 * 1024
 RETRIES = 3
 HANDSHAKE_TIMEOUT = 30.0
+# A message later than this is also reported with its publish time, so the benchmark can
+# say when its tail happened (scripts/bench/tail.py). Half the target p99; the Go client
+# has the same (slowUs).
+SLOW_US = 50_000
 # Shared counters, one row per client process (read by the parent for progress and by
 # the publisher to bound messages in flight).
 SLOTS = ("connected", "failed", "received", "lost", "pings", "first_ms", "last_ms")
@@ -59,6 +63,7 @@ class PhaseStats:
     first_ns: int = 0
     last_ns: int = 0
     latency_us: array[int] = field(default_factory=lambda: array("q"))
+    slow: list[tuple[int, int]] = field(default_factory=list)  # (publish ns, latency us)
 
 
 class Sink:
@@ -90,7 +95,10 @@ class Sink:
                 phase = self.phases[data["p"]] = PhaseStats(first_ns=now_ns)
             phase.count += 1
             phase.last_ns = now_ns
-            phase.latency_us.append((now_ns - data["t"]) // 1000)
+            latency_us = (now_ns - data["t"]) // 1000
+            phase.latency_us.append(latency_us)
+            if latency_us > SLOW_US:
+                phase.slow.append((data["t"], latency_us))
         self._received += len(payloads)
         self._counters[self._base + RECEIVED] = self._received
 
@@ -275,6 +283,7 @@ class ClientProcess:
                 "first_ns": s.first_ns,
                 "last_ns": s.last_ns,
                 "latency_us": s.latency_us.tobytes(),
+                "slow": s.slow,
             }
             for p, s in self.sink.phases.items()
         }

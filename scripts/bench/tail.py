@@ -210,26 +210,36 @@ def explain(
     slow: list[tuple[float, float]],
     samples: list[Sample],
     threshold: float,
+    what: str = "requests",
 ) -> list[str]:
-    """Markdown bullet lines: the bursts, the worst ones with the machine beside them.
-    `window` is the measured window's (start, end) in Unix time."""
+    """A summary line, then one line per burst (the SHOWN worst) with the machine beside
+    it, then the calm rest of the window. `window` is the measured window's (start, end)
+    in Unix time."""
     window_start, window_end = window
     samples = [s for s in samples if window_start - EVERY <= s.at <= window_end + EVERY]
     found = bursts(window_start, slow)
     if not found:
-        return [f"no request over {threshold * 1000:.0f} ms"]
+        return [f"no {what.rstrip('s')} over {threshold * 1000:.0f} ms"]
     spans = sum(b.end - b.start for b in found)
     lines = [
-        f"{len(slow):,} requests over {threshold * 1000:.0f} ms in {len(found)} bursts "
+        f"{len(slow):,} {what} over {threshold * 1000:.0f} ms in {len(found)} "
+        f"burst{'s' if len(found) > 1 else ''} "
         f"spanning {spans:.2f} s in all"
     ]
     for burst in sorted(found, key=lambda b: -b.count)[:SHOWN]:
         usage = _between(samples, burst.start, burst.end)
         lines.append(
-            f"  - +{burst.start - window_start:.2f} s for {burst.end - burst.start:.2f} s: "
+            f"+{burst.start - window_start:.2f} s for {burst.end - burst.start:.2f} s: "
             f"{burst.count:,} slow, worst {burst.worst * 1000:.0f} ms; {usage.line()}"
         )
     calm = _calm(samples, found)
     if calm.seconds > 0:
-        lines.append(f"  - the rest of the window ({calm.seconds:.1f} s): {calm.line()}")
+        lines.append(f"the rest of the window ({calm.seconds:.1f} s): {calm.line()}")
     return lines
+
+
+def markdown(lines: list[str], indent: str = "") -> list[str]:
+    """explain()'s lines as a bullet and its sub-bullets."""
+    if not lines:
+        return []
+    return [f"{indent}- {lines[0]}", *(f"{indent}  - {line}" for line in lines[1:])]

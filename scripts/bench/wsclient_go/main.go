@@ -167,8 +167,13 @@ type phase struct {
 	count   int64
 	firstNs int64
 	lastNs  int64
-	latency []int64 // microseconds
+	latency []int64    // microseconds
+	slow    [][2]int64 // (publish time ns, latency us) of each message over slowUs
 }
+
+// slowUs: a message later than this is also reported with its publish time, so the
+// benchmark can say when its tail happened (scripts/bench/tail.py). Half the target p99.
+const slowUs = 50_000
 
 type client struct {
 	plan       plan
@@ -812,6 +817,9 @@ func (c *client) text(msg []byte, nowNs int64) {
 		us--
 	}
 	ph.latency = append(ph.latency, us)
+	if us > slowUs {
+		ph.slow = append(ph.slow, [2]int64{t, us})
+	}
 }
 
 // commands reads stdin and obeys each whole line.
@@ -906,10 +914,11 @@ func (c *client) show(now time.Duration, force bool) error {
 // close codes seen so far.
 func (c *client) report() error {
 	type phaseOut struct {
-		Count     int64  `json:"count"`
-		FirstNs   int64  `json:"first_ns"`
-		LastNs    int64  `json:"last_ns"`
-		LatencyUs []byte `json:"latency_us"` // encoding/json writes []byte as base64
+		Count     int64      `json:"count"`
+		FirstNs   int64      `json:"first_ns"`
+		LastNs    int64      `json:"last_ns"`
+		LatencyUs []byte     `json:"latency_us"` // encoding/json writes []byte as base64
+		Slow      [][2]int64 `json:"slow"`
 	}
 	out := struct {
 		Phases     map[string]phaseOut `json:"phases"`
@@ -920,7 +929,11 @@ func (c *client) report() error {
 		for _, us := range ph.latency {
 			raw = binary.LittleEndian.AppendUint64(raw, uint64(us))
 		}
-		out.Phases[strconv.FormatInt(p, 10)] = phaseOut{ph.count, ph.firstNs, ph.lastNs, raw}
+		slow := ph.slow
+		if slow == nil {
+			slow = [][2]int64{}
+		}
+		out.Phases[strconv.FormatInt(p, 10)] = phaseOut{ph.count, ph.firstNs, ph.lastNs, raw, slow}
 	}
 	for code, n := range c.closeCodes {
 		out.CloseCodes[strconv.Itoa(code)] = n
