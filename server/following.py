@@ -21,11 +21,12 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core import keys
+from core.expiry import spread
 from server.hydrate import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
-FOLLOWING_TTL = 3600  # seconds a filled set lives (bounds any staleness)
+FOLLOWING_TTL = 3600  # seconds a filled set lives at most, less a random share (bounds staleness)
 VERSION_TTL = 24 * 3600  # a fill takes milliseconds; the token only has to outlive it
 EMPTY_MEMBER = "0"
 
@@ -69,7 +70,7 @@ class FollowingCache:
         followees = {r["followee_id"] for r in rows}
         members = [EMPTY_MEMBER, *map(str, followees)]
         seen = token.decode() if isinstance(token, bytes) else (token or "")
-        await self._fill(keys=names, args=[seen, FOLLOWING_TTL, *members])
+        await self._fill(keys=names, args=[seen, spread(FOLLOWING_TTL), *members])
         return followees
 
     async def changed(self, user_id: int) -> None:

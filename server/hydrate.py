@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from core import keys
+from core.expiry import spread
 from core.lean_redis import LeanRedis, LeanScript
 from core.post_cache import (
     COUNTER_NAMES,
@@ -259,8 +260,8 @@ class Hydrator:
                 continue
             body = orjson.dumps(post_body(row))
             post_counts = encode_counters(row["author_id"], **counts(row))
-            pipe.set(keys.post_cache(post_id), body, ex=POST_TTL)
-            pipe.set(keys.post_counters(post_id), post_counts, ex=COUNTER_TTL)
+            pipe.set(keys.post_cache(post_id), body, ex=spread(POST_TTL))
+            pipe.set(keys.post_counters(post_id), post_counts, ex=spread(COUNTER_TTL))
             self._held.put(post_id, body)
             filled[post_id] = (body, post_counts)
         await pipe.execute()

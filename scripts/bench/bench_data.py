@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from core import keys
 from core.auth import TokenSigner
+from core.expiry import spread
 from core.settings import Settings
 from scripts.bench import common
 from scripts.bench.progress import note
@@ -131,7 +132,7 @@ async def fill_following(db_url: str, redis_url: str) -> None:
                 key = keys.following(row["id"])
                 pipe.delete(key)
                 pipe.sadd(key, EMPTY_MEMBER, *map(str, row["f"]))
-                pipe.expire(key, FOLLOWING_TTL)
+                pipe.expire(key, spread(FOLLOWING_TTL))
             await pipe.execute()
     finally:
         await client.aclose()
