@@ -30,7 +30,8 @@ def test_a_burst_is_laid_beside_what_the_machine_did_then() -> None:
         busy += 0.1 * EVERY if stolen else 0.5 * EVERY
         samples.append(sample(at, steal, busy))
     lines = explain((100.0, 104.0), [(2.0, 0.03), (2.1, 0.04)], samples, 0.01)
-    assert lines[0].startswith("2 requests over 10 ms in 1 burst ")
+    assert lines[0].startswith("2 requests over 10 ms in 1 burst spanning 0.14 s in all; ")
+    assert "2 of them in bursts where the hypervisor took 20%+" in lines[0]
     assert "+2.00 s for 0.14 s: 2 slow, worst 40 ms" in lines[1]
     assert "steal 80%" in lines[1] and "server ran 10%" in lines[1]
     assert "steal 0%" in lines[2] and "server ran 50%" in lines[2]

@@ -29,6 +29,7 @@ TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 EVERY = 0.05  # seconds between samples
 BURST_GAP = 0.1  # slow requests further apart than this (scheduled time) are two bursts
 SHOWN = 5  # bursts listed one by one (the worst by count)
+STOLEN = 0.2  # a burst during which steal took this share of a core counts as the VM's
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,10 +222,15 @@ def explain(
     if not found:
         return [f"no {what.rstrip('s')} over {threshold * 1000:.0f} ms"]
     spans = sum(b.end - b.start for b in found)
+    stolen = sum(
+        b.count
+        for b in found
+        if (u := _between(samples, b.start, b.end)).seconds > 0 and u.steal / u.seconds >= STOLEN
+    )
     lines = [
         f"{len(slow):,} {what} over {threshold * 1000:.0f} ms in {len(found)} "
-        f"burst{'s' if len(found) > 1 else ''} "
-        f"spanning {spans:.2f} s in all"
+        f"burst{'s' if len(found) > 1 else ''} spanning {spans:.2f} s in all; "
+        f"{stolen:,} of them in bursts where the hypervisor took {STOLEN:.0%}+ of a core"
     ]
     for burst in sorted(found, key=lambda b: -b.count)[:SHOWN]:
         usage = _between(samples, burst.start, burst.end)
