@@ -111,7 +111,7 @@ class Celebrities:
         self._members: dict[int, list[bytes]] = {}  # the same posts as timeline members
         self._complete: set[int] = set()  # authors whose every post is held
         self._posts_fetched = 0.0
-        self._refreshing = False
+        self._posts_refreshing = False
         self._first_pages: dict[int, list[bytes]] = {}  # held() of first pages, by size
 
     async def held(self, authors: list[int], before: int | None, n: int) -> list[bytes] | None:
@@ -200,9 +200,9 @@ class Celebrities:
 
     async def _fresh(self) -> None:
         stale = time.monotonic() - self._posts_fetched > CELEB_POSTS_SECONDS
-        if not stale or (self._refreshing and self._posts_fetched):
+        if not stale or (self._posts_refreshing and self._posts_fetched):
             return
-        self._refreshing = True
+        self._posts_refreshing = True
         try:
             authors = list(self._ids)
             rows = await self._db.fetch(RECENT_POSTS, authors, CELEB_POSTS_DEPTH)
@@ -212,7 +212,7 @@ class Celebrities:
             self.hold(recent, {a for a, held in recent.items() if len(held) < CELEB_POSTS_DEPTH})
             self._posts_fetched = time.monotonic()
         finally:
-            self._refreshing = False
+            self._posts_refreshing = False
 
     def hold(self, recent: dict[int, list[int]], complete: set[int]) -> None:
         """Hold these recent posts per author (`complete`: the authors with no others)."""
