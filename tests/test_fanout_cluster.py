@@ -1,4 +1,5 @@
-"""Timeline writes against a real Redis Cluster: one script call per hash slot."""
+"""Timeline writes against a real Redis Cluster: one script call per node, keys of many
+hash slots in each, and a resharding in the middle."""
 
 import asyncio
 import dataclasses
@@ -12,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from core import events, keys, post_cache
@@ -141,3 +142,86 @@ async def test_a_tombstone_reaches_both_keys_across_nodes(cluster: RedisCluster)
     assert await cluster.get(keys.post_counters(post_id)) == post_cache.TOMBSTONE
     assert await cluster.get(keys.post_cache(post_id)) == post_cache.TOMBSTONE
     assert await cluster.ttl(keys.post_cache(post_id)) > 0
+
+
+async def _script_calls(cluster: RedisCluster) -> dict[str, int]:
+    """EVALSHA calls per node since its last CONFIG RESETSTAT."""
+    calls = {}
+    for node in cluster.get_primaries():
+        stats = await cluster.info("commandstats", target_nodes=node)
+        calls[node.name] = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return calls
+
+
+async def test_a_batch_is_one_script_call_per_node(cluster: RedisCluster) -> None:
+    followers = list(range(20_000, 22_000))
+    for user in followers:
+        await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+    writer = TimelineWriter(cluster, cap=800)
+    posts = [(p, events.live_post({"id": str(p)}), followers, frozenset()) for p in (91, 92)]
+    await writer.add(90, events.live_post({"id": "90"}), followers)  # scripts loaded
+    await cluster.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
+
+    assert (await writer.add(93, events.live_post({"id": "93"}), followers)).written == 2_000
+    # 2 000 followers hash to ~1 800 slots, on each of the three nodes.
+    assert sorted((await _script_calls(cluster)).values()) == [1, 1, 1]
+    await cluster.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
+    results = await writer.add_many(posts, own=[])
+    assert [r.written for r in results] == [2_000, 2_000]
+    assert sorted((await _script_calls(cluster)).values()) == [2, 2, 2]
+    await cluster.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
+    assert await writer.remove(93, events.live_delete(93), followers) == 2_000
+    assert sorted((await _script_calls(cluster)).values()) == [1, 1, 1]
+
+
+async def _move_slot(
+    cluster: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode
+) -> None:
+    """Moves one slot and its keys from `source` to `target`, the way `redis-cli
+    --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, then SETSLOT NODE)."""
+    target_id = await cluster.execute_command("CLUSTER MYID", target_nodes=target)
+    source_id = await cluster.execute_command("CLUSTER MYID", target_nodes=source)
+    await cluster.execute_command(
+        "CLUSTER SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
+    )
+    await cluster.execute_command(
+        "CLUSTER SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
+    )
+    while names := await cluster.execute_command(
+        "CLUSTER GETKEYSINSLOT", slot, 100, target_nodes=source
+    ):
+        await cluster.execute_command(
+            "MIGRATE", target.host, target.port, "", 0, 5_000, "KEYS", *names, target_nodes=source
+        )
+    for node in cluster.get_primaries():
+        await cluster.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id, target_nodes=node)
+
+
+async def test_a_resharding_under_a_writer_loses_no_timeline_entry(
+    cluster: RedisCluster, cluster_url: str
+) -> None:
+    followers = list(range(30_000, 30_500))
+    for user in followers:
+        await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+    stale = RedisCluster.from_url(cluster_url)  # the writer's map is read before the move
+    await stale.initialize()
+    try:
+        writer = TimelineWriter(stale, cap=800)
+        await writer.add(40, events.live_post({"id": "40"}), followers)
+        moved = followers[len(followers) // 2]
+        slot = key_slot(keys.timeline(moved).encode())
+        owner = cluster.get_node_from_key(keys.timeline(moved))
+        target = next(n for n in cluster.get_primaries() if n.name != owner.name)
+        await _move_slot(cluster, slot, owner, target)
+
+        result = await writer.add(41, events.live_post({"id": "41"}), followers)
+        # The node that lost the slot refused the first call part-way; the retry on the
+        # new map wrote the rest, and what the first call wrote stayed written once.
+        assert result.written <= len(followers)
+        member = keys.timeline_member(41)
+        for user in followers:
+            assert await cluster.zscore(keys.timeline(user), member) == 0, user
+            assert await cluster.zcard(keys.timeline(user)) == 3  # sentinel, 40, 41
+        assert stale.get_node_from_key(keys.timeline(moved)).name == target.name
+    finally:
+        await stale.aclose()

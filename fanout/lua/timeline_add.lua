@@ -6,6 +6,9 @@
 -- ARGV[4] live event payload  ARGV[5] channel prefix ("u:")
 -- ARGV[6] one byte per follower, "1" where they have a push device, else "0"
 -- ARGV[7..6+n] follower ids, same order as KEYS
+-- With no KEYS, the 2n keys follow the ids in ARGV instead (Redis Cluster: one call per
+-- node, whose followers hash to many slots, so their keys cannot be declared; see
+-- fanout/timelines.py).
 --
 -- Only timelines that exist are written: a missing one is rebuilt from Postgres when its
 -- owner reads it, so writing into it would make a partial timeline look complete.
@@ -22,16 +25,22 @@
 --   nodes (gateway/presence.py): MGET would read every set as missing (offline);
 -- * only offline followers with a device are returned: the others get nothing anyway,
 --   and returning every offline id cost more than the timeline write itself.
-local n = #KEYS / 2
+local K, at, n = KEYS, 0, #KEYS / 2
+if n == 0 then
+  n = (#ARGV - 6) / 3
+  K, at = ARGV, 6 + n
+end
 local member, cap, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local payload, prefix, devices = ARGV[4], ARGV[5], ARGV[6]
 local written, published, offline = 0, 0, {}
-local CHUNK = 16
+-- One command's keys must share a slot even inside a script, so with undeclared keys
+-- (a cluster) presence is asked one follower at a time.
+local CHUNK = at == 0 and 16 or 1
 for first = 1, n, CHUNK do
   local last = math.min(first + CHUNK - 1, n)
-  local anyone_online = redis.call('EXISTS', unpack(KEYS, n + first, n + last)) > 0
+  local anyone_online = redis.call('EXISTS', unpack(K, at + n + first, at + n + last)) > 0
   for i = first, last do
-    local timeline, fresh = KEYS[i], true
+    local timeline, fresh = K[at + i], true
     local size = redis.call('ZCARD', timeline)
     if size > 0 then
       if redis.call('ZADD', timeline, 0, member) == 1 then
@@ -44,7 +53,7 @@ for first = 1, n, CHUNK do
         fresh = false
       end
     end
-    if anyone_online and redis.call('EXISTS', KEYS[n + i]) == 1 then
+    if anyone_online and (CHUNK == 1 or redis.call('EXISTS', K[at + n + i]) == 1) then
       if fresh then
         redis.call('PUBLISH', prefix .. ARGV[6 + i], payload)
         published = published + 1
