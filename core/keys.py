@@ -6,12 +6,22 @@ user's keys live in one slot and a script touching them stays single-slot.
 
 from __future__ import annotations
 
+from binascii import crc_hqx
+
+CLUSTER_SLOTS = 16_384
 # Home timeline of a user: ZSET capped at TIMELINE_CAP entries (DESIGN.md).
 # A Redis score is a double, which cannot hold a 64-bit id exactly. Members are the
 # post id as a fixed-width 19-digit decimal string and every score is 0: with equal
 # scores a ZSET orders members lexicographically, which for fixed-width digits is
 # exactly numeric order, and re-adding the same post is a no-op (idempotent replays).
 TIMELINE_ID_WIDTH = 19
+
+
+def user_slot(user_id: int) -> int:
+    """The Redis Cluster hash slot of every per-user key: CRC16 (XMODEM, which is
+    binascii's crc_hqx from 0) of the hash tag's content, the decimal id. Same as
+    redis.crc.key_slot(timeline(user_id)), without building and parsing the key."""
+    return crc_hqx(b"%d" % user_id, 0) % CLUSTER_SLOTS
 
 
 def timeline(user_id: int) -> str:

@@ -15,7 +15,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from core import keys
@@ -190,7 +189,7 @@ class _NodeCalls:
         slots = self._client.nodes_manager
         groups: dict[str, tuple[ClusterNode, list[int]]] = {}
         for user in users:
-            node = slots.get_node_from_slot(key_slot(keys.timeline(user).encode()))
+            node = slots.get_node_from_slot(keys.user_slot(user))
             group = groups.get(node.name)
             if group is None:
                 group = groups[node.name] = (node, [])
