@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from core import keys
 
@@ -88,7 +89,7 @@ def _rank(totals: list[int], count: int, q: float) -> float:
 
 
 async def report_forever(
-    client: aioredis.Redis,
+    client: aioredis.Redis | RedisCluster,
     service: str,
     node: str,
     snapshot: Callable[[], Snapshot],

@@ -77,7 +77,9 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     on_death = stop_process_when_dead("fan-out consumer")
     task.add_done_callback(on_death)
     stats = asyncio.create_task(
-        report_forever(app[REDIS], "fanout", app[OPS].node, snapshotter(consumer, metrics)),
+        # Through the cluster client on a cluster: a node answers MOVED for keys it does
+        # not serve, which would end the reporter.
+        report_forever(timelines, "fanout", app[OPS].node, snapshotter(consumer, metrics)),
         name="fanout-stats",
     )
 

@@ -19,6 +19,7 @@ from redis.crc import key_slot
 from core import events, keys, post_cache
 from core.clients import HiredisPackingConnection, build_redis_cluster, create_producer
 from core.ids import IdGenerator
+from core.service import OPS, node_name
 from core.settings import Settings
 from core.topics import Topics
 from fanout.app import CONSUMER
@@ -101,12 +102,22 @@ async def test_fanout_service_writes_timelines_on_a_cluster(
         [web.Application], Awaitable[TestClient[web.Request, web.Application]]
     ],
 ) -> None:
+    # A port (it only names the node here) that puts the worker's stats key on another
+    # node than the one REDIS_URL names.
+    named = cluster.get_node_from_key
+    url_node = next(n for n in cluster.get_nodes() if cluster_url.endswith(f":{n.port}/0"))
+    port = next(
+        p
+        for p in range(20_000, 30_000)
+        if named(keys.node_stats("fanout", node_name("fanout", p))).name != url_node.name
+    )
     on_cluster = dataclasses.replace(
         settings,
         redis_url=cluster_url,
         redis_cluster=True,
         fanout_group=f"fanout-{uuid.uuid4().hex[:8]}",
         fanout_offset_reset="latest",
+        fanout_port=port,
     )
     ids = IdGenerator(1018)
     author, *followers = await seed_users(db, ids, 201)
@@ -129,6 +140,15 @@ async def test_fanout_service_writes_timelines_on_a_cluster(
         return all(score is not None for score in scores)
 
     await eventually(everywhere, seconds=30, what="fan-out on the cluster")
+
+    # The worker's stats for the dashboard go through the cluster client too; through
+    # the node REDIS_URL names they would fail on MOVED whenever another node has the key.
+    stats_key = keys.node_stats("fanout", worker.app[OPS].node)
+
+    async def reported() -> bool:
+        return await cluster.get(stats_key) is not None
+
+    await eventually(reported, seconds=10, what="fan-out stats on the cluster")
 
 
 async def test_a_tombstone_reaches_both_keys_across_nodes(cluster: RedisCluster) -> None:
