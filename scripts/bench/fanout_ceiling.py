@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from core import events, keys
 from core.ids import IdGenerator
@@ -75,10 +76,14 @@ def _redis_benchmark(target: Target, requests: int, extra: list[str]) -> tuple[s
     exe = shutil.which("redis-benchmark")
     if exe is None:
         raise BenchError("redis-benchmark not found (apt-get install -y redis-tools)")
+    # On a cluster redis-benchmark learns the slot map from the node and sends each key
+    # to its node; the cluster has db 0 only.
+    where = ("--cluster",) if target.cluster_url else ("--dbnum", str(target.redis_db))
     command = [
         exe,
         *("-h", target.redis_host, "-p", str(target.redis_port)),
-        *("--dbnum", str(target.redis_db), "-n", str(requests)),
+        *where,
+        *("-n", str(requests)),
         *("-P", str(PIPELINE), "-c", str(CLIENTS), "-q"),
         *extra,
     ]
@@ -116,11 +121,24 @@ async def _drop_ceiling_keys(client: aioredis.Redis, count: int) -> None:
 
 
 async def zadd_ceilings(
-    client: aioredis.Redis, target: Target, requests: int, keyspace: int
+    client: aioredis.Redis | RedisCluster, target: Target, requests: int, keyspace: int
 ) -> list[ZaddCeiling]:
-    """Three ways to ask Redis for ZADDs, from least to most like a timeline write."""
+    """Three ways to ask Redis for ZADDs, from least to most like a timeline write. On a
+    cluster the first two only, with one key per node: redis-benchmark sends a custom
+    command's keys to the node it is connected to, which answers MOVED."""
     note(f"ceiling: redis-benchmark, {requests:,} ZADDs per variant")
     found: list[ZaddCeiling] = []
+    if isinstance(client, RedisCluster):
+        for extra, label in (
+            (["-t", "zadd"], "ZADD, one key per node, same member (`-t zadd --cluster`)"),
+            (["-r", str(keyspace), "-t", "zadd"], "ZADD, one key per node, new members"),
+        ):
+            command, rate = _redis_benchmark(target, requests, extra)
+            found.append(ZaddCeiling(label, command, rate))
+            await client.flushdb()  # every primary: the per-node keys it wrote
+        for c in found:
+            note(f"ceiling: {c.label}: {c.per_second:,.0f}/s")
+        return found
     try:
         await client.unlink(DEFAULT_ZSET_KEY)
         command, rate = _redis_benchmark(target, requests, ["-t", "zadd"])
@@ -173,7 +191,7 @@ def _payload() -> bytes:
 
 
 async def writer_rate(
-    client: aioredis.Redis,
+    client: aioredis.Redis | RedisCluster,
     followers: list[int],
     batch_size: int,
     cap: int,

@@ -13,8 +13,13 @@ import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from core.clients import HiredisPackingConnection, build_redis_cluster
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +61,10 @@ class Target:
     db_name: str = DB_NAME
     redis_db: int = REDIS_DB
     topic_prefix: str = TOPIC_PREFIX
+    # A Redis Cluster the benchmark started (--redis-cluster): the URL of one node, and
+    # every node's port. Empty: the stack's single Redis, db `redis_db`.
+    cluster_url: str = ""
+    cluster_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not _DB_NAME.match(self.db_name) or self.db_name in _RESERVED_DBS:
@@ -76,11 +85,24 @@ class Target:
 
     @property
     def redis_url(self) -> str:
-        return _with_path(self.base.redis_url, f"/{self.redis_db}")
+        return self.cluster_url or _with_path(self.base.redis_url, f"/{self.redis_db}")
 
     @property
     def redis_port(self) -> int:
-        return urlsplit(self.base.redis_url).port or 6379
+        return urlsplit(self.redis_url).port or 6379
+
+    @property
+    def redis_ports(self) -> tuple[int, ...]:
+        """Every Redis server the run uses (for CPU accounting)."""
+        return self.cluster_ports or (self.redis_port,)
+
+    def redis_client(self, **options: Any) -> aioredis.Redis | RedisCluster:
+        """The benchmark's own client to its Redis: hiredis packing, like the worker's."""
+        if self.cluster_url:
+            return build_redis_cluster(self.cluster_url, **options)
+        return aioredis.Redis.from_url(
+            self.redis_url, connection_class=HiredisPackingConnection, **options
+        )
 
     @property
     def redis_host(self) -> str:
@@ -92,6 +114,7 @@ class Target:
             self.base,
             database_url=self.database_url,
             redis_url=self.redis_url,
+            redis_cluster=bool(self.cluster_url),
             kafka_topic_prefix=self.topic_prefix,
         )
 

@@ -20,7 +20,7 @@ class Ours:
     """What counts as the benchmark's own Postgres and Redis."""
 
     database: str
-    redis_port: int
+    redis_ports: tuple[int, ...]
     named: dict[int, str]  # pid -> group, e.g. the worker process
 
 
@@ -35,7 +35,8 @@ def _group(pid: str, comm: str, ours: Ours) -> str:
     group = GROUPS.get(comm, "other")
     if group == "redis":
         words = " ".join(_cmdline(pid)).split()
-        return group if any(w.endswith(f":{ours.redis_port}") for w in words) else "other"
+        ports = tuple(f":{port}" for port in ours.redis_ports)
+        return group if any(w.endswith(ports) for w in words) else "other"
     if group == "postgres":
         # Backends are titled "postgres: <user> <database> <client> <state>"; the shared
         # processes (checkpointer, WAL writer, ...) count as ours.

@@ -7,16 +7,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 Stats = dict[str, tuple[int, int]]  # command -> (calls, usec), cumulative since start
 
 
-async def command_stats(client: aioredis.Redis) -> Stats:
-    raw = await client.info("commandstats")
+async def command_stats(client: aioredis.Redis | RedisCluster) -> Stats:
+    """Summed over every primary on a cluster."""
+    if isinstance(client, RedisCluster):
+        if not client.get_primaries():  # a client that has not run a command yet
+            await client.initialize()
+        nodes = client.get_primaries()
+        raws = [await client.info("commandstats", target_nodes=node) for node in nodes]
+    else:
+        raws = [await client.info("commandstats")]
     found: Stats = {}
-    for name, value in raw.items():
-        if name.startswith("cmdstat_") and isinstance(value, dict):
-            found[name.removeprefix("cmdstat_")] = (int(value["calls"]), int(value["usec"]))
+    for raw in raws:
+        for name, value in raw.items():
+            if name.startswith("cmdstat_") and isinstance(value, dict):
+                calls, usec = found.get(name.removeprefix("cmdstat_"), (0, 0))
+                found[name.removeprefix("cmdstat_")] = (
+                    calls + int(value["calls"]),
+                    usec + int(value["usec"]),
+                )
     return found
 
 

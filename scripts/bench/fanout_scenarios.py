@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from redis.asyncio.cluster import RedisCluster
 
 from core import events, keys
 from core.ids import IdGenerator, id_timestamp_ms
@@ -49,13 +50,13 @@ class Run:
 
     dataset: Dataset
     db: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: aioredis.Redis | RedisCluster
     producer: AIOKafkaProducer
     topics: Topics
     worker: Worker
     poll: float
     database: str  # for CPU accounting: backends of other databases are not ours
-    redis_port: int
+    redis_ports: tuple[int, ...]
     ids: IdGenerator
 
     @classmethod
@@ -63,7 +64,7 @@ class Run:
         cls,
         dataset: Dataset,
         db: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         producer: AIOKafkaProducer,
         topics: Topics,
         worker: Worker,
@@ -80,7 +81,7 @@ class Run:
             worker,
             poll,
             target.db_name,
-            target.redis_port,
+            target.redis_ports,
             ids,
         )
 
@@ -162,7 +163,9 @@ async def _wait_for_writes(
             )
 
 
-async def _holders(client: aioredis.Redis, users: Sequence[int], post_id: int) -> int:
+async def _holders(
+    client: aioredis.Redis | RedisCluster, users: Sequence[int], post_id: int
+) -> int:
     member = keys.timeline_member(post_id)
     found = 0
     for start in range(0, len(users), VERIFY_CHUNK):
@@ -192,7 +195,7 @@ async def _timed(run: Run, label: str, posts: list[tuple[int, int]], expected: i
     """Produce `posts` and wait for `expected` writes, with Redis and CPU accounting."""
     metrics0 = run.worker.metrics()
     stats0 = await command_stats(run.redis)
-    ours = cpu.Ours(run.database, run.redis_port, {run.worker.pid: "worker", os.getpid(): "bench"})
+    ours = cpu.Ours(run.database, run.redis_ports, {run.worker.pid: "worker", os.getpid(): "bench"})
     cpu0 = cpu.snapshot(ours)
     started = time.monotonic()
     await produce(run, posts)

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from core import keys
 from core.ids import IdGenerator
@@ -173,7 +174,7 @@ async def seed_postgres(target: Target, shape: Shape, reset: bool) -> Dataset:
         await conn.close()
 
 
-async def _drop_leftovers(client: aioredis.Redis) -> None:
+async def _drop_leftovers(client: aioredis.Redis | RedisCluster) -> None:
     """Checkpoints of a fan-out killed in an earlier run would make a new post resume
     half-way; they are keyed by post id, so they only matter for replays, but a clean
     db keeps runs comparable."""
@@ -182,7 +183,7 @@ async def _drop_leftovers(client: aioredis.Redis) -> None:
         await client.unlink(*stale)
 
 
-async def build_timelines(client: aioredis.Redis, data: Dataset) -> None:
+async def build_timelines(client: aioredis.Redis | RedisCluster, data: Dataset) -> None:
     """Every follower gets a timeline holding only the sentinel (so fan-out writes into
     it), replacing whatever an earlier run left there. The Redis db is the benchmark's
     own (fanout_common.Target refuses the others): after a reseed it is emptied, since
@@ -196,6 +197,15 @@ async def build_timelines(client: aioredis.Redis, data: Dataset) -> None:
     progress = Progress("seed: timelines", len(users), " timelines")
     for start in range(0, len(users), TIMELINES_PER_CALL):
         chunk = users[start : start + TIMELINES_PER_CALL]
-        await script(keys=[keys.timeline(u) for u in chunk], args=[SENTINEL])
+        if isinstance(client, RedisCluster):  # keys of many slots: one call per key
+            pipe = client.pipeline()
+            for user in chunk:
+                # execute_command: the cluster pipeline's own unlink() is a coroutine
+                # that splits keys by slot, and would run outside the pipeline.
+                pipe.execute_command("UNLINK", keys.timeline(user))
+                pipe.zadd(keys.timeline(user), {SENTINEL: 0})
+            await pipe.execute()
+        else:
+            await script(keys=[keys.timeline(u) for u in chunk], args=[SENTINEL])
         progress.add(len(chunk))
     progress.finish()

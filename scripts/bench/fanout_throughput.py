@@ -1,6 +1,6 @@
 """Fan-out throughput: how many timeline writes per second one worker sustains.
 
-    .venv/bin/python -m scripts.bench.fanout_throughput [--reset]
+    .venv/bin/python -m scripts.bench.fanout_throughput [--reset] [--redis-cluster N]
 
 In one run: the raw Redis ZADD ceiling (redis-benchmark), the follower query and the
 timeline writer each alone, then one real `python -m fanout` worker fed PostCreated
@@ -9,6 +9,10 @@ events through Kafka: a post by an author with 200 000 active followers, and a s
 scripts/bench/RESULTS-fanout.md. Uses its own database (feed_bench_fanout), Redis db 6 and
 topic prefix (bench-fanout-; topics deleted at the end). Everything shares this machine's
 cores: worker, Redis, Postgres, Kafka and this script.
+
+--redis-cluster N runs the same against a Redis Cluster of N masters the script starts
+(scripts/redis_cluster.py, torn down at the end) instead of the stack's Redis: the
+worker runs with REDIS_CLUSTER=true, a batch becomes one script call per node.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from core.clients import CONNECT_ERRORS, create_admin, create_producer, ensure_topics
+from core.clients import (
+    CONNECT_ERRORS,
+    build_redis_cluster,
+    create_admin,
+    create_producer,
+    ensure_topics,
+)
 from core.settings import Settings
 from core.topics import Topics
 from scripts.bench import cpu as load
@@ -43,6 +53,7 @@ from scripts.bench.fanout_scenarios import Run, celebrity, stream, warm_up
 from scripts.bench.fanout_seed import Dataset, build_timelines, seed_postgres
 from scripts.bench.fanout_worker import WorkerConfig, running_worker
 from scripts.bench.progress import note
+from scripts.redis_cluster import redis_cluster
 
 RESULTS = Path(__file__).with_name("RESULTS-fanout.md")
 # The 200 000-follower author would be throttled (FANOUT_THROTTLE_RATE, 50 000 writes/s)
@@ -84,7 +95,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-topics", action="store_true")
     p.add_argument("--quiet-below", type=float, default=40.0, help="%% of a core; 0: no wait")
     p.add_argument("--quiet-timeout", type=float, default=300.0, help="seconds to wait for it")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start a Redis Cluster of N masters for the run (0: the stack's Redis)",
+    )
+    args = p.parse_args(argv)
+    if args.redis_cluster < 0:
+        p.error("--redis-cluster wants a number of masters, 1 or more (0: none)")
+    return args
 
 
 def _extra_env(pairs: list[str]) -> dict[str, str]:
@@ -121,7 +142,7 @@ async def _topics(settings: Settings, keep: bool) -> AsyncIterator[Topics]:
 
 
 async def _layers(
-    report: Report, args: argparse.Namespace, settings: Settings, data: Dataset
+    report: Report, args: argparse.Namespace, settings: Settings, data: Dataset, target: Target
 ) -> None:
     """Each half of a fan-out batch alone, on the same data, so the worker's number can be
     read as "how close to the slower half" and "how much the halves overlap"."""
@@ -131,13 +152,16 @@ async def _layers(
                 db, data.celebrity, args.batch_size, settings.fanout_active_days
             )
         )
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=60)
+    client = target.redis_client(socket_timeout=60)
     try:
         cap, slack = settings.timeline_cap, settings.timeline_trim_slack
         report.layers.append(await writer_rate(client, data.pool, args.batch_size, cap, 1, slack))
-        report.layers.append(
-            await writer_rate_at_cap(client, args.at_cap, args.batch_size, cap, slack, AT_CAP_POSTS)
-        )
+        if isinstance(client, aioredis.Redis):  # its fill script is single-node
+            report.layers.append(
+                await writer_rate_at_cap(
+                    client, args.at_cap, args.batch_size, cap, slack, AT_CAP_POSTS
+                )
+            )
     finally:
         await client.aclose()
 
@@ -155,7 +179,7 @@ async def _scenarios(
             **({"BENCH_PROFILE_OUT": str(args.profile_out)} if args.profile_out else {}),
         },
     )
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=60)
+    client = target.redis_client(socket_timeout=60)
     producer = await create_producer(settings)
     log_dir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
     try:
@@ -177,7 +201,7 @@ async def _scenarios(
 
 
 async def _rebuild_timelines(target: Target, data: Dataset) -> None:
-    client = aioredis.Redis.from_url(target.redis_url, socket_timeout=60)
+    client = target.redis_client(socket_timeout=60)
     try:
         await build_timelines(client, data)
     finally:
@@ -185,7 +209,7 @@ async def _rebuild_timelines(target: Target, data: Dataset) -> None:
 
 
 async def _versions(target: Target) -> str:
-    client = aioredis.Redis.from_url(target.redis_url)
+    client = aioredis.Redis.from_url(target.redis_url)  # one node is enough for this
     try:
         redis_version = (await client.info("server"))["redis_version"]
     finally:
@@ -199,7 +223,29 @@ async def _versions(target: Target) -> str:
 
 
 async def main_async(args: argparse.Namespace, command: str) -> Report:
-    target = Target(Settings.from_env())
+    base = Target(Settings.from_env())
+    if not args.redis_cluster:
+        return await _measure(args, command, base)
+    with (
+        tempfile.TemporaryDirectory(prefix="fanout-cluster-") as workdir,
+        redis_cluster(Path(workdir), args.redis_cluster) as url,
+    ):
+        ports = await _cluster_ports(url)
+        note(f"redis: a cluster of {len(ports)} masters on ports {', '.join(map(str, ports))}")
+        target = dataclasses.replace(base, cluster_url=url, cluster_ports=ports)
+        return await _measure(args, command, target)
+
+
+async def _cluster_ports(url: str) -> tuple[int, ...]:
+    client = build_redis_cluster(url)
+    try:
+        await client.initialize()
+        return tuple(sorted(node.port for node in client.get_primaries()))
+    finally:
+        await client.aclose()
+
+
+async def _measure(args: argparse.Namespace, command: str, target: Target) -> Report:
     settings = target.settings()
     # Other work on these two cores would be measured as fan-out slowness: wait for a
     # quiet machine (bounded), and report what was running anyway.
@@ -227,6 +273,12 @@ async def main_async(args: argparse.Namespace, command: str) -> Report:
         "no follower is online: no PUBLISH, and every batch also looks up devices for its "
         "offline followers (the table is empty, so no push jobs)"
     )
+    if target.cluster_url:
+        report.notes.append(
+            f"Redis: a cluster of {len(target.cluster_ports)} masters started for this run "
+            "(no replicas), each a redis-server on these same cores; the worker runs with "
+            "REDIS_CLUSTER=true. The ceilings are redis-benchmark --cluster."
+        )
     if args.worker_root != ROOT:
         report.notes.append(f"worker run from {args.worker_root} (a patched copy)")
     if args.profile_out:
@@ -237,7 +289,7 @@ async def main_async(args: argparse.Namespace, command: str) -> Report:
         "(other benchmarks or test suites running at the same time show up there)"
     )
     if not args.skip_ceiling:
-        client = aioredis.Redis.from_url(target.redis_url, socket_timeout=60)
+        client = target.redis_client(socket_timeout=60)
         try:
             report.ceilings = await zadd_ceilings(client, target, args.ceiling_requests, 200_000)
         finally:
@@ -246,7 +298,7 @@ async def main_async(args: argparse.Namespace, command: str) -> Report:
     data = await seed_postgres(target, shape, args.reset)
     await _rebuild_timelines(target, data)
     if not args.skip_layers:
-        await _layers(report, args, settings, data)
+        await _layers(report, args, settings, data, target)
         # The writer left fake posts in every timeline (and the db is no longer fresh).
         await _rebuild_timelines(target, dataclasses.replace(data, fresh=False))
     await _scenarios(report, args, settings, data, target)

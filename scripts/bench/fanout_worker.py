@@ -40,6 +40,7 @@ class WorkerConfig:
         env.update(
             DATABASE_URL=self.target.database_url,
             REDIS_URL=self.target.redis_url,
+            REDIS_CLUSTER="true" if self.target.cluster_url else "false",
             KAFKA_BOOTSTRAP=self.target.base.kafka_bootstrap,
             KAFKA_TOPIC_PREFIX=self.target.topic_prefix,
             FANOUT_PORT=str(port),
