@@ -43,6 +43,11 @@ def _device_flags(followers: Sequence[int], with_device: Collection[int]) -> byt
     return bytes(49 if u in with_device else 48 for u in followers)  # "1" / "0"
 
 
+def _keys(group: Sequence[int]) -> list[str]:
+    """A batch script's keys: the timelines, then the presence keys, in group order."""
+    return [keys.timeline(u) for u in group] + [keys.presence(u) for u in group]
+
+
 def _result(reply: list[Any]) -> BatchResult:
     written, published, offline = reply
     return BatchResult(int(written), int(published), [int(u) for u in offline])
@@ -60,10 +65,6 @@ class TimelineWriter:
         self._remove = _script(client, "timeline_remove")
         self._add_posts = _script(client, "timeline_add_posts")
         self._nodes = _NodeCalls(client) if isinstance(client, RedisCluster) else None
-
-    @staticmethod
-    def _keys(group: Sequence[int]) -> list[str]:
-        return [keys.timeline(u) for u in group] + [keys.presence(u) for u in group]
 
     def _add_args(
         self, post_id: int, payload: bytes, group: Sequence[int], with_device: Collection[int]
@@ -89,7 +90,7 @@ class TimelineWriter:
         `offline` lists the offline ones among `with_device`."""
         if self._nodes is None:
             args = self._add_args(post_id, payload, followers, with_device)
-            return _result(await self._add(keys=self._keys(followers), args=args))
+            return _result(await self._add(keys=_keys(followers), args=args))
         return (await self._cluster_add([(post_id, payload, followers, with_device)]))[0]
 
     async def _cluster_add(
@@ -124,7 +125,7 @@ class TimelineWriter:
         pipe = self._client.pipeline(transaction=False)
         for post_id, payload, followers, with_device in posts:
             args = self._add_args(post_id, payload, followers, with_device)
-            await self._add(keys=self._keys(followers), args=args, client=pipe)
+            await self._add(keys=_keys(followers), args=args, client=pipe)
         for author, post_id in own:
             await self._add_posts(
                 keys=[keys.timeline(author)],
@@ -141,7 +142,7 @@ class TimelineWriter:
             return [member, payload, CHANNEL_PREFIX, *group]
 
         if self._nodes is None:
-            return int(await self._remove(keys=self._keys(followers), args=args(followers)))
+            return int(await self._remove(keys=_keys(followers), args=args(followers)))
         (replies,) = await self._nodes.run(self._remove, [(followers, args)])
         return sum(int(r) for r in replies)
 
@@ -177,8 +178,9 @@ class _NodeCalls:
     node that serves all of them. Redis allows a script without a `#!lua` line to touch
     keys of several slots as long as the node serves every one; a resharding between
     reading the slot map and the call makes it fail on the first key that moved, and the
-    jobs are then regrouped on a fresh map and run again. The scripts are idempotent
-    (a replay writes and publishes nothing), so what ran before the failure is harmless.
+    jobs are then regrouped on a fresh map and run again. What ran before the failure is
+    harmless: a replayed add writes and publishes nothing, a replayed remove removes
+    nothing and at most tells an online follower again that the post is gone.
     """
 
     def __init__(self, client: RedisCluster) -> None:
@@ -212,7 +214,7 @@ class _NodeCalls:
             owner: list[int] = []
             for index, (users, args_for) in enumerate(jobs):
                 for node, group in self._by_node(users):
-                    args = [*args_for(group), *TimelineWriter._keys(group)]
+                    args = [*args_for(group), *_keys(group)]
                     pipe.execute_command("EVALSHA", script.sha, 0, *args, target_nodes=node)
                     owner.append(index)
             try:
