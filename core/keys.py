@@ -9,6 +9,7 @@ from __future__ import annotations
 from binascii import crc_hqx
 
 CLUSTER_SLOTS = 16_384
+
 # Home timeline of a user: ZSET capped at TIMELINE_CAP entries (DESIGN.md).
 # A Redis score is a double, which cannot hold a 64-bit id exactly. Members are the
 # post id as a fixed-width 19-digit decimal string and every score is 0: with equal

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +99,10 @@ class TimelineWriter:
     ) -> list[BatchResult]:
         assert self._nodes is not None
         jobs = [
-            (followers, self._add_args_for(post_id, payload, with_device))
+            (followers, partial(self._add_args, post_id, payload, with_device=with_device))
             for post_id, payload, followers, with_device in posts
         ]
         return [_merged(replies) for replies in await self._nodes.run(self._add, jobs)]
-
-    def _add_args_for(
-        self, post_id: int, payload: bytes, with_device: Collection[int]
-    ) -> Callable[[Sequence[int]], Args]:
-        return lambda group: self._add_args(post_id, payload, group, with_device)
 
     async def add_many(
         self,

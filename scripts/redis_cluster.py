@@ -14,14 +14,21 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-SLOTS = 16_384
+from core.keys import CLUSTER_SLOTS
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCluster:
+    url: str  # redis:// URL of one node, enough for a cluster client to find the rest
+    ports: tuple[int, ...]  # every master's
 
 
 @contextmanager
-def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[str]:
-    """Yields a redis:// URL of one node; the cluster is torn down afterwards."""
+def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[LocalCluster]:
+    """Yields the running cluster; it is torn down afterwards."""
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     if not (server and cli):
@@ -60,13 +67,14 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[str]:
         for port in ports:
             _wait(cli, port, ["ping"], "PONG")
         for index, port in enumerate(ports):
-            first, last = SLOTS * index // masters, SLOTS * (index + 1) // masters - 1
+            first = CLUSTER_SLOTS * index // masters
+            last = CLUSTER_SLOTS * (index + 1) // masters - 1
             _run(cli, port, "cluster", "addslotsrange", str(first), str(last))
             if index:
                 _run(cli, port, "cluster", "meet", "127.0.0.1", str(ports[0]))
         for port in ports:
             _wait(cli, port, ["cluster", "info"], "cluster_state:ok")
-        yield f"redis://127.0.0.1:{ports[0]}/0"
+        yield LocalCluster(f"redis://127.0.0.1:{ports[0]}/0", tuple(ports))
     finally:
         for proc in procs:
             proc.terminate()

@@ -35,8 +35,8 @@ MakeClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.A
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_cluster(Path(tmp_path_factory.mktemp("cluster"))) as url:
-        yield url
+    with redis_cluster(Path(tmp_path_factory.mktemp("cluster"))) as local:
+        yield local.url
 
 
 @pytest.fixture

@@ -127,18 +127,33 @@ async def zadd_ceilings(
     cluster the first two only, with one key per node: redis-benchmark sends a custom
     command's keys to the node it is connected to, which answers MOVED."""
     note(f"ceiling: redis-benchmark, {requests:,} ZADDs per variant")
-    found: list[ZaddCeiling] = []
     if isinstance(client, RedisCluster):
-        for extra, label in (
-            (["-t", "zadd"], "ZADD, one key per node, same member (`-t zadd --cluster`)"),
-            (["-r", str(keyspace), "-t", "zadd"], "ZADD, one key per node, new members"),
-        ):
-            command, rate = _redis_benchmark(target, requests, extra)
-            found.append(ZaddCeiling(label, command, rate))
-            await client.flushdb()  # every primary: the per-node keys it wrote
-        for c in found:
-            note(f"ceiling: {c.label}: {c.per_second:,.0f}/s")
-        return found
+        found = await _cluster_ceilings(client, target, requests, keyspace)
+    else:
+        found = await _single_ceilings(client, target, requests, keyspace)
+    for c in found:
+        note(f"ceiling: {c.label}: {c.per_second:,.0f}/s")
+    return found
+
+
+async def _cluster_ceilings(
+    client: RedisCluster, target: Target, requests: int, keyspace: int
+) -> list[ZaddCeiling]:
+    found: list[ZaddCeiling] = []
+    for extra, label in (
+        (["-t", "zadd"], "ZADD, one key per node, same member (`-t zadd --cluster`)"),
+        (["-r", str(keyspace), "-t", "zadd"], "ZADD, one key per node, new members"),
+    ):
+        command, rate = _redis_benchmark(target, requests, extra)
+        found.append(ZaddCeiling(label, command, rate))
+        await client.flushdb()  # every primary: the per-node keys it wrote
+    return found
+
+
+async def _single_ceilings(
+    client: aioredis.Redis, target: Target, requests: int, keyspace: int
+) -> list[ZaddCeiling]:
+    found: list[ZaddCeiling] = []
     try:
         await client.unlink(DEFAULT_ZSET_KEY)
         command, rate = _redis_benchmark(target, requests, ["-t", "zadd"])
@@ -155,8 +170,6 @@ async def zadd_ceilings(
         found.append(ZaddCeiling(label, command, rate))
     finally:
         await _drop_ceiling_keys(client, keyspace)
-    for c in found:
-        note(f"ceiling: {c.label}: {c.per_second:,.0f}/s")
     return found
 
 

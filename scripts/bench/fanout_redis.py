@@ -25,11 +25,9 @@ async def command_stats(client: aioredis.Redis | RedisCluster) -> Stats:
     for raw in raws:
         for name, value in raw.items():
             if name.startswith("cmdstat_") and isinstance(value, dict):
-                calls, usec = found.get(name.removeprefix("cmdstat_"), (0, 0))
-                found[name.removeprefix("cmdstat_")] = (
-                    calls + int(value["calls"]),
-                    usec + int(value["usec"]),
-                )
+                command = name.removeprefix("cmdstat_")
+                calls, usec = found.get(command, (0, 0))
+                found[command] = (calls + int(value["calls"]), usec + int(value["usec"]))
     return found
 
 

@@ -31,13 +31,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from core.clients import (
-    CONNECT_ERRORS,
-    build_redis_cluster,
-    create_admin,
-    create_producer,
-    ensure_topics,
-)
+from core.clients import CONNECT_ERRORS, create_admin, create_producer, ensure_topics
 from core.settings import Settings
 from core.topics import Topics
 from scripts.bench import cpu as load
@@ -228,21 +222,12 @@ async def main_async(args: argparse.Namespace, command: str) -> Report:
         return await _measure(args, command, base)
     with (
         tempfile.TemporaryDirectory(prefix="fanout-cluster-") as workdir,
-        redis_cluster(Path(workdir), args.redis_cluster) as url,
+        redis_cluster(Path(workdir), args.redis_cluster) as local,
     ):
-        ports = await _cluster_ports(url)
-        note(f"redis: a cluster of {len(ports)} masters on ports {', '.join(map(str, ports))}")
-        target = dataclasses.replace(base, cluster_url=url, cluster_ports=ports)
+        ports = ", ".join(map(str, local.ports))
+        note(f"redis: a cluster of {len(local.ports)} masters on ports {ports}")
+        target = dataclasses.replace(base, cluster_url=local.url, cluster_ports=local.ports)
         return await _measure(args, command, target)
-
-
-async def _cluster_ports(url: str) -> tuple[int, ...]:
-    client = build_redis_cluster(url)
-    try:
-        await client.initialize()
-        return tuple(sorted(node.port for node in client.get_primaries()))
-    finally:
-        await client.aclose()
 
 
 async def _measure(args: argparse.Namespace, command: str, target: Target) -> Report:
