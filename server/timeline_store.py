@@ -13,7 +13,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from core import keys
-from core.lean_redis import LeanRedis, LeanScript
+from core.lean_redis import Arg, LeanRedis, LeanScript
 
 SENTINEL = keys.timeline_member(0)
 
@@ -86,6 +86,17 @@ LUA_DIR = Path(__file__).with_name("lua")
 FEED_PAGE_SCRIPT = _script("feed_page")
 
 
+def page_call(
+    user_id: int, before: int | None, limit: int, authors: list[int], held: list[bytes] | None
+) -> tuple[list[Arg], list[Arg]]:
+    """The page script's keys and arguments (read_page)."""
+    upper = b"+" if before is None else b"(" + keys.timeline_member(before)
+    return (
+        [keys.timeline(user_id), keys.following(user_id)],
+        [user_id, upper, limit, len(authors), *authors, *(held or ())],
+    )
+
+
 async def read_page(
     client: LeanRedis,
     user_id: int,
@@ -99,12 +110,7 @@ async def read_page(
     pull-tier authors) the user follows, for the general path. `held`: the posts
     of `authors` held by this process (Celebrities.held); None when there are too many
     authors to send (the general path merges them then)."""
-    upper = b"+" if before is None else b"(" + keys.timeline_member(before)
-    found = await client.run(
-        FEED_PAGE_SCRIPT,
-        [keys.timeline(user_id), keys.following(user_id)],
-        [user_id, upper, limit, len(authors), *authors, *(held or ())],
-    )
+    found = await client.run(FEED_PAGE_SCRIPT, *page_call(user_id, before, limit, authors, held))
     if found[0] == 1:
         _, counters, members, has_more = found
         return ReadyPage(counters, list(map(keys.post_id_from_member, members)), bool(has_more))

@@ -1,7 +1,7 @@
 """What fan-out's per-follower Redis time is made of: the timeline script against its
 bare ZADD, in Redis's own accounting.
 
-    .venv/bin/python -m scripts.bench.fanout_script_cost [--redis-db 9] [--posts 20]
+    .venv/bin/python -m scripts.bench.fanout_script_cost [--redis-db 7] [--posts 20]
 
 Fan-out is Redis-bound (see BENCHMARKS.md), so the question is how far the script's
 cost per follower can still fall. On 10 000 timelines, first holding only the sentinel
@@ -30,9 +30,11 @@ import redis.asyncio as aioredis
 from core import keys
 from core.settings import Settings
 from fanout.timelines import CHANNEL_PREFIX, LUA_DIR
+from scripts.bench import common
 from scripts.bench.progress import note
 
 FOLLOWERS = 10_000
+TEST_REDIS_DB = 9  # tests/support/env.py
 CAP, SLACK = 800, 64
 
 CHUNKED = """
@@ -93,7 +95,9 @@ async def cost(client: aioredis.Redis, sha: str, post_id: int) -> float:
 
 
 async def run(db: int, posts: int) -> None:
-    client = aioredis.Redis.from_url(Settings.from_env().redis_url, db=db)
+    # The db must be in the URL: from_url lets the URL's own path (/0 in the stack's
+    # REDIS_URL) override a db= argument, and this flushes the db it uses.
+    client = aioredis.Redis.from_url(common.redis_url(Settings.from_env().redis_url, db))
     variants = {
         "script": (LUA_DIR / "timeline_add.lua").read_text(),
         "chunked": CHUNKED,
@@ -125,9 +129,11 @@ async def run(db: int, posts: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--redis-db", type=int, default=9, help="flushed before and after")
+    p.add_argument("--redis-db", type=int, default=7, help="flushed before and after")
     p.add_argument("--posts", type=int, default=20, help="posts per variant and timeline state")
     args = p.parse_args()
+    if args.redis_db in (common.BENCH_REDIS_DB, TEST_REDIS_DB):
+        p.error(f"Redis db {args.redis_db} holds the feed bench's or the tests' data")
     asyncio.run(run(args.redis_db, args.posts))
 
 

@@ -21,6 +21,9 @@
 -- cached, flags}, the general path's first read: whether the timeline exists, whether
 -- the page reaches its sentinel (the end of a complete timeline), the page (page size + 1
 -- members), whether the following set is cached and which pull-tier authors it holds.
+--
+-- `--@stage` lines split the work where scripts/bench/feed_script_cost.py times it
+-- (Redis's own time per page, stage by stage).
 
 local W = @WIDTH@
 local X, P = string.byte('x'), string.byte('p')
@@ -28,6 +31,7 @@ local limit = tonumber(ARGV[3])
 local want = limit + 1
 local n = tonumber(ARGV[4])
 
+--@stage timeline page
 -- One call each for the timeline and the following set in the common case: a page
 -- that ends with the sentinel is the end of a complete timeline, and only an empty one
 -- may be a missing timeline; the following set, when cached, always holds '0'.
@@ -38,6 +42,7 @@ if members[#members] == '@SENTINEL@' then
 elseif #members == 0 then
   exists = redis.call('EXISTS', KEYS[1])
 end
+--@stage followed pull-tier authors
 local flags = {}
 local cached = 0
 for first = 5, math.max(5, 4 + n), 1000 do -- chunks: Lua's unpack has a stack limit
@@ -50,6 +55,7 @@ end
 local general = {0, exists, sentinel, members, cached, flags}
 if exists == 0 or cached == 0 then return general end
 
+--@stage timeline batch
 -- The timeline's batch: a short page is the end only when the timeline is complete
 -- (older history continues in Postgres otherwise).
 local timeline = {}
@@ -59,6 +65,7 @@ end
 local timeline_done = #timeline < want
 if timeline_done and sentinel == 0 then return general end
 
+--@stage pull-tier batch
 -- The followed pull-tier authors' batch, from what the server holds. It is the end of
 -- their posts when it holds no more than `want` and nothing older is left in Postgres.
 local kinds, merged = ARGV[5 + n], ARGV[6 + n]
@@ -82,6 +89,7 @@ if any then
 end
 celebs_done = celebs_done and #celebs <= want
 
+--@stage merge
 -- Nothing below a batch's last member is taken until that batch is read further.
 local boundary = ''
 if not timeline_done and #timeline > 0 then boundary = timeline[#timeline] end
@@ -102,6 +110,7 @@ while true do
   candidates[#candidates + 1] = m
 end
 
+--@stage counters
 -- The candidates' counters in one MGET: "author,likes,reposts,replies", or '-' for a
 -- deleted post (core/post_cache.py). A miss or a value that is not ours sends the page to
 -- the general path (which reads Postgres and fills the cache). Bodies are not read here:
@@ -128,6 +137,7 @@ for j = 1, c do
     end
   end
 end
+--@stage unfollow filter
 local visible = {}
 for k = 1, #kept do visible[k] = true end
 if #others > 0 then
@@ -137,6 +147,7 @@ if #others > 0 then
   end
 end
 
+--@stage reply
 -- Counters go back as they are (the server splices the counts into the bodies): new
 -- strings made here cost Redis's single thread, and its garbage collector, more.
 local counters, ids, live = {}, {}, 0
