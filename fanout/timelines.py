@@ -7,11 +7,12 @@ gets follower ids and a serialized event, and writes/publishes them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -114,9 +115,12 @@ class TimelineWriter:
         one script call each (per node on a cluster), all in one pipelined round trip.
         For small authors the round trips, not the writes, were the cost."""
         if self._nodes is not None:
-            for author, post_id in own:
-                await self.add_posts(author, [post_id])
-            return await self._cluster_add(posts)
+            # The authors' own timelines are on any node: one small call each, all side by
+            # side with the followers' batches (awaited in turn, a stream of small posts
+            # waited one round trip per author).
+            own_adds = [self.add_posts(author, [post_id]) for author, post_id in own]
+            results, *_ = await asyncio.gather(self._cluster_add(posts), *own_adds)
+            return cast(list[BatchResult], results)
         assert isinstance(self._client, aioredis.Redis)
         pipe = self._client.pipeline(transaction=False)
         for post_id, payload, followers, with_device in posts:

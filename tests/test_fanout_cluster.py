@@ -194,6 +194,23 @@ async def test_a_batch_is_one_script_call_per_node(cluster: RedisCluster) -> Non
     assert sorted((await _script_calls(cluster)).values()) == [1, 1, 1]
 
 
+async def test_authors_own_timelines_are_written_with_the_batches(cluster: RedisCluster) -> None:
+    followers = list(range(23_000, 23_200))
+    authors = list(range(24_000, 24_040))  # their timelines hash to every node
+    for user in followers + authors:
+        await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+    writer = TimelineWriter(cluster, cap=800)
+    posts = [(95, events.live_post({"id": "95"}), followers, frozenset())]
+    own = [(author, 1_000 + i) for i, author in enumerate(authors)]
+
+    results = await writer.add_many(posts, own=own)
+
+    assert [r.written for r in results] == [200]
+    for author, post_id in own:
+        member = keys.timeline_member(post_id)
+        assert await cluster.zscore(keys.timeline(author), member) is not None, author
+
+
 async def _move_slot(
     cluster: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode
 ) -> None:
