@@ -62,7 +62,8 @@ def post_cache(post_id: int) -> str:
 
 
 def post_counters(post_id: int) -> str:
-    """A post's counts as one string, "likes,reposts,replies" (server/hydrate.py).
+    """A post's author and counts as one string, "author,likes,reposts,replies", or a
+    tombstone once it is deleted (core/post_cache.py).
     (Named apart from the HASH "postc:" that held them before: no type clash.)"""
     return f"pcnt:{post_id}"
 

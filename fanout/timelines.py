@@ -115,9 +115,9 @@ class TimelineWriter:
         one script call each (per node on a cluster), all in one pipelined round trip.
         For small authors the round trips, not the writes, were the cost."""
         if self._nodes is not None:
-            # The authors' own timelines are on any node: one small call each, all side by
-            # side with the followers' batches (awaited in turn, a stream of small posts
-            # waited one round trip per author).
+            # The authors' own timelines live on any node: one small call each, all side by
+            # side with the followers' batches. Awaited one after another, they cost a
+            # stream of small posts a round trip per author.
             own_adds = [self.add_posts(author, [post_id]) for author, post_id in own]
             results, *_ = await asyncio.gather(self._cluster_add(posts), *own_adds)
             return cast(list[BatchResult], results)
