@@ -109,6 +109,12 @@ def node_stats(service: str, node: str) -> str:
     return f"stats:{service}:{node}"
 
 
+def node_stats_index(service: str) -> str:
+    """ZSET of a service's nodes scored by their last report (ms): readers find the nodes
+    here, not by a SCAN whose cost grows with every key in Redis."""
+    return f"stats-nodes:{service}"
+
+
 # Pub/sub channels (not keys: no slot, no TTL).
 def user_channel(user_id: int) -> str:
     return f"u:{user_id}"

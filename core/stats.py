@@ -1,7 +1,9 @@
 """Per-node live stats for the ops dashboard: each service process writes one JSON
 snapshot to `stats:<service>:<node>` every second with a short TTL, so a node that stops
-reporting disappears (shown as down). Prometheus /metrics stays the long-term record;
-this is the one-second view. Nothing here may block or fail the service it reports on."""
+reporting disappears (shown as down), and notes the time in the service's index
+(`stats-nodes:<service>`), where readers find the nodes. Prometheus /metrics stays the
+long-term record; this is the one-second view. Nothing here may block or fail the service
+it reports on."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 
 STATS_TTL = 5  # seconds; the dashboard shows a node as down once its key expired
 REPORT_EVERY = 1.0
+# An index outlives its last node by this much, so a service gone for good leaves nothing.
+INDEX_TTL = 3600
+MAX_NODES = 1000  # per service: a bound on one answer, far above any real deployment
 
 Snapshot = Mapping[str, Any]
 
@@ -97,22 +102,39 @@ async def report_forever(
 ) -> None:
     """Write `snapshot()` (plus `node` and `reported_at_ms`) every `every` seconds until
     cancelled. Redis being down costs a warning per report, never the service."""
-    key = keys.node_stats(service, node)
+    key, index = keys.node_stats(service, node), keys.node_stats_index(service)
     while True:
         body = dict(snapshot())
         body["node"] = node
-        body["reported_at_ms"] = int(time.time() * 1000)
+        body["reported_at_ms"] = now = int(time.time() * 1000)
         try:
+            # Two keys, two calls: on a cluster they may live on different nodes.
             await client.set(key, orjson.dumps(body), ex=STATS_TTL)
+            await client.zadd(index, {node: now})
+            await client.expire(index, INDEX_TTL)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("%s stats not reported: %s", service, exc)
         await asyncio.sleep(every)
 
 
-async def read_all(client: aioredis.Redis, service: str) -> list[dict[str, Any]]:
-    """Every live node's latest snapshot of one service (SCAN, never KEYS)."""
-    found = [key async for key in client.scan_iter(match=keys.node_stats(service, "*"))]
-    if not found:
+async def live_snapshots(client: aioredis.Redis, service: str) -> list[tuple[str, bytes]]:
+    """(node, raw snapshot) of every node of a service that reported within STATS_TTL,
+    from the service's index: a few keys read, whatever else Redis holds. (A SCAN for
+    `stats:<service>:*` walked every key, timelines included: with millions of users,
+    thousands of round trips per dashboard refresh.) Nodes silent for longer leave the
+    index here."""
+    index = keys.node_stats_index(service)
+    since = int(time.time() * 1000) - STATS_TTL * 1000
+    await client.zremrangebyscore(index, "-inf", f"({since}")
+    entries = cast(list[bytes], await client.zrange(index, 0, MAX_NODES - 1))
+    nodes = [entry.decode() for entry in entries]
+    if not nodes:
         return []
-    raw = await client.mget(found)
-    return [orjson.loads(value) for value in raw if value is not None]
+    raw = cast(list[bytes | None], await client.mget([keys.node_stats(service, n) for n in nodes]))
+    # A node whose key expired since its last report is down: left out.
+    return [(node, value) for node, value in zip(nodes, raw, strict=True) if value is not None]
+
+
+async def read_all(client: aioredis.Redis, service: str) -> list[dict[str, Any]]:
+    """Every live node's latest snapshot of one service."""
+    return [orjson.loads(raw) for _, raw in await live_snapshots(client, service)]

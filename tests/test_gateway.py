@@ -7,13 +7,12 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from core import events, keys
+from core import events, keys, stats
 from core.auth import TokenSigner
 from core.settings import Settings
 from gateway.codes import Close
@@ -265,10 +264,7 @@ async def test_stats_are_reported_to_redis_every_second(
     await until_live(gw, user, 2)
     async with asyncio.timeout(5):
         while True:
-            found = [
-                orjson.loads(await redis_client.get(k) or b"{}")
-                async for k in redis_client.scan_iter(keys.node_stats("gateway", "*"))
-            ]
+            found = await stats.read_all(redis_client, "gateway")
             if any(
                 s.get("connections_websocket") == 1 and s.get("connections_sse") == 1 for s in found
             ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 import uuid
 
 import aiohttp
@@ -20,6 +21,7 @@ from core.settings import Settings
 from tests.support.api import error_of, sign_up
 from tests.support.ops import node, operator_auth, ops_stats, wait_for_stats
 from tests.support.system import running_system
+from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
 
@@ -100,6 +102,45 @@ async def test_a_node_that_stops_reporting_disappears_and_push_outcomes_add_up(
         await asyncio.sleep(0.1)
     body = await ops_stats_in_process(api, settings)
     assert node(body, "push", name) is None
+
+
+async def test_nodes_are_found_from_the_index_without_a_scan(
+    api: Client, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """A SCAN for the stats keys walks every key in Redis (millions of timelines in a
+    real deployment) on each dashboard refresh; the nodes come from their index."""
+    live, silent = (f"test-idx-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    index = keys.node_stats_index("push")
+    reporter = asyncio.create_task(
+        stats.report_forever(redis_client, "push", live, lambda: {"queue": 7})
+    )
+    try:
+        # A node that stopped reporting before the TTL: its key is gone, its entry stale.
+        stale = int(time.time() * 1000) - stats.STATS_TTL * 1000 - 1
+        await redis_client.zadd(index, {silent: stale})
+
+        async def indexed() -> bool:
+            return await redis_client.zscore(index, live) is not None
+
+        await eventually(indexed, seconds=10, what="the live node in the index")
+        scans = await _scan_calls(redis_client)
+
+        body = await ops_stats_in_process(api, settings)
+
+        assert await _scan_calls(redis_client) == scans
+        reported = node(body, "push", live)
+        assert reported is not None and reported["queue"] == 7, body
+        assert node(body, "push", silent) is None
+        assert await redis_client.zscore(index, silent) is None  # pruned by the read
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+
+
+async def _scan_calls(client: aioredis.Redis) -> int:
+    found = await client.info("commandstats")
+    return int(found.get("cmdstat_scan", {}).get("calls", 0))
 
 
 async def ops_stats_in_process(api: Client, settings: Settings) -> dict[str, object]:

@@ -16,9 +16,9 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from core import keys
 from core.resources import REDIS
 from core.service import SETTINGS
+from core.stats import live_snapshots
 from server.errors import ApiError
 from server.hydrate import REDIS_ERRORS
 from server.service_json import json
@@ -26,7 +26,6 @@ from web import STATIC_DIR
 
 OPERATOR_PREFIX = "/v1/ops/"
 SERVICES = ("gateway", "fanout", "push", "server")
-MAX_NODES = 1000  # per service: a bound on one answer, far above any real deployment
 Node = dict[str, Any]
 
 
@@ -57,24 +56,17 @@ async def page(request: web.Request) -> web.FileResponse:
 
 
 async def read_nodes(client: aioredis.Redis, service: str) -> list[Node]:
-    """Every live node's latest snapshot, named after its key when the snapshot does not
-    carry its own name. Like core.stats.read_all (SCAN, never KEYS), keeping the key."""
-    pattern = keys.node_stats(service, "*")
-    prefix = pattern[:-1]
-    found = [key async for key in client.scan_iter(match=pattern, count=1000)][:MAX_NODES]
-    if not found:
-        return []
+    """Every live node's latest snapshot (core.stats.live_snapshots), named after its
+    index entry when the snapshot does not carry its own name; one that is not a JSON
+    object is skipped."""
     nodes: list[Node] = []
-    for key, raw in zip(found, await client.mget(found), strict=True):
-        if raw is None:  # expired between SCAN and MGET: that node is down
-            continue
+    for name, raw in await live_snapshots(client, service):
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             continue
         if isinstance(body, dict):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            body.setdefault("node", name[len(prefix) :])
+            body.setdefault("node", name)
             nodes.append(body)
     return sorted(nodes, key=lambda n: str(n["node"]))
 
