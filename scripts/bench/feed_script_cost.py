@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import re
 import statistics
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from core.settings import Settings
 from core.tiers import TierPolicy
 from scripts.bench import common
 from scripts.bench.progress import note
+from scripts.bench.server_proc import ServerConfig
 from server import timeline_store as store
 from server.feed import Celebrities
 
@@ -62,11 +62,8 @@ def cuts(text: str) -> dict[str, str]:
     return found
 
 
-async def sample_calls(settings: Settings, users: int) -> list[Call]:
-    db = await asyncpg.create_pool(
-        common.database_url(settings.database_url, common.BENCH_DB), min_size=1, max_size=2
-    )
-    client = aioredis.Redis.from_url(common.redis_url(settings.redis_url, common.BENCH_REDIS_DB))
+async def sample_calls(settings: Settings, client: aioredis.Redis, users: int) -> list[Call]:
+    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     try:
         ids = [
             r[0]
@@ -80,7 +77,6 @@ async def sample_calls(settings: Settings, users: int) -> list[Call]:
             calls.append(store.page_call(user, None, PAGE_SIZE, authors, held))
         return calls
     finally:
-        await client.aclose()
         await db.close()
 
 
@@ -100,13 +96,19 @@ async def per_call(client: aioredis.Redis, sha: str, calls: Sequence[Call]) -> d
 
 
 async def run(users: int, rounds: int, variants: list[Path]) -> None:
-    env = dict(os.environ)
-    env["FANOUT_THROTTLE_MAX"] = str(common.THROTTLE_MAX)
-    env["FANOUT_PUSH_MAX"] = str(common.PUSH_MAX)
-    settings = Settings.from_env(env)
-    calls = await sample_calls(settings, users)
-    client = aioredis.Redis.from_url(common.redis_url(settings.redis_url, common.BENCH_REDIS_DB))
+    # What the benchmarked server runs with: the bench database and Redis db, and the
+    # tier thresholds the bench timelines were built for.
+    base = common.base_settings()
+    server = ServerConfig(
+        common.database_url(base.database_url, common.BENCH_DB),
+        common.redis_url(base.redis_url, common.BENCH_REDIS_DB),
+        common.BENCH_PORT,
+        common.THROTTLE_MAX,
+    )
+    settings = Settings.from_env(server.env())
+    client = aioredis.Redis.from_url(settings.redis_url)
     try:
+        calls = await sample_calls(settings, client, users)
         fast = []
         for names, args in calls:
             reply = await client.eval(store.FEED_PAGE_SCRIPT.text, len(names), *names, *args)
