@@ -107,11 +107,13 @@ async def report_forever(
         body = dict(snapshot())
         body["node"] = node
         body["reported_at_ms"] = now = int(time.time() * 1000)
+        # One round trip (on a cluster, the pipeline sends each key to its node).
+        pipe = client.pipeline(transaction=False)
+        pipe.set(key, orjson.dumps(body), ex=STATS_TTL)
+        pipe.zadd(index, {node: now})
+        pipe.expire(index, INDEX_TTL)
         try:
-            # Two keys, two calls: on a cluster they may live on different nodes.
-            await client.set(key, orjson.dumps(body), ex=STATS_TTL)
-            await client.zadd(index, {node: now})
-            await client.expire(index, INDEX_TTL)
+            await pipe.execute()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("%s stats not reported: %s", service, exc)
         await asyncio.sleep(every)
@@ -125,9 +127,11 @@ async def live_snapshots(client: aioredis.Redis, service: str) -> list[tuple[str
     index here."""
     index = keys.node_stats_index(service)
     since = int(time.time() * 1000) - STATS_TTL * 1000
-    await client.zremrangebyscore(index, "-inf", f"({since}")
-    entries = cast(list[bytes], await client.zrange(index, 0, MAX_NODES - 1))
-    nodes = [entry.decode() for entry in entries]
+    pipe = client.pipeline(transaction=False)
+    pipe.zremrangebyscore(index, "-inf", f"({since}")
+    pipe.zrange(index, 0, MAX_NODES - 1)
+    _, entries = await pipe.execute()
+    nodes = [entry.decode() for entry in cast(list[bytes], entries)]
     if not nodes:
         return []
     raw = cast(list[bytes | None], await client.mget([keys.node_stats(service, n) for n in nodes]))
