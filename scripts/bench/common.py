@@ -10,6 +10,9 @@ from core.settings import Settings
 
 BENCH_DB = "feed_bench"
 BENCH_REDIS_DB = 5
+TEST_REDIS_DB = 9  # tests/support/env.py
+# Redis dbs a benchmark that flushes its own db must never take: dev, this bench, tests.
+TAKEN_REDIS_DBS = (0, BENCH_REDIS_DB, TEST_REDIS_DB)
 # 10 000 users cannot exceed the default celebrity threshold of 1 000 000 followers, so
 # the bench lowers it; the server must run with the same value the timelines were built for.
 THROTTLE_MAX = 2_000

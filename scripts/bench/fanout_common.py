@@ -21,6 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from core.clients import HiredisPackingConnection, build_redis_cluster
 from core.settings import Settings
+from scripts.bench.common import TAKEN_REDIS_DBS
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_NAME = "feed_bench_fanout"
@@ -69,7 +70,7 @@ class Target:
     def __post_init__(self) -> None:
         if not _DB_NAME.match(self.db_name) or self.db_name in _RESERVED_DBS:
             raise BenchError(f"refusing to use database {self.db_name!r} for this benchmark")
-        if self.redis_db in (0, 5, 9):
+        if self.redis_db in TAKEN_REDIS_DBS:
             raise BenchError(f"Redis db {self.redis_db} belongs to dev, read bench or tests")
         if not self.topic_prefix:
             raise BenchError("the Kafka topic prefix must not be empty (dev topics)")

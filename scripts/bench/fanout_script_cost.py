@@ -34,7 +34,6 @@ from scripts.bench import common
 from scripts.bench.progress import note
 
 FOLLOWERS = 10_000
-TEST_REDIS_DB = 9  # tests/support/env.py
 CAP, SLACK = 800, 64
 
 CHUNKED = """
@@ -132,8 +131,8 @@ def main() -> None:
     p.add_argument("--redis-db", type=int, default=7, help="flushed before and after")
     p.add_argument("--posts", type=int, default=20, help="posts per variant and timeline state")
     args = p.parse_args()
-    if args.redis_db in (common.BENCH_REDIS_DB, TEST_REDIS_DB):
-        p.error(f"Redis db {args.redis_db} holds the feed bench's or the tests' data")
+    if args.redis_db in common.TAKEN_REDIS_DBS:
+        p.error(f"Redis db {args.redis_db} belongs to dev, the feed bench or the tests")
     asyncio.run(run(args.redis_db, args.posts))
 
 
