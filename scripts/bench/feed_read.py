@@ -4,8 +4,10 @@
 
 Starts the API server against the seeded bench database (scripts/bench/seed.py), runs the
 open-loop load generator in a separate process for each rate (warm-up, then a measured
-window), measures the machine's own ceiling (Redis GET, Postgres SELECT 1, the same
-server's /healthz) in the same run, and prints a markdown block ready to paste.
+window), measures the machine's latency floor right after each rate (the same load
+against a server that does no work, scripts/bench/floor.py) and its own ceiling (Redis
+GET, Postgres SELECT 1, the same server's /healthz) in the same run, and prints a
+markdown block ready to paste.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncpg
 import redis
 
 from core import stats
-from scripts.bench import common, observe, tail
+from scripts.bench import common, floor, observe, tail
 from scripts.bench.bench_data import (
     DatasetInfo,
     Target,
@@ -95,6 +97,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=3, help="re-runs of an invalid run")
     p.add_argument("--no-ceiling", action="store_true", help="skip the machine ceiling runs")
     p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the latency floor run after each rate (the same load against a no-op "
+        "Go server: what the machine itself allows; it doubles each rate's time)",
+    )
+    p.add_argument(
         "--profile", choices=("pyinstrument", "cprofile"), help="profile the server process"
     )
     p.add_argument(
@@ -153,6 +161,8 @@ class Measured:
     context: str  # where timelines were read from; why a run is invalid, if it is
     valid: bool
     tail: list[str]  # when the slow requests came, and what the machine did then
+    floor: Row | None = None  # the same load against a no-op server, right after
+    floor_tail: tuple[str, ...] = ()
 
 
 def measure_one(
@@ -222,8 +232,26 @@ def measure_feed(
             measured = measure_one(args, server, plan, label, target)
             if measured.valid:
                 break
+        if not args.no_floor:
+            measured = with_floor(args, server, plan, tokens[0], measured)
         done.append(measured)
     return done
+
+
+def with_floor(
+    args: argparse.Namespace, server: RunningServer, plan: Plan, token: str, measured: Measured
+) -> Measured:
+    """The run with the machine's floor at the same load beside it."""
+    body = floor.sample_page(server.base_url, plan.path, token)
+    note(f"feed: floor at {plan.rate:,.0f} req/s ({len(body):,} byte answers, no work)")
+    row, lines = floor.measure_floor(args, plan, body)
+    note(
+        f"feed: floor -> p50 {row.p50:.1f} ms p99 {row.p99:.1f} ms "
+        f"(feed p99 {measured.row.p99:.1f} ms)"
+    )
+    for line in lines:
+        note(f"feed: floor tail: {line}")
+    return replace(measured, floor=row, floor_tail=tuple(lines))
 
 
 def markdown(
@@ -253,9 +281,21 @@ def markdown(
             f"- warm-up pages held {warm.warm_posts / warm.warm_pages:.1f} posts on average "
             f"({warm.warm_errors} warm-up errors)"
         )
-    lines += ["", table([m.row for m in runs]), ""]
+    rows = [row for m in runs for row in (m.row, m.floor) if row is not None]
+    lines += ["", table(rows), ""]
+    if any(m.floor for m in runs):
+        lines += [
+            f"`{floor.LABEL}`: right after each rate, the same load (rate, connections, "
+            "requests, measured seconds) against a one-thread Go server that answers a "
+            "real page's bytes and does nothing else (`scripts/bench/floor.py`). Its tail "
+            "is the machine's, and the feed's can be no better.",
+            "",
+        ]
     for m in runs:
         lines += [f"- {m.context}", *tail.markdown(m.tail, indent="  ")]
+        if m.floor_tail:
+            floor_lines = tail.markdown(list(m.floor_tail), indent="    ")
+            lines += ["  - the floor right after:", *floor_lines]
     lines.append("")
     if ceil is not None:
         lines += [

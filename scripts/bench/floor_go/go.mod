@@ -1,0 +1,3 @@
+module feedbench/floor
+
+go 1.22
