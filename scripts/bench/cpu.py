@@ -20,6 +20,32 @@ GROUPS = {"postgres": "postgres", "redis-server": "redis", "java": "kafka"}
 
 
 @dataclass(frozen=True, slots=True)
+class MachineTicks:
+    """All cores' time since boot, in clock ticks (the first line of /proc/stat). Guest
+    time is left out: the kernel counts it in user and nice already."""
+
+    work: int  # user + nice + system + irq + softirq: this machine's processes and kernel
+    steal: int  # taken by the hypervisor for other guests while we had work to run
+    idle: int  # idle + iowait
+
+    @property
+    def busy(self) -> int:
+        """Ticks not idle: our work and the hypervisor's steal."""
+        return self.work + self.steal
+
+    @property
+    def total(self) -> int:
+        return self.work + self.steal + self.idle
+
+
+def machine_ticks() -> MachineTicks:
+    """The one reader of /proc/stat for the bench scripts."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return MachineTicks(work=user + nice + system + irq + softirq, steal=steal, idle=idle + iowait)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     procs: dict[int, tuple[str, int]]  # pid -> (group, user+system ticks)
     machine: int  # busy ticks of all cores (including steal)
@@ -59,7 +85,7 @@ def snapshot(bench_db: str = "", redis_port: int = 0) -> Snapshot:
             _group(entry.name, comm, bench_db, redis_port),
             int(fields[11]) + int(fields[12]),
         )
-    return Snapshot(found, _busy_ticks()[0])
+    return Snapshot(found, machine_ticks().busy)
 
 
 def usage(before: Snapshot, after: Snapshot, named: dict[int, str]) -> Counter[str]:
@@ -75,20 +101,13 @@ def usage(before: Snapshot, after: Snapshot, named: dict[int, str]) -> Counter[s
     return spent
 
 
-def _busy_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores since boot, from the first line of /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def machine_busy(seconds: float = 1.0) -> float:
     """Percent of one core in use over `seconds` (all processes; 200 = two cores full)."""
-    busy0, total0 = _busy_ticks()
+    before = machine_ticks()
     time.sleep(seconds)
-    busy1, total1 = _busy_ticks()
+    after = machine_ticks()
     cores = os.cpu_count() or 1
-    return 100.0 * cores * (busy1 - busy0) / max(1, total1 - total0)
+    return 100.0 * cores * (after.busy - before.busy) / max(1, after.total - before.total)
 
 
 def wait_quiet(threshold: float, timeout: float) -> float:

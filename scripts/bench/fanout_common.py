@@ -21,7 +21,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from core.clients import HiredisPackingConnection, build_redis_cluster
 from core.settings import Settings
-from scripts.bench.common import TAKEN_REDIS_DBS
+
+# One BenchError for every bench module: the shared helpers (common, runner) raise it too.
+from scripts.bench.common import TAKEN_REDIS_DBS, BenchError
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_NAME = "feed_bench_fanout"
@@ -34,10 +36,6 @@ POST_WORKER_ID = 1003
 TARGET_WRITES_PER_SECOND = 250_000  # ../shared/DESIGN.md "Numbers we hold ourselves to"
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _RESERVED_DBS = {"feed", "feed_bench", "postgres", "template0", "template1"}
-
-
-class BenchError(RuntimeError):
-    """A precondition failed or the run went wrong; reported as one line."""
 
 
 @dataclass(frozen=True, slots=True)

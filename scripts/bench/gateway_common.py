@@ -26,6 +26,10 @@ from types import FrameType
 import orjson
 import redis
 
+# One BenchError for every bench module: the shared helpers (common, runner) raise it too.
+from scripts.bench.common import BenchError
+from scripts.bench.cpu import machine_ticks
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -34,10 +38,6 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # across Redis db indexes, so our channels must never collide with someone else's.
 USER_BASE = 9_000_000_000
 SECRET = "gateway-bench-secret-not-for-production"  # noqa: S105 - local benchmark only
-
-
-class BenchError(RuntimeError):
-    """A precondition failed or a run went wrong; reported as one line."""
 
 
 def note(text: str) -> None:
@@ -68,10 +68,8 @@ def rss_kib(pid: int) -> int:
 
 
 def machine_busy_seconds() -> float:
-    """CPU time spent by everything on the machine (all cores), from /proc/stat."""
-    first = Path("/proc/stat").read_text().splitlines()[0].split()
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
-    return (user + nice + system + irq + softirq + steal) / TICKS
+    """CPU time spent by everything on the machine (all cores), steal included."""
+    return machine_ticks().busy / TICKS
 
 
 def machine_info() -> dict[str, str]:

@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import orjson
 
-from scripts.bench import common
 from scripts.bench.gateway_common import BenchError
 from scripts.bench.gateway_wsclient import HANDSHAKE_TIMEOUT, RETRIES, SLOTS, ClientPlan
 from scripts.bench.runner import build_go
@@ -38,10 +37,7 @@ STOP_TIMEOUT = 30.0
 
 def wsclient_binary() -> Path:
     """The Go client, built now if missing or older than its source."""
-    try:
-        return build_go(SOURCE, "wsclient")
-    except common.BenchError as exc:
-        raise BenchError(str(exc)) from None
+    return build_go(SOURCE, "wsclient")
 
 
 def go_plan(plan: ClientPlan) -> dict[str, Any]:

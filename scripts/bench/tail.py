@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+from scripts.bench.cpu import machine_ticks
+
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 EVERY = 0.05  # seconds between samples
 BURST_GAP = 0.1  # slow requests further apart than this (scheduled time) are two bursts
@@ -36,7 +38,7 @@ STOLEN = 0.2  # a burst during which steal took this share of a core counts as t
 class Sample:
     at: float  # Unix time
     steal: float  # seconds of CPU stolen, all cores, since boot
-    machine: float  # seconds of CPU busy, all cores and processes, since boot
+    machine: float  # seconds of CPU this machine's own work used (not steal), since boot
     cpu_wait: float  # seconds some task waited for a CPU (PSI "some"), since boot
     io_wait: float  # seconds some task waited for I/O (PSI "some"), since boot
     refaults: int  # file pages read back after eviction, since boot
@@ -74,12 +76,12 @@ def _scheduled(pids: tuple[int, ...]) -> tuple[float, float]:
 
 
 def take(groups: dict[str, tuple[int, ...]]) -> Sample:
-    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    machine = machine_ticks()
     scheduled = {g: _scheduled(pids) for g, pids in groups.items()}
     return Sample(
         at=time.time(),
-        steal=int(cpu[8]) * TICK,
-        machine=sum(int(v) for v in cpu[1:4] + cpu[6:8]) * TICK,  # user nice system irq softirq
+        steal=machine.steal * TICK,
+        machine=machine.work * TICK,
         cpu_wait=_pressure("cpu"),
         io_wait=_pressure("io"),
         refaults=_refaults(),
