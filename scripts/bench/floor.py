@@ -26,6 +26,7 @@ from scripts.bench import common, tail
 from scripts.bench.loadgen import Plan
 from scripts.bench.report import Row, summarize
 from scripts.bench.runner import build_go, run_load
+from scripts.bench.server_proc import answers_ready
 
 SOURCE = Path(__file__).resolve().parent / "floor_go"
 PORT = common.BENCH_PORT + 10
@@ -52,19 +53,11 @@ def sample_page(base_url: str, path: str, token: str) -> bytes:
         raise common.BenchError(f"reading a sample page for the floor server: {exc}") from None
 
 
-def _answers(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(base_url + "/readyz", timeout=1) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextmanager
 def running_floor(body: bytes, port: int = PORT) -> Iterator[Floor]:
     """The floor server answering `body` on 127.0.0.1:`port`, stopped on exit."""
     base_url = f"http://127.0.0.1:{port}"
-    if _answers(base_url):
+    if answers_ready(base_url):
         raise common.BenchError(f"something already answers on port {port}")
     binary = build_go(SOURCE, "floor")
     with tempfile.NamedTemporaryFile(prefix="bench-floor-", suffix=".json") as page:
@@ -89,7 +82,7 @@ def running_floor(body: bytes, port: int = PORT) -> Iterator[Floor]:
 
 def _wait_answering(proc: subprocess.Popen[bytes], base_url: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
-    while not _answers(base_url):
+    while not answers_ready(base_url):
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             raise common.BenchError(f"floor server exited {proc.returncode}: {err}")

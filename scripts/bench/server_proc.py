@@ -64,7 +64,8 @@ class RunningServer:
     log_path: Path
 
 
-def _ready(base_url: str) -> bool:
+def answers_ready(base_url: str) -> bool:
+    """Whether an HTTP server on `base_url` answers /readyz with 200."""
     try:
         with urllib.request.urlopen(base_url + "/readyz", timeout=2) as resp:  # noqa: S310
             return bool(resp.status == 200)
@@ -76,7 +77,7 @@ def _wait_ready(procs: list[subprocess.Popen[bytes]], base_url: str, log_path: P
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         _check_alive(procs, log_path)
-        if _ready(base_url):
+        if answers_ready(base_url):
             if len(procs) > 1:  # give the others time to bind, or to fail binding
                 time.sleep(2.0)
                 _check_alive(procs, log_path)
@@ -111,7 +112,7 @@ def running_server(config: ServerConfig) -> Iterator[RunningServer]:
     )
     log_path = Path(log_file.name)
     base_url = f"http://127.0.0.1:{config.port}"
-    if _ready(base_url):
+    if answers_ready(base_url):
         raise common.BenchError(f"something already answers on port {config.port}")
     procs = [
         subprocess.Popen(
