@@ -259,6 +259,22 @@ async def test_follow_unfollow_counts_and_lists(api: Client) -> None:
     assert (await api.get("/v1/users/bad%20handle", headers=star.auth)).status == 404
 
 
+async def test_two_people_following_each_other_at_once_never_deadlock(api: Client) -> None:
+    """Each follow updates both users' counts: in opposite orders, two crossing follows
+    (or unfollows) locked each other's rows and Postgres aborted one with a 500."""
+    a, b = await sign_up(api), await sign_up(api)
+    for _ in range(15):
+        for method in (api.post, api.delete):
+            answers = await asyncio.gather(
+                method(f"/v1/users/{b.id}/follow", headers=a.auth),
+                method(f"/v1/users/{a.id}/follow", headers=b.auth),
+            )
+            assert [r.status for r in answers] == [200, 200], [await r.text() for r in answers]
+    for user in (a, b):
+        profile = await (await api.get(f"/v1/users/{user.handle}", headers=a.auth)).json()
+        assert profile["counts"]["followers"] == 0 and profile["counts"]["following"] == 0
+
+
 async def test_search_finds_words_and_pages(api: Client) -> None:
     user = await sign_up(api)
     word = f"zq{uuid.uuid4().hex[:8]}"

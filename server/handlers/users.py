@@ -97,12 +97,14 @@ async def _set_follow(request: web.Request, following: bool) -> web.Response:
             )
         if changed:
             delta = 1 if following else -1
-            await conn.execute(
-                "UPDATE users SET following_count = following_count + $2 WHERE id = $1", me, delta
-            )
-            await conn.execute(
-                "UPDATE users SET follower_count = follower_count + $2 WHERE id = $1", target, delta
-            )
+            # Both users' rows in id order: two people following each other at the same
+            # moment would otherwise each lock their own row first and deadlock.
+            counts = {
+                me: "UPDATE users SET following_count = following_count + $2 WHERE id = $1",
+                target: "UPDATE users SET follower_count = follower_count + $2 WHERE id = $1",
+            }
+            for user in sorted(counts):
+                await conn.execute(counts[user], user, delta)
             event: events.Event = (
                 events.FollowCreated(follower_id=me, followee_id=target)
                 if following
