@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 MAX_TOKEN_LENGTH = 512  # anything longer is hostile; refuse before doing any work
+MAX_USER_ID = 2**63 - 1  # ids are Postgres bigints
 # Tokens already verified, by their exact text: a feed client sends the same token with
 # every request, and the HMAC, base64 and JSON of a verification cost ~10 us each time.
 # Only good tokens go in, and expiry is checked on every use. Emptied when full.
@@ -86,10 +87,22 @@ class TokenSigner:
             raise TokenError("invalid_token", "token signature is not valid")
         try:
             claims = orjson.loads(payload)
-            user_id = int(claims["sub"])
+            user_id = _user_id(claims["sub"])
             issued, expires = int(claims["iat"]), int(claims["exp"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise TokenError("invalid_token", "token claims are malformed") from None
         if (time.time() if now is None else now) >= expires:
             raise TokenError("token_expired", "token has expired; sign in again")
         return TokenClaims(user_id, issued, expires)
+
+
+def _user_id(sub: object) -> int:
+    """`sub` exactly as issue() writes it: a positive 64-bit id in ASCII decimal. int()
+    alone would also take "-5", "1_2", " 7", non-ASCII digits and ids past int64, each a
+    500 further on (a foreign key, or Postgres refusing the value)."""
+    if not isinstance(sub, str) or not (0 < len(sub) <= 19 and sub.isascii() and sub.isdigit()):
+        raise ValueError("sub")
+    user_id = int(sub)
+    if not 0 < user_id <= MAX_USER_ID:
+        raise ValueError("sub")
+    return user_id

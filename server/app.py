@@ -30,6 +30,7 @@ from core.tiers import TierPolicy
 from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
+from server.errors import ApiError
 from server.feed import FEED, Celebrities, HomeFeed
 from server.front import FrontRunner
 from server.handlers import devices, feed, ops, posts, users
@@ -61,7 +62,10 @@ async def client_config(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     url = settings.public_stream_url.rstrip("/")
     if not url:
-        url = str(request.url.with_port(settings.gateway_port).origin())
+        try:
+            url = str(request.url.with_port(settings.gateway_port).origin())
+        except ValueError:  # yarl cannot build a URL on this Host header (idna errors too)
+            raise ApiError(400, "invalid_host", "the Host header is not a host[:port]") from None
     return web.json_response({"stream_url": url})
 
 

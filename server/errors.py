@@ -10,10 +10,23 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+import asyncpg
 import orjson
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+# Foreign keys from rows a request writes for the signed-in user to that user.
+ACTING_USER_KEYS = frozenset(
+    {
+        "posts_author_id_fkey",
+        "likes_user_id_fkey",
+        "follows_follower_id_fkey",
+        "devices_user_id_fkey",
+        "idempotency_keys_user_id_fkey",
+    }
+)
+CLIENT_GONE = 499  # the status recorded for a request whose client left (nginx's)
 
 
 class ApiError(Exception):
@@ -82,6 +95,11 @@ def failure(exc: Exception, method: str, path: str) -> Failure:
         message = exc.reason if exc.status != 413 else "request body is too large"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return Failure(exc.status, error_body(code, message), headers)
+    if (
+        isinstance(exc, asyncpg.ForeignKeyViolationError)
+        and exc.constraint_name in ACTING_USER_KEYS
+    ):  # a well-signed token whose user is not in this database (reset, or another one)
+        return Failure(401, error_body("invalid_token", "the token's user does not exist"), None)
     log.error("unhandled error in %s %s", method, path, exc_info=exc)
     return Failure(500, error_body("internal_error", "internal server error"), None)
 

@@ -152,7 +152,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if not maybe_feed(buf) or len(buf) > MAX_HEAD or b"\n\n" in buf:
+            if not maybe_feed(buf) or len(buf) > MAX_HEAD or b"\n\n" in buf or broken(buf):
                 self._hand_off()
             return
         small = end + 4 <= MAX_HEAD  # aiohttp's to refuse or read otherwise
@@ -261,3 +261,12 @@ class FrontProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def broken(partial: bytes) -> bool:
+    """Whether an unfinished head already holds what no head may: a NUL, or a CR not
+    followed by LF (a CR at the very end may yet be). Such a head can never end in
+    CRLFCRLF as this path waits for, so aiohttp gets it now and refuses it, instead of
+    the connection being held until its client gives up."""
+    settled = partial[:-1] if partial.endswith(b"\r") else partial
+    return b"\0" in partial or b"\r" in settled.replace(b"\r\n", b"")

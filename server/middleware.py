@@ -12,14 +12,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.auth import authenticate
-from server.errors import response_for
+from server.errors import CLIENT_GONE, response_for
 from server.metrics import METRICS
 from server.stats import SERVER_STATS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 FEED_ROUTE = "/v1/feed"
-CLIENT_GONE = 499  # the status recorded for a request whose client left (nginx's)
 
 
 @web.middleware
@@ -36,6 +35,11 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except asyncio.CancelledError:
         _record(request, CLIENT_GONE, started)
         raise
+    except OSError as exc:
+        # aiohttp's static files look the name up on disk: a name the filesystem refuses
+        # (too long, say) names no file there. Anything else is a 500, logged.
+        static = isinstance(request.match_info.route.resource, web.StaticResource)
+        response = response_for(request, web.HTTPNotFound() if static else exc)
     except Exception as exc:  # noqa: BLE001 - the last resort: response_for logs it (500)
         response = response_for(request, exc)
     elapsed = _record(request, response.status, started)

@@ -35,7 +35,10 @@ MAX_CURSOR = 200
 # Every machine-readable error code, by status, with what it means. Operations list the
 # codes they can answer; each response's schema then admits exactly those codes.
 ERROR_CODES: dict[int, dict[str, str]] = {
-    400: {"invalid_json": "the body is empty, not JSON, or not UTF-8"},
+    400: {
+        "invalid_json": "the body is empty, not JSON or UTF-8, or not as `Content-Encoding` says",
+        "invalid_host": "the `Host` header is not a host[:port] to derive the stream URL from",
+    },
     401: {
         "unauthorized": "no `Authorization` header (`WWW-Authenticate: Bearer`)",
         "invalid_token": "not `Bearer <token>`, or the token is malformed or forged",
@@ -977,6 +980,7 @@ PATHS: Json = {
                     ),
                 }
             },
+            ("invalid_host",),
             public=True,
         )
     },

@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from server.errors import ApiError, bad_request, invalid
+from server.errors import CLIENT_GONE, ApiError, bad_request, invalid
 
 MAX_ID = 2**63 - 1
 HANDLE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
@@ -25,8 +26,24 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spa
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object. 413 over the size limit, 400 not JSON, 422 not an object."""
-    raw = await request.read()  # raises 413 past client_max_size
+    """The body as a JSON object. 413 over the size limit, 400 not JSON (or not decodable),
+    422 not an object."""
+    try:
+        raw = await request.read()  # raises 413 past client_max_size
+    except RequestPayloadError:  # a Content-Encoding the bytes do not follow, bad chunking
+        # The parser cannot go on past such a body: the connection closes after the answer.
+        # Marked read to the end, or aiohttp reads on after the answer ("lingering") and
+        # logs the same error again as an unhandled exception.
+        request.content.feed_eof()
+        request.protocol.close()
+        raise ApiError(
+            400,
+            "invalid_json",
+            "request body could not be decoded",
+            headers={"Connection": "close"},
+        ) from None
+    except ConnectionResetError:  # the client left mid-body: nobody reads the answer
+        raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection") from None
     if not raw:
         raise bad_request("invalid_json", "request body must be a JSON object")
     try:

@@ -56,6 +56,6 @@ def test_a_verified_token_still_expires_and_the_cache_stays_bounded() -> None:
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     with pytest.raises(TokenError, match="signature"):
         signer.verify(forged, now=1001)  # a near copy is not the remembered token
-    for user in range(auth.VERIFIED_MAX + 5):
+    for user in range(1, auth.VERIFIED_MAX + 6):  # ids are positive
         signer.verify(signer.issue(user, now=1000), now=1001)
     assert len(signer._verified) <= auth.VERIFIED_MAX

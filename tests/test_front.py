@@ -254,6 +254,35 @@ async def test_odd_requests_reach_aiohttp_whole(api: Client, connect: Connect) -
         assert len(front.protocols) == ours, repr(raw[:90])
 
 
+async def test_an_unfinished_head_that_can_never_finish_goes_to_aiohttp_at_once(
+    api: Client, connect: Connect
+) -> None:
+    """A head with a bare CR or a NUL can never end in the CRLFCRLF the front waits for:
+    it used to hold the connection until the client gave up; aiohttp refuses it now."""
+    me, _ = await reader_with_posts(api, 1)
+    front = front_of(api)
+    for raw in (
+        f"GET /v1/feed HTTP/1.1\rHost: t\r{_auth(me).strip()}\r\r",  # bare CRs only
+        "GET /v1/feed HTTP/1.1\n\rHost: t\n\r\n\r",
+        "GET /v1/feed\x00 HTTP/1.1\r\nHost: t\r\n",
+    ):
+        ours = len(front.protocols)
+        conn = await connect()
+        await conn.send(raw.encode())
+        started = time.monotonic()
+        answer = await asyncio.wait_for(conn.reader.read(12), 5)
+        assert answer == b"" or (answer[:7], answer[8:]) == (b"HTTP/1.", b" 400"), raw
+        assert time.monotonic() - started < 2.0
+        assert len(front.protocols) == ours
+    # A head that is merely unfinished (its CRLF split) is still waited for, and answered.
+    conn = await connect()
+    head = feed_get(me)
+    await conn.send(head[:-1])
+    await asyncio.sleep(0.2)
+    await conn.send(head[-1:])
+    assert (await conn.reply()).status == 200
+
+
 def test_the_head_parser_takes_only_plain_feed_reads() -> None:
     plain = b"GET /v1/feed?limit=5&cursor=abc HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok"
     request = parse_head(plain)

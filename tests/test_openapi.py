@@ -572,6 +572,9 @@ async def test_error_responses_match_the_document(
     )
     await c.expect(429, "rate_limited", "POST", "/v1/posts", me, json={"text": "one more"})
 
+    # Where the web client connects: the gateway's URL is built on the Host header.
+    await c.expect(400, "invalid_host", "GET", "/client-config.json", headers={"Host": "a:b:c"})
+
     documented = {(status, code) for status, codes in ERROR_CODES.items() for code in codes}
     assert documented - c.codes == set(), "error codes documented but never answered"
     assert c.codes - documented == set()

@@ -42,7 +42,10 @@ def require_operator(request: web.Request) -> None:
     scheme, _, token = header.partition(" ")
     expected = request.app[SETTINGS].operator_token.encode()
     # Constant time, so the token cannot be guessed byte by byte from response times.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    # aiohttp hands undecodable header bytes over as surrogates: "surrogateescape" gives
+    # the bytes back (which then simply do not match) instead of raising.
+    given = token.strip().encode(errors="surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
         raise ApiError(
             401,
             "invalid_token",

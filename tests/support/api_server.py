@@ -15,6 +15,9 @@ from server.front import FrontRunner
 
 class ApiServer(TestServer):
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        # aiohttp's TestServer cancels a handler whose client left; `python -m server` (as
+        # aiohttp's own default) lets it run on, and a body read then fails instead.
+        kwargs["handler_cancellation"] = False
         return FrontRunner(self.app, **kwargs)
 
 

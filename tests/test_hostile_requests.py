@@ -1,0 +1,156 @@
+"""Inputs a fuzzing pass (session 12) answered with a 500 or held without an answer: each
+must get a 4xx in the one error shape now, and nothing logged as a server error."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import time
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from core.metric_totals import counter_by
+from core.settings import Settings
+from server.metrics import METRICS
+from tests.support.api import error_of, sign_up
+
+Client = TestClient[web.Request, web.Application]
+pytestmark = pytest.mark.timeout(60)
+
+
+def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def raw_exchange(api: Client, raw: bytes, read: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 10) if read else b""
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_does_not_decode_as_its_content_encoding_says_is_a_400(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    me = await sign_up(api)
+    json_type = {"Content-Type": "application/json"}
+    for path, auth in (("/v1/sessions", {}), ("/v1/posts", me.auth), ("/v1/users", {})):
+        resp = await api.post(
+            path, data=b"not gzip", headers={"Content-Encoding": "gzip", **json_type, **auth}
+        )
+        assert resp.status == 400, path
+        assert (await error_of(resp))["code"] == "invalid_json"
+        assert resp.headers["Connection"] == "close"  # the parser cannot go on after it
+    assert server_errors(caplog) == []
+    # Bad deflate is refused by aiohttp's parser itself, before any handler (text/plain).
+    deflate = {"Content-Encoding": "deflate"}
+    resp = await api.post("/v1/sessions", data=b"not deflate", headers=deflate)
+    assert resp.status == 400
+
+
+async def test_a_client_leaving_mid_body_is_recorded_as_gone_not_as_a_server_error(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    me = await sign_up(api)
+    head = (
+        f"POST /v1/posts HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {me.token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    await raw_exchange(api, head.encode() + b'{"text":', read=False)
+    assert api.app is not None
+    requests = api.app[METRICS].requests
+
+    def gone() -> int:
+        return counter_by(requests, "status").get("499", 0)
+
+    deadline = time.monotonic() + 5
+    while gone() < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert gone() == 1
+    assert counter_by(requests, "status").get("500", 0) == 0
+    assert server_errors(caplog) == []
+
+
+async def test_an_operator_token_that_is_not_utf8_is_refused(
+    api: Client, settings: Settings
+) -> None:
+    raw = b"GET /v1/ops/stats HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+    answer = await raw_exchange(api, raw)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    body = answer.partition(b"\r\n\r\n")[2]
+    assert orjson.loads(body)["error"]["code"] == "invalid_token"
+
+
+async def test_a_host_header_no_url_can_be_built_on_is_a_400(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    for host in ("a:b:c", "a:99999", "[", "1.2.3.4:abc", "xn--a.b:1:2"):
+        resp = await api.get("/client-config.json", headers={"Host": host})
+        assert resp.status == 400, host
+        assert (await error_of(resp))["code"] == "invalid_host"
+    assert server_errors(caplog) == []
+
+
+async def test_a_static_name_the_filesystem_refuses_is_a_404(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    resp = await api.get("/static/" + "a" * 300)
+    assert resp.status == 404
+    assert (await error_of(resp))["code"] == "not_found"
+    assert (await api.get("/static/app.js")).status == 200
+    assert server_errors(caplog) == []
+
+
+def signed(settings: Settings, claims: dict[str, object]) -> str:
+    """A token with these claims, signed as core/auth.py signs (only the server's secret
+    can make one: a leaked secret, a reset database, or another environment's token)."""
+    key = hashlib.sha256(b"feed-token-v1:" + settings.secret_key.encode()).digest()
+    payload = orjson.dumps(claims)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(payload)}.{b64(hmac.new(key, payload, hashlib.sha256).digest())}"
+
+
+async def test_well_signed_tokens_with_an_odd_or_unknown_user_are_401(
+    api: Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = int(time.time())
+    me = await sign_up(api)
+    good = signed(settings, {"sub": me.id, "iat": now, "exp": now + 60})
+    assert (await api.get("/v1/feed", headers={"Authorization": f"Bearer {good}"})).status == 200
+    odd = ("-5", "0", "1_2", " 7", "١٢٣", "9223372036854775808", str(2**70), 15, 1.5, None)
+    for sub in odd:
+        token = signed(settings, {"sub": sub, "iat": now, "exp": now + 60})
+        auth = {"Authorization": f"Bearer {token}"}
+        for resp in (
+            await api.get("/v1/feed", headers=auth),
+            await api.post("/v1/posts", json={"text": "hi"}, headers=auth),
+        ):
+            assert resp.status == 401, sub
+            assert (await error_of(resp))["code"] == "invalid_token"
+    # A user id of the right form that this database does not have: writes cannot be
+    # made for them, and say so as a token problem.
+    ghost = signed(settings, {"sub": "123456789", "iat": now, "exp": now + 60})
+    auth = {"Authorization": f"Bearer {ghost}"}
+    for resp in (
+        await api.post("/v1/posts", json={"text": "hi"}, headers=auth),
+        await api.post(f"/v1/users/{me.id}/follow", headers=auth),
+        await api.post("/v1/devices", json={"kind": "apns", "token": "ab" * 32}, headers=auth),
+    ):
+        assert resp.status == 401
+        assert await error_of(resp) == {
+            "code": "invalid_token",
+            "message": "the token's user does not exist",
+        }
+    assert server_errors(caplog) == []
