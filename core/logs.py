@@ -5,6 +5,22 @@ from __future__ import annotations
 import logging
 import sys
 
+from aiohttp.http_exceptions import HttpProcessingError
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a 400 it answers itself: a header line
+    too long, a bad chunk, an unknown encoding) at ERROR with a traceback. Those are the
+    client's faults, and anyone can send them: one WARNING line each, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = f"{record.getMessage()}: {exc!s}".replace("\n", " "), None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
 
 def configure_logging(level: str, service: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
@@ -17,3 +33,11 @@ def configure_logging(level: str, service: str) -> None:
     # aiokafka logs every reconnect attempt at ERROR; one line per outage is enough.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_malformed_requests()
+
+
+def quiet_malformed_requests() -> None:
+    """MalformedRequests on aiohttp's server log (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from core.logs import MalformedRequests, quiet_malformed_requests
 from core.metric_totals import counter_by
 from core.settings import Settings
 from server.metrics import METRICS
@@ -153,4 +154,31 @@ async def test_well_signed_tokens_with_an_odd_or_unknown_user_are_401(
             "code": "invalid_token",
             "message": "the token's user does not exist",
         }
+    assert server_errors(caplog) == []
+
+
+async def test_requests_aiohttp_cannot_parse_are_one_warning_line_not_an_error(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can send these; each was an ERROR with a traceback (services install the
+    filter in core/logs.configure_logging)."""
+    server_log = logging.getLogger("aiohttp.server")
+    quiet_malformed_requests()
+    quiet_malformed_requests()  # once, however often called
+    assert sum(isinstance(f, MalformedRequests) for f in server_log.filters) == 1
+    try:
+        for raw in (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+            b"POST /v1/sessions HTTP/1.1\r\nHost: t\r\nContent-Encoding: deflate\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
+        ):
+            answer = await raw_exchange(api, raw)
+            assert answer[:7] == b"HTTP/1." and answer[8:12] == b" 400", answer[:100]
+    finally:
+        for f in [f for f in server_log.filters if isinstance(f, MalformedRequests)]:
+            server_log.removeFilter(f)
+    ours = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(ours) == 2
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in ours)
+    assert "Error handling request" in ours[0].getMessage()
     assert server_errors(caplog) == []
