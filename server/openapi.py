@@ -16,6 +16,7 @@ from server.handlers.devices import APNS_TOKEN, MAX_DEVICES
 from server.handlers.feed import MAX_QUERY
 from server.handlers.posts import MAX_MEDIA, RATE_LIMIT_POSTS
 from server.validation import (
+    BODY_SECONDS,
     DISPLAY_NAME_MAX,
     HANDLE,
     IDEMPOTENCY_KEY,
@@ -57,6 +58,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "handle_taken": "the handle is taken (handles are unique case-insensitively)",
         "too_many_devices": f"at most {MAX_DEVICES} push devices per user; delete one first",
     },
+    408: {"body_timeout": f"the body did not arrive within {BODY_SECONDS:g} s (connection closed)"},
     413: {"body_too_large": "the body is larger than 16 KiB"},
     422: {
         "invalid_body": "the body is JSON but not an object",
@@ -83,6 +85,7 @@ STATUS_TEXT = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Body too large",
     422: "Invalid input",
@@ -90,7 +93,14 @@ STATUS_TEXT = {
 }
 
 AUTH = ("unauthorized", "invalid_token", "token_expired")
-BODY = ("invalid_json", "body_too_large", "invalid_body", "unknown_field", "missing_field")
+BODY = (
+    "invalid_json",
+    "body_timeout",
+    "body_too_large",
+    "invalid_body",
+    "unknown_field",
+    "missing_field",
+)
 PAGE = ("invalid_field", "invalid_cursor")
 
 EXAMPLE_ID = "7340032000000000001"
@@ -996,7 +1006,8 @@ the operator token (`OPERATOR_TOKEN`) instead, never a user's.
 
 Errors always have the shape `{{"error": {{"code", "message", "field"?}}}}`; `code` is
 machine-readable and each operation lists the codes it can answer. Unknown body fields
-are refused (422 `unknown_field`); bodies over 16 KiB get 413 `body_too_large`; a path that
+are refused (422 `unknown_field`); bodies over 16 KiB get 413 `body_too_large`, and one
+that has not arrived within {BODY_SECONDS:g} s gets 408 `body_timeout`; a path that
 exists with another method gets 405 `method_not_allowed` with `Allow`. Lists are
 cursor-paginated: pass `next_cursor` back as `cursor` while `has_more` is true.
 Live updates come from the gateway (`/v1/stream`, WebSocket or SSE), not from here.

@@ -6,6 +6,7 @@ naming the field. Nothing downstream re-checks types.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -22,6 +23,8 @@ MAX_ID = 2**63 - 1
 HANDLE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
 POST_MAX_CHARS = 280
 DISPLAY_NAME_MAX = 50
+# A request body must have arrived this long after its handler asked for it.
+BODY_SECONDS = 10.0
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
 
@@ -29,19 +32,16 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object. 413 over the size limit, 400 not JSON (or not decodable),
     422 not an object."""
     try:
-        raw = await request.read()  # raises 413 past client_max_size
+        async with asyncio.timeout(BODY_SECONDS):
+            raw = await request.read()  # raises 413 past client_max_size
+    except TimeoutError:  # a body trickling in holds a connection and a task: not forever
+        message = f"request body not received within {BODY_SECONDS:g} s"
+        raise _closing(request, 408, "body_timeout", message) from None
     except RequestPayloadError:  # a Content-Encoding the bytes do not follow, bad chunking
-        # The parser cannot go on past such a body: the connection closes after the answer.
-        # Marked read to the end, or aiohttp reads on after the answer ("lingering") and
-        # logs the same error again as an unhandled exception.
+        # The parser stops at such a body: marked ended, or aiohttp's drain after the
+        # answer would meet the same error and log it as an unhandled exception.
         request.content.feed_eof()
-        request.protocol.close()
-        raise ApiError(
-            400,
-            "invalid_json",
-            "request body could not be decoded",
-            headers={"Connection": "close"},
-        ) from None
+        raise _closing(request, 400, "invalid_json", "request body could not be decoded") from None
     except ConnectionResetError:  # the client left mid-body: nobody reads the answer
         raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection") from None
     if not raw:
@@ -53,6 +53,13 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("body", "request body must be a JSON object", "invalid_body")
     return body
+
+
+def _closing(request: web.Request, status: int, code: str, message: str) -> ApiError:
+    """An answer after which the connection closes: the rest of its body cannot be read,
+    or is not waited for (aiohttp still drains it for a few seconds after the answer)."""
+    request.protocol.close()
+    return ApiError(status, code, message, headers={"Connection": "close"})
 
 
 def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from core.logs import MalformedRequests, quiet_malformed_requests
 from core.metric_totals import counter_by
 from core.settings import Settings
+from server import validation
 from server.metrics import METRICS
 from tests.support.api import error_of, sign_up
 
@@ -78,6 +79,26 @@ async def test_a_client_leaving_mid_body_is_recorded_as_gone_not_as_a_server_err
         await asyncio.sleep(0.05)
     assert gone() == 1
     assert counter_by(requests, "status").get("500", 0) == 0
+    assert server_errors(caplog) == []
+
+
+async def test_a_body_that_trickles_in_is_cut_off_with_a_408(
+    api: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It held a connection and a handler for as long as its client liked."""
+    monkeypatch.setattr(validation, "BODY_SECONDS", 0.3)
+    me = await sign_up(api)
+    head = (
+        f"POST /v1/posts HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {me.token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = await raw_exchange(api, head.encode() + b'{"text":')
+    assert time.monotonic() - started < 5
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 408")
+    assert b"\r\nConnection: close" in head_part
+    assert orjson.loads(body)["error"]["code"] == "body_timeout"
     assert server_errors(caplog) == []
 
 

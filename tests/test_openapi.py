@@ -6,6 +6,7 @@ the document defines is seen at least once, so it cannot promise what the server
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from referencing.jsonschema import DRAFT202012
 from core.auth import TokenSigner
 from core.ids import IdGenerator, IdLease
 from core.settings import Settings
+from server import validation
 from server.handlers.devices import MAX_DEVICES
 from server.handlers.posts import RATE_LIMIT_POSTS
 from server.openapi import DOCUMENT_BYTES, ERROR_CODES
@@ -414,6 +416,7 @@ async def test_error_responses_match_the_document(
     db: asyncpg.Pool,
     ids: IdGenerator,
     settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     c = conformance
     me, other = await sign_up(api), await sign_up(api)
@@ -571,6 +574,16 @@ async def test_error_responses_match_the_document(
         [(ids.next_id(), int(me.id)) for _ in range(RATE_LIMIT_POSTS)],
     )
     await c.expect(429, "rate_limited", "POST", "/v1/posts", me, json={"text": "one more"})
+
+    # A body that trickles in (the deadline shortened for the test).
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"text": '
+        await asyncio.sleep(1.0)
+        yield b'"late"}'
+
+    monkeypatch.setattr(validation, "BODY_SECONDS", 0.2)
+    await c.expect(408, "body_timeout", "POST", "/v1/posts", me, data=trickle())
+    monkeypatch.undo()
 
     # Where the web client connects: the gateway's URL is built on the Host header.
     await c.expect(400, "invalid_host", "GET", "/client-config.json", headers={"Host": "a:b:c"})
