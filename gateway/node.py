@@ -134,14 +134,17 @@ class GatewayNode:
             claims = self._signer.verify(token)
         except TokenError as exc:
             raise self._refused(Close.UNAUTHORIZED, 401, exc.code, str(exc)) from None
-        if self.hub.connections(claims.user_id) >= self.settings.gateway_max_connections_per_user:
+        self._check_room(claims.user_id)
+        return Admission(claims.user_id, token)
+
+    def _check_room(self, user: int) -> None:
+        if self.hub.connections(user) >= self.settings.gateway_max_connections_per_user:
             raise self._refused(
                 Close.TOO_MANY_CONNECTIONS,
                 429,
                 "too_many_connections",
                 "connection limit per user reached",
             )
-        return Admission(claims.user_id, token)
 
     def _refused(self, code: Close, status: int, error: str, message: str) -> Refused:
         self._metrics.refused.labels(error).inc()
@@ -166,6 +169,9 @@ class GatewayNode:
         try:
             # A user's pull-tier authors count for their first connection here only.
             authors = await self.authors.of(user) if self.hub.connections(user) == 0 else []
+            # admit() counted the user's connections before this await; a burst of
+            # connects was admitted together. Counted again with no await before the add.
+            self._check_room(user)
             channels = self.hub.add(client, authors)
             client.joined = True
             self._metrics.connections.labels(client.transport.name).inc()

@@ -235,6 +235,29 @@ async def test_connection_limit_per_user(
         await ws.close()
 
 
+async def test_a_burst_of_connects_cannot_pass_the_limit_per_user(
+    api: Client, gateway_settings: Settings, aiohttp_client: MakeClient
+) -> None:
+    """Each connect was admitted before the others had joined (a lookup awaited in
+    between): six at once all stayed open with a limit of two."""
+    gw = await aiohttp_client(
+        serve_gateway(dataclasses.replace(gateway_settings, gateway_max_connections_per_user=2))
+    )
+    user = await sign_up(api)
+    burst = await asyncio.gather(*(connect(gw, user) for _ in range(6)))
+    codes = []
+    for ws in burst:
+        try:
+            message = await ws.receive(timeout=1.0)
+        except TimeoutError:
+            codes.append(0)  # open: nothing to say yet
+        else:
+            codes.append(message.data if message.type is aiohttp.WSMsgType.CLOSE else -1)
+    assert sorted(codes) == [0, 0] + [Close.TOO_MANY_CONNECTIONS] * 4
+    for ws in burst:
+        await ws.close()
+
+
 async def test_connection_rate_per_address(
     api: Client, gateway_settings: Settings, aiohttp_client: MakeClient
 ) -> None:
