@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from aiohttp.http_exceptions import HttpProcessingError
+
+_TOKEN = re.compile(r"(access_token=|Bearer\s+)[^\s&'\"\\]+", re.IGNORECASE)
 
 
 class MalformedRequests(logging.Filter):
@@ -16,7 +19,9 @@ class MalformedRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = f"{record.getMessage()}: {exc!s}".replace("\n", " "), None
+            # aiohttp quotes the request line, which may hold a token (?access_token=).
+            line = f"{record.getMessage()}: {exc!s}".replace("\n", " ")
+            record.msg, record.args = _TOKEN.sub(r"\1<redacted>", line), None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
         return True

@@ -120,8 +120,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([redis_ctx(), postgres_ctx(), gateway_ctx])
     app.on_shutdown.append(on_shutdown)
     add_ops_routes(app)
-    app.router.add_get("/v1/stream", websocket)
-    app.router.add_get("/v1/stream/sse", sse)
+    # No HEAD: a HEAD answered by a stream handler would open a live connection.
+    app.router.add_get("/v1/stream", websocket, allow_head=False)
+    app.router.add_get("/v1/stream/sse", sse, allow_head=False)
     return app
 
 

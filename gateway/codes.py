@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import enum
 
+# A close we start waits this long for the peer's close frame (or for it to hang up, or
+# to read what is still queued for it) before the TCP connection is cut; aiohttp waits 10 s.
+CLOSE_TIMEOUT = 5.0
+
 
 class Close(enum.IntEnum):
     NORMAL = 1000  # client or server finished: no reconnect needed

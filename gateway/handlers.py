@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aiohttp import WSMsgType, web
+from aiohttp import HttpVersion11, WSMsgType, web
 
+from gateway.codes import CLOSE_TIMEOUT
 from gateway.node import Admission, GatewayNode, Refused
 from gateway.params import bearer_token, cors_headers, error_body, origin_allowed, parse_since
 from gateway.protocols.connections import WebSocketConnections
@@ -44,6 +45,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     if not _origin_allowed(request, node):
         return _error(403, "origin_not_allowed", "this origin may not connect", request)
+    if request.version != HttpVersion11:  # RFC 6455 4.1: an upgrade is HTTP/1.1
+        return _error(505, "http_version", "a WebSocket upgrade needs HTTP/1.1", request)
     ws = web.WebSocketResponse(
         heartbeat=node.settings.gateway_ping_seconds,
         max_msg_size=MAX_CLIENT_MESSAGE,
@@ -71,6 +74,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         await node.disconnect(client)
+        raw = request.transport
+        if raw is not None and raw.get_write_buffer_size():
+            # A peer that stopped reading: aiohttp would hold the connection (and what is
+            # queued for it) for as long as it takes to write its last frames.
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, raw.abort)
     return ws
 
 
@@ -78,6 +86,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     if not _origin_allowed(request, node):
         return _error(403, "origin_not_allowed", "this origin may not connect", request)
+    if request.version != HttpVersion11:  # the stream is framed in HTTP/1.1 chunks
+        return _error(505, "http_version", "the event stream needs HTTP/1.1", request)
     try:
         admission: Admission = node.admit(request.remote or "?", _token(request))
         since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("since"))
@@ -103,20 +113,37 @@ async def sse(request: web.Request) -> web.StreamResponse:
         except Refused as refused:
             return _error(refused.status, refused.error, refused.message, request)
         response.enable_chunked_encoding()
-        await response.prepare(request)
-        # The first bytes go through aiohttp's own writer: it holds the headers back until
-        # the first body chunk, and raw writes must never overtake them.
-        await response.write(b"retry: 2000\n\n")
+        try:
+            await response.prepare(request)
+            # The first bytes go through aiohttp's own writer: it holds the headers back
+            # until the first body chunk, and raw writes must never overtake them.
+            await response.write(b"retry: 2000\n\n")
+        except ConnectionError:  # the client left while it was being joined
+            return response
         transport.started = True
         await node.catch_up(client, admission.token, since)
         while not transport.closed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(transport.closed.wait(), ping)
+            if transport.closed.is_set():
+                break
             if request.transport is None or request.transport.is_closing():
                 break  # the peer went away: dropped at the next keepalive at the latest
             transport.write_raw(b": keepalive\n\n")
     finally:
         await node.disconnect(client)
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await response.write_eof()
+    await _end(request, response)
     return response
+
+
+async def _end(request: web.Request, response: web.StreamResponse) -> None:
+    """The last chunk; a client that stopped reading does not get to hold the connection
+    (and what is queued for it) while aiohttp waits to write it."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await response.write_eof()
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+    except (ConnectionError, RuntimeError):
+        pass

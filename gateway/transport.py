@@ -14,6 +14,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from gateway.codes import CLOSE_TIMEOUT
 from gateway.outgoing import Outgoing
 
 
@@ -49,8 +50,13 @@ class WebSocketTransport:
 
     async def close(self, code: int, reason: str) -> None:
         # The peer may be gone already (uvloop raises RuntimeError on a closed transport).
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self._ws.close(code=code, message=reason.encode())
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._ws.close(code=code, message=reason.encode())
+        except TimeoutError:  # a peer that stopped reading: aiohttp would wait for it
+            self._raw.abort()
+        except (ConnectionError, RuntimeError):
+            pass
 
 
 class SSETransport:

@@ -6,10 +6,12 @@ already owns). Real Redis and Postgres."""
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -32,6 +34,7 @@ from tests.support.rawws import (
     RawWebSocket,
     frame,
     http_exchange,
+    read_head,
     upgrade_request,
 )
 
@@ -411,6 +414,48 @@ async def test_sse_ops_routes_and_plain_requests_still_reach_aiohttp(
     # Bytes that cannot begin our request go to aiohttp at once (no head timeout).
     answer = await http_exchange(gw.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 5)
     assert answer.status == 400
+
+
+async def test_stream_requests_a_stream_cannot_answer_are_refused_quietly(
+    gw: Client, new_user: Callable[[], tuple[int, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by fuzzing: HEAD opened a live SSE stream, HTTP/1.0 was a 500 (SSE) or a
+    `HTTP/1.0 101` (WebSocket), and an SSE client hanging up at once logged a traceback."""
+    _, token = new_user()
+    node = gw.app[NODE]
+    sse = f"/v1/stream/sse?access_token={token}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(f"HEAD {sse} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    async with asyncio.timeout(10):
+        assert (await read_head(reader)).status == 405  # a HEAD answer has no body
+    writer.close()
+    for request in (
+        f"GET {sse} HTTP/1.0\r\nHost: a\r\n\r\n",
+        "\r\n".join(
+            [
+                f"GET /v1/stream?access_token={token} HTTP/1.0",
+                *UPGRADE,
+                f"Sec-WebSocket-Key: {VALID_KEY}",
+                "Sec-WebSocket-Version: 13",
+                "",
+                "",
+            ]
+        ),
+    ):
+        answer = await http_exchange(gw.port, request.encode())
+        assert answer.status == 505, request
+        assert orjson.loads(answer.body)["error"]["code"] == "http_version"
+    for _ in range(5):  # gone before its stream starts
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(f"GET {sse} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+    async with asyncio.timeout(10):
+        while node.snapshot()["connections_sse"]:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert node.snapshot()["connections_sse"] == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_an_upgrade_on_a_connection_aiohttp_already_owns_uses_the_fallback(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from gateway.client import Client
-from gateway.codes import Close
+from gateway.codes import CLOSE_TIMEOUT, Close
 from gateway.outgoing import Outgoing
 from gateway.protocols.frames import (
     CLOSE,
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A close we start waits this long for the peer's close frame (or for it to hang up)
-# before the TCP connection is cut; aiohttp waits 10 s.
-CLOSE_TIMEOUT = 5.0
 # Pongs are not queued behind more than this: a peer that sends pings but reads nothing
 # must not grow our write buffer (events are bounded by the client's queue limits).
 PONG_BUFFER_LIMIT = 256 * 1024
@@ -220,9 +217,13 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._send(close_frame(code))  # echo the peer's code (RFC 6455 5.5.1)
             self._state = CLOSED
             # The server closes the TCP connection first (RFC 6455 7.1.1); what is still
-            # buffered is flushed before.
-            if self._transport is not None:
-                self._transport.close()
+            # buffered is flushed before, for CLOSE_TIMEOUT at most: a peer that sent its
+            # close and stopped reading would keep the connection (and its count) forever.
+            transport = self._transport
+            if transport is not None:
+                transport.close()
+                if transport.get_write_buffer_size():
+                    asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
             self._ended()
         # PONG: data_received already marked the connection alive.
 
