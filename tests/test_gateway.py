@@ -245,17 +245,8 @@ async def test_a_burst_of_connects_cannot_pass_the_limit_per_user(
     )
     user = await sign_up(api)
     burst = await asyncio.gather(*(connect(gw, user) for _ in range(6)))
-    codes = []
-    for ws in burst:
-        try:
-            message = await ws.receive(timeout=1.0)
-        except TimeoutError:
-            codes.append(0)  # open: nothing to say yet
-        else:
-            codes.append(message.data if message.type is aiohttp.WSMsgType.CLOSE else -1)
+    codes = await close_codes(burst, 1.0)
     assert sorted(codes) == [0, 0] + [Close.TOO_MANY_CONNECTIONS] * 4
-    for ws in burst:
-        await ws.close()
 
 
 async def test_connection_rate_per_address(
@@ -265,17 +256,23 @@ async def test_connection_rate_per_address(
         serve_gateway(dataclasses.replace(gateway_settings, gateway_connects_per_ip=3))
     )
     user = await sign_up(api)
-    codes = []
     opened = [await connect(gw, user) for _ in range(6)]  # faster than 3 per second
-    for ws in opened:
+    codes = await close_codes(opened, 0.3)
+    assert Close.RATE_LIMITED in codes and codes[0] == 0
+
+
+async def close_codes(sockets: list[aiohttp.ClientWebSocketResponse], wait: float) -> list[int]:
+    """Each socket's close code, or 0 for one still open after `wait` s; all closed after."""
+    codes = []
+    for ws in sockets:
         try:
-            message = await ws.receive(timeout=0.3)
+            message = await ws.receive(timeout=wait)
         except TimeoutError:
-            codes.append(0)  # accepted: nothing to say yet
+            codes.append(0)  # open: nothing to say yet
         else:
             codes.append(message.data if message.type is aiohttp.WSMsgType.CLOSE else -1)
         await ws.close()
-    assert Close.RATE_LIMITED in codes and codes[0] == 0
+    return codes
 
 
 async def test_stats_are_reported_to_redis_every_second(
