@@ -15,7 +15,7 @@ from gateway.node import Admission, GatewayNode, Refused
 from gateway.params import bearer_token, cors_headers, error_body, origin_allowed, parse_since
 from gateway.protocols.connections import WebSocketConnections
 from gateway.protocols.frames import MAX_CLIENT_MESSAGE
-from gateway.transport import SSETransport, WebSocketTransport
+from gateway.transport import SSETransport, WebSocketTransport, cut_when_stuck
 
 NODE = web.AppKey("gateway_node", GatewayNode)
 WEBSOCKETS = web.AppKey("gateway_websockets", WebSocketConnections)
@@ -74,11 +74,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         await node.disconnect(client)
-        raw = request.transport
-        if raw is not None and raw.get_write_buffer_size():
-            # A peer that stopped reading: aiohttp would hold the connection (and what is
-            # queued for it) for as long as it takes to write its last frames.
-            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, raw.abort)
+        if request.transport is not None:  # aiohttp would wait to write the last frames
+            cut_when_stuck(request.transport)
     return ws
 
 

@@ -18,6 +18,13 @@ from gateway.codes import CLOSE_TIMEOUT
 from gateway.outgoing import Outgoing
 
 
+def cut_when_stuck(raw: asyncio.WriteTransport) -> None:
+    """For a connection being closed: if its peer stopped reading, what is still queued
+    would hold it (and its memory) for as long as the peer likes. Cut CLOSE_TIMEOUT later."""
+    if raw.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, raw.abort)
+
+
 class Transport(Protocol):
     name: str
 

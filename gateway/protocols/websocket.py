@@ -31,6 +31,7 @@ from gateway.protocols.frames import (
     parse_close,
     parse_frame,
 )
+from gateway.transport import cut_when_stuck
 
 if TYPE_CHECKING:
     from gateway.protocols.connections import WebSocketConnections
@@ -222,8 +223,7 @@ class WebSocketProtocol(asyncio.Protocol):
             transport = self._transport
             if transport is not None:
                 transport.close()
-                if transport.get_write_buffer_size():
-                    asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+                cut_when_stuck(transport)
             self._ended()
         # PONG: data_received already marked the connection alive.
 
