@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 
 from core.clients import CONNECT_ERRORS, DependencyUnavailable
+from core.http_errors import ShapedErrorsRunner
 from core.logs import configure_logging
 from core.settings import Settings, SettingsError
 
@@ -135,7 +136,7 @@ def tcp_site(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> w
 def app_runner(
     app: web.Application,
     shutdown_timeout: float,
-    runner_class: type[web.AppRunner] = web.AppRunner,
+    runner_class: type[web.AppRunner] = ShapedErrorsRunner,
 ) -> web.AppRunner:
     """The API server passes its own class, whose connections start with its protocol."""
     return runner_class(
@@ -159,7 +160,7 @@ async def serve(
     shutdown_timeout: float,
     reuse_port: bool = False,
     site_factory: SiteFactory = tcp_site,
-    runner_class: type[web.AppRunner] = web.AppRunner,
+    runner_class: type[web.AppRunner] = ShapedErrorsRunner,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down in a bounded, fixed order.
 
@@ -198,7 +199,7 @@ def run(
     port_of: Callable[[Settings], int],
     reuse_port: bool = False,
     site_factory: SiteFactory = tcp_site,
-    runner_class: type[web.AppRunner] = web.AppRunner,
+    runner_class: type[web.AppRunner] = ShapedErrorsRunner,
 ) -> None:
     """Entry point shared by `python -m <service>`."""
     try:

@@ -10,9 +10,10 @@ import contextlib
 
 from aiohttp import HttpVersion11, WSMsgType, web
 
+from core.http_errors import error_body
 from gateway.codes import CLOSE_TIMEOUT
 from gateway.node import Admission, GatewayNode, Refused
-from gateway.params import bearer_token, cors_headers, error_body, origin_allowed, parse_since
+from gateway.params import bearer_token, cors_headers, origin_allowed, parse_since
 from gateway.protocols.connections import WebSocketConnections
 from gateway.protocols.frames import MAX_CLIENT_MESSAGE
 from gateway.transport import SSETransport, WebSocketTransport, cut_when_stuck
@@ -52,7 +53,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=MAX_CLIENT_MESSAGE,
         compress=False,  # per-message deflate costs ~4x memory per connection
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException as exc:  # not a valid upgrade: aiohttp's words, our shape
+        code = "upgrade_required" if exc.status == 426 else "bad_request"
+        return _error(exc.status, code, exc.text or exc.reason, request)
     try:
         admission = node.admit(request.remote or "?", _token(request))
         since = parse_since(request.query.get("since"))

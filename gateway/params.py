@@ -1,9 +1,7 @@
-"""What a connection asks for (token, since, origin) and the JSON error shape, shared by
-the aiohttp handlers and the raw WebSocket handshake so both read requests alike."""
+"""What a connection asks for (token, since, origin), shared by the aiohttp
+handlers and the raw WebSocket handshake so both read requests alike."""
 
 from __future__ import annotations
-
-import orjson
 
 from gateway.codes import Close
 from gateway.node import Refused
@@ -34,7 +32,3 @@ def origin_allowed(origin: str | None, allowed: str) -> bool:
 
 def cors_headers(origin: str | None) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin else {}
-
-
-def error_body(code: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message}})

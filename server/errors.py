@@ -11,8 +11,9 @@ import logging
 from typing import NamedTuple
 
 import asyncpg
-import orjson
 from aiohttp import web
+
+from core.http_errors import error_body
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def invalid(field: str, message: str, code: str = "invalid_field") -> ApiError:
 
 def not_found(what: str) -> ApiError:
     return ApiError(404, f"{what}_not_found", f"{what.replace('_', ' ')} not found")
-
-
-def error_body(code: str, message: str, field: str | None = None) -> bytes:
-    body: dict[str, str] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
-    return orjson.dumps({"error": body})
 
 
 _HTTP_CODES = {

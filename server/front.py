@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from core.auth import TokenError
+from core.http_errors import ShapedErrorsRunner
 from core.service import hand_over
 from server import validation as v
 from server.auth import bearer_value
@@ -85,7 +86,7 @@ class FeedFront:
             protocol.abort()
 
 
-class FrontRunner(web.AppRunner):
+class FrontRunner(ShapedErrorsRunner):
     """An AppRunner whose sites (TCPSite, SockSite, the test server's) accept through
     FeedFront."""
 

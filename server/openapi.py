@@ -1008,7 +1008,9 @@ Errors always have the shape `{{"error": {{"code", "message", "field"?}}}}`; `co
 machine-readable and each operation lists the codes it can answer. Unknown body fields
 are refused (422 `unknown_field`); bodies over 16 KiB get 413 `body_too_large`, and one
 that has not arrived within {BODY_SECONDS:g} s gets 408 `body_timeout`; a path that
-exists with another method gets 405 `method_not_allowed` with `Allow`. Lists are
+exists with another method gets 405 `method_not_allowed` with `Allow`; a request that is
+not valid HTTP/1.1 (a line over 8 190 bytes, an unknown method, a body encoding the
+server cannot decode) gets 400 `malformed_request`, and its connection closes. Lists are
 cursor-paginated: pass `next_cursor` back as `cursor` while `has_more` is true.
 Live updates come from the gateway (`/v1/stream`, WebSocket or SSE), not from here.
 Posting is limited to {RATE_LIMIT_POSTS} posts per 3 hours (429 with `Retry-After`).

@@ -396,6 +396,7 @@ async def test_sse_ops_routes_and_plain_requests_still_reach_aiohttp(
                 assert resp.status == 200, path
         async with http.get(gw.make_url("/v1/stream")) as resp:  # no upgrade: aiohttp's 400
             assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "bad_request"  # in our shape
         async with http.options(
             gw.make_url("/v1/stream/sse"), headers={"Origin": "https://a.example"}
         ) as resp:
@@ -414,6 +415,8 @@ async def test_sse_ops_routes_and_plain_requests_still_reach_aiohttp(
     # Bytes that cannot begin our request go to aiohttp at once (no head timeout).
     answer = await http_exchange(gw.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 5)
     assert answer.status == 400
+    error = answer.json()  # aiohttp answers what it cannot parse itself: in our shape too
+    assert isinstance(error, dict) and error["error"]["code"] == "malformed_request"
 
 
 async def test_stream_requests_a_stream_cannot_answer_are_refused_quietly(

@@ -51,10 +51,10 @@ async def test_a_body_that_does_not_decode_as_its_content_encoding_says_is_a_400
         assert (await error_of(resp))["code"] == "invalid_json"
         assert resp.headers["Connection"] == "close"  # the parser cannot go on after it
     assert server_errors(caplog) == []
-    # Bad deflate is refused by aiohttp's parser itself, before any handler (text/plain).
     deflate = {"Content-Encoding": "deflate"}
     resp = await api.post("/v1/sessions", data=b"not deflate", headers=deflate)
     assert resp.status == 400
+    assert (await error_of(resp))["code"] == "invalid_json"
 
 
 async def test_a_client_leaving_mid_body_is_recorded_as_gone_not_as_a_server_error(
@@ -199,3 +199,48 @@ async def test_requests_aiohttp_cannot_parse_are_one_warning_line_not_an_error(
     assert "access_token=<redacted>" in ours[2].getMessage()
     assert not any("sekrit" in r.getMessage() for r in caplog.records)
     assert server_errors(caplog) == []
+
+
+def split_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+UNPARSEABLE = {
+    "a header line over 8 190 bytes": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: "
+    + b"a" * 9000
+    + b"\r\n\r\n",
+    "a request line over 8 190 bytes": b"GET /v1/feed?x=" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+    "an unknown method": b"FROB /v1/feed HTTP/1.1\r\nHost: t\r\n\r\n",
+    "a space in the target, with a token": b"GET /v1/feed?q= x&access_token=sekrit HTTP/1.1\r\n"
+    b"Host: t\r\n\r\n",
+    "a body encoding aiohttp has no decoder for": b"POST /v1/sessions HTTP/1.1\r\nHost: t\r\n"
+    b"Content-Encoding: br\r\nContent-Length: 3\r\n\r\nabc",
+    "a chunk size that is not hex": b"POST /v1/sessions HTTP/1.1\r\nHost: t\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "a bare LF inside a header": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: 1\nX-B: 2\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", UNPARSEABLE.values(), ids=UNPARSEABLE.keys())
+async def test_requests_aiohttp_cannot_parse_get_the_one_error_shape(
+    api: Client, raw: bytes
+) -> None:
+    """aiohttp answers these itself, before any middleware: they were text/plain, with
+    nothing for a client to read a code from (core/http_errors.py)."""
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    try:
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the connection closes
+    finally:
+        writer.close()
+    status, headers, body = split_answer(answer)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "malformed_request"
+    assert error["message"] and "sekrit" not in error["message"]
+

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from gateway.params import bearer_token, cors_headers, error_body, origin_allowed
+from core.http_errors import error_body
+from gateway.params import bearer_token, cors_headers, origin_allowed
 
 STREAM_PATH = b"/v1/stream"
 MAX_HEAD = 8 * 1024  # bytes of request line and headers
