@@ -243,4 +243,3 @@ async def test_requests_aiohttp_cannot_parse_get_the_one_error_shape(
     error = orjson.loads(body)["error"]
     assert error["code"] == "malformed_request"
     assert error["message"] and "sekrit" not in error["message"]
-
