@@ -34,7 +34,9 @@ Settings (environment variables, all optional):
     REDIS_URL                    if set, Redis is external (redis:// or rediss://)
     KAFKA_BOOTSTRAP              if set, Kafka is external (host:port[,host:port...])
 
-Everything local binds to 127.0.0.1.  The local endpoints are:
+Everything local binds to 127.0.0.1, and run as root, ``start`` adds the local ports to
+the kernel's reserved ports (net.ipv4.ip_local_reserved_ports), so that no outgoing
+connection is ever given one of them.  The local endpoints are:
     postgresql://feed:feed@127.0.0.1:<STACK_PG_PORT>/feed
     redis://127.0.0.1:<STACK_REDIS_PORT>/0
     127.0.0.1:<STACK_KAFKA_PORT>
@@ -300,6 +302,29 @@ def pid_listen_ports(pid: int) -> set[int]:
     """Ports `pid` listens on: tells "still starting" apart from "running on another port"."""
     sockets = listen_sockets()
     return {sockets[link] for link in pid_socket_links(pid) if link in sockets}
+
+
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve_ports(ports: list[int]) -> None:
+    """Keeps the kernel from handing these ports to outgoing connections. The defaults
+    lie inside Linux's ephemeral range (32768-60999), so a client socket can hold one
+    for a moment, and a service (re)started just then cannot bind it ("address already
+    in use"): the outage tests restart services mid-suite, after thousands of
+    connections. Reserved ports can still be bound explicitly. Root only (the setting is
+    the machine's); otherwise nothing changes."""
+    try:
+        current = RESERVED_PORTS.read_text().strip()
+        reserved: set[int] = set()
+        for part in filter(None, current.split(",")):
+            low, _, high = part.partition("-")
+            reserved.update(range(int(low), int(high or low) + 1))
+        missing = sorted(set(ports) - reserved)
+        if missing:
+            RESERVED_PORTS.write_text(",".join(filter(None, [current, *map(str, missing)])))
+    except (OSError, ValueError):  # not root, or /proc/sys read-only (a container)
+        pass
 
 
 def port_in_use_error(service: str, port: int, setting: str) -> StackError:
@@ -723,7 +748,9 @@ class LocalService(Service):
         return pid_alive(self.pid()) and port_answers(HOST, self.port)
 
     def check_ports_free(self) -> None:
-        for port, setting in {self.port: self.port_setting, **self.extra_ports()}.items():
+        ports = {self.port: self.port_setting, **self.extra_ports()}
+        reserve_ports(list(ports))
+        for port, setting in ports.items():
             if port_answers(HOST, port):
                 raise port_in_use_error(self.name, port, setting)
 

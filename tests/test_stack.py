@@ -73,3 +73,25 @@ def test_external_server_is_used_not_started(
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "stack" / "redis").exists(), "started a local redis anyway"
     assert "external" in result.stdout
+
+
+def test_start_reserves_its_ports_from_the_ephemeral_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outgoing connection given a stack port would make a restart of that service
+    fail to bind; reserving adds to what the machine reserves already."""
+    from scripts import stack as stack_script
+
+    reserved = tmp_path / "ip_local_reserved_ports"
+    reserved.write_text("100-102,56379\n")
+    monkeypatch.setattr(stack_script, "RESERVED_PORTS", reserved)
+    stack_script.reserve_ports([101, 56379, 5000, 4000])
+    assert reserved.read_text() == "100-102,56379,4000,5000"
+    stack_script.reserve_ports([4000])  # nothing new: left as it is
+    assert reserved.read_text() == "100-102,56379,4000,5000"
+    reserved.write_text("")
+    stack_script.reserve_ports([7])
+    assert reserved.read_text() == "7"
+    # Not there, or not writable (a container, a user who is not root): no error.
+    monkeypatch.setattr(stack_script, "RESERVED_PORTS", tmp_path / "missing" / "file")
+    stack_script.reserve_ports([8])
