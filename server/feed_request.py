@@ -65,10 +65,11 @@ def _request_line(line: bytes) -> tuple[str | None, str | None] | None:
 
 def _headers(lines: list[bytes]) -> tuple[str, bool] | None:
     """(Authorization, keep-alive), or None: no Authorization or two, no Host (aiohttp
-    refuses HTTP/1.1 without one), or a header that is not ours."""
+    refuses HTTP/1.1 without one), two Content-Lengths (aiohttp refuses those, even when
+    they agree), or a header that is not ours."""
     authorization: str | None = None
     keep_alive = True
-    hosts = 0
+    hosts = lengths = 0
     for line in lines:
         name, colon, value = line.partition(b":")
         if not colon or not _HEADER_NAME.fullmatch(name) or _CONTROL.search(value):
@@ -86,7 +87,11 @@ def _headers(lines: list[bytes]) -> tuple[str, bool] | None:
             if b"upgrade" in options:
                 return None
             keep_alive = b"close" not in options
-        elif (name == b"content-length" and value != b"0") or name in _NOT_OURS:
+        elif name == b"content-length":
+            lengths += 1
+            if value != b"0" or lengths > 1:
+                return None
+        elif name in _NOT_OURS:
             return None
     return (authorization, keep_alive) if authorization is not None and hosts == 1 else None
 

@@ -240,6 +240,7 @@ async def test_odd_requests_reach_aiohttp_whole(api: Client, connect: Connect) -
         f"GET /v1/feed HTTP/1.1\r\n{host}{_auth(me)}Content-Length: 2\r\n\r\n{{}}",
         f"GET /v1/feed HTTP/1.1\r\n{host}{_auth(me)}{_auth(me)}\r\n",
         f"GET /v1/feed HTTP/1.1\r\n{host}{host}{_auth(me)}\r\n",
+        f"GET /v1/feed HTTP/1.1\r\n{host}{_auth(me)}Content-Length: 0\r\nContent-Length: 0\r\n\r\n",
         f"GET /v1/feed?limit=1&limit=2 HTTP/1.1\r\n{host}{_auth(me)}\r\n",
         f"GET /v1/feed/ HTTP/1.1\r\n{host}{_auth(me)}\r\n",
         f"GET /v1/feed HTTP/1.1\nAuthorization: Bearer {me.token}\n\n",  # bare LF
@@ -289,6 +290,7 @@ def test_the_head_parser_takes_only_plain_feed_reads() -> None:
     assert request == FeedRequest("Bearer tok", "5", "abc", keep_alive=True)
     closing = parse_head(plain + b"\r\nConnection: Keep-Alive, Close")
     assert closing is not None and not closing.keep_alive
+    assert parse_head(plain + b"\r\nContent-Length: 0") == request
     assert parse_head(b"GET /v1/feed HTTP/1.1\r\nhost: h\r\nauthorization: bearer  t ") == (
         FeedRequest("bearer  t", None, None, keep_alive=True)
     )
@@ -298,6 +300,7 @@ def test_the_head_parser_takes_only_plain_feed_reads() -> None:
         plain.replace(b"limit=5", b"limit=5&x"),
         plain + b"\r\nConnection: Upgrade",
         plain + b"\r\nTransfer-Encoding: chunked",
+        plain + b"\r\nContent-Length: 0\r\nContent-Length: 0",  # aiohttp refuses it
         plain + b"\r\nExpect: 100-continue",
         plain + b"\r\nX-Bad Name: 1",
         plain + b"\r\nX-Ctl: \x7f",
