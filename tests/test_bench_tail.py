@@ -40,3 +40,21 @@ def test_a_burst_is_laid_beside_what_the_machine_did_then() -> None:
 
 def test_no_slow_request_says_so() -> None:
     assert explain((0.0, 1.0), [], [], 0.01) == ["no request over 10 ms"]
+
+
+def test_a_burst_names_the_other_processes_that_ran_then() -> None:
+    """'everything else' broken down by process name, from the scans around the burst."""
+    samples = []
+    java = pg = 0.0
+    for i in range(int(4 / EVERY) + 1):
+        at = 100.0 + i * EVERY
+        busy = 2.0 <= at - 100.0 < 2.5  # the JVM took 80% of a core here
+        java += 0.8 * EVERY if busy else 0.01 * EVERY
+        pg += 0.02 * EVERY
+        scan = {7: ("java", java), 8: ("postgres", pg)} if i % 5 == 0 else None
+        samples.append(
+            Sample(at, 0.0, java + pg, 0.0, 0.0, 0, {"server": 0.0}, {"server": 0.0}, scan)
+        )
+    lines = explain((100.0, 104.0), [(2.1, 0.03), (2.15, 0.04)], samples, 0.01)
+    assert "(over 0.25 s: java 80%)" in lines[1]  # postgres, under 5% of a core, not named
+    assert "java" not in lines[2]  # the calm part has no scans of its own

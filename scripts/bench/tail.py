@@ -12,12 +12,16 @@ slow requests, `explain` then lays out what the kernel counted:
   /proc/vmstat; this VM's DAMON pages out memory it finds cold);
 - the CPU the processes under test ran, and how long they sat runnable waiting for one
   (/proc/PID/task/*/schedstat, nanoseconds; /proc/PID/stat counts 10 ms ticks, too coarse
-  for a 50 ms sample).
+  for a 50 ms sample);
+- which other processes ran ("everything else", by process name: the load generator,
+  Kafka's JVM, Postgres, ...), from every process's /proc/PID/stat, read every
+  `OTHERS_EVERY` seconds only (a scan costs ~1.5 ms) and so widened to those reads.
 Each of these is also given for the calm part of the same window, for comparison.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -32,6 +36,9 @@ EVERY = 0.05  # seconds between samples
 BURST_GAP = 0.1  # slow requests further apart than this (scheduled time) are two bursts
 SHOWN = 5  # bursts listed one by one (the worst by count)
 STOLEN = 0.2  # a burst during which steal took this share of a core counts as the VM's
+OTHERS_EVERY = 5  # samples between two scans of every process (0.25 s)
+OTHERS_SHOWN = 3  # other processes named per burst, the busiest first
+OTHERS_MIN = 0.05  # ... each that ran at least this share of a core
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,9 @@ class Sample:
     refaults: int  # file pages read back after eviction, since boot
     busy: dict[str, float]  # group -> seconds its threads ran on a CPU
     queued: dict[str, float]  # group -> seconds its threads were runnable but not running
+    # pid -> (name, seconds it ran since it started) of every process outside the groups,
+    # in one sample of every OTHERS_EVERY; None in the others
+    others: dict[int, tuple[str, float]] | None = None
 
 
 def _pressure(kind: str) -> float:
@@ -75,9 +85,29 @@ def _scheduled(pids: tuple[int, ...]) -> tuple[float, float]:
     return ran / 1e9, queued / 1e9
 
 
-def take(groups: dict[str, tuple[int, ...]]) -> Sample:
+def _others(grouped: set[int]) -> dict[int, tuple[str, float]]:
+    """Every process but `grouped`: its name (comm) and user + system seconds."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in grouped:
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        # comm is in parentheses and may itself hold spaces or parentheses.
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (
+            raw[raw.index("(") + 1 : raw.rindex(")")],
+            (int(fields[11]) + int(fields[12])) * TICK,
+        )
+    return found
+
+
+def take(groups: dict[str, tuple[int, ...]], with_others: bool = False) -> Sample:
     machine = machine_ticks()
     scheduled = {g: _scheduled(pids) for g, pids in groups.items()}
+    grouped = {pid for pids in groups.values() for pid in pids}
     return Sample(
         at=time.time(),
         steal=machine.steal * TICK,
@@ -87,6 +117,7 @@ def take(groups: dict[str, tuple[int, ...]]) -> Sample:
         refaults=_refaults(),
         busy={g: ran for g, (ran, _) in scheduled.items()},
         queued={g: queued for g, (_, queued) in scheduled.items()},
+        others=_others(grouped) if with_others else None,
     )
 
 
@@ -110,8 +141,10 @@ class Sampler:
         return self.samples
 
     def _run(self) -> None:
+        n = 0
         while True:
-            self.samples.append(take(self.groups))
+            self.samples.append(take(self.groups, with_others=n % OTHERS_EVERY == 0))
+            n += 1
             if self._stop.wait(EVERY):
                 break
 
@@ -149,6 +182,9 @@ class Usage:
     refaults: int
     busy: dict[str, float]
     queued: dict[str, float]
+    # the other processes' busiest, by name: (seconds they ran, over how many seconds)
+    others: tuple[tuple[str, float], ...] = ()
+    others_seconds: float = 0.0
 
     def line(self) -> str:
         """Shares of the span's wall time (100% = one core's worth), refaults per second."""
@@ -162,8 +198,15 @@ class Usage:
         return (
             f"steal {self.steal * per:.0f}%, CPU wait {self.cpu_wait * per:.0f}%, "
             f"I/O wait {self.io_wait * per:.0f}%, {refaults:,.0f} page refaults/s; {busy}, "
-            f"everything else {rest * per:.0f}%"
+            f"everything else {rest * per:.0f}%{self._others()}"
         )
+
+    def _others(self) -> str:
+        if not self.others:
+            return ""
+        per = 100.0 / self.others_seconds
+        named = ", ".join(f"{name} {ran * per:.0f}%" for name, ran in self.others)
+        return f" (over {self.others_seconds:.2f} s: {named})"
 
 
 def _between(samples: list[Sample], start: float, end: float) -> Usage:
@@ -172,7 +215,29 @@ def _between(samples: list[Sample], start: float, end: float) -> Usage:
     if len(inside) < 2:
         return Usage(0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, {})
     a, b = inside[0], inside[-1]
-    return _usage(a, b)
+    usage = _usage(a, b)
+    scans = [s for s in samples if s.others is not None]
+    before = [s for s in scans if s.at <= start]
+    after = [s for s in scans if s.at >= end]
+    if not before or not after:
+        return usage
+    first, last = before[-1], after[0]
+    return dataclasses.replace(
+        usage, others=_busiest(first, last), others_seconds=last.at - first.at
+    )
+
+
+def _busiest(a: Sample, b: Sample) -> tuple[tuple[str, float], ...]:
+    """The other processes that ran most between two scans, by name (a process started
+    in between counts from zero; one that ended is not seen)."""
+    assert a.others is not None and b.others is not None
+    ran: dict[str, float] = {}
+    for pid, (name, seconds) in b.others.items():
+        _, earlier = a.others.get(pid, (name, 0.0))
+        ran[name] = ran.get(name, 0.0) + max(0.0, seconds - earlier)
+    floor = OTHERS_MIN * (b.at - a.at)
+    ranked = sorted(((n, s) for n, s in ran.items() if s >= floor), key=lambda x: -x[1])
+    return tuple(ranked[:OTHERS_SHOWN])
 
 
 def _usage(a: Sample, b: Sample) -> Usage:
