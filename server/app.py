@@ -37,7 +37,7 @@ from server.handlers import devices, feed, ops, posts, users
 from server.metrics import METRICS, ServerMetrics
 from server.middleware import api_middleware
 from server.openapi import openapi
-from server.outbox import OutboxRelay
+from server.outbox import Outbox, OutboxRelay
 from server.stats import SERVER_STATS, ServerStats, stats_ctx
 from web import STATIC_DIR
 
@@ -85,13 +85,20 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
         hasher=hasher,
         dummy_hash=await asyncio.to_thread(hasher.hash, "unknown-user-placeholder"),
         topics=Topics.for_settings(settings),
+        outbox=Outbox(settings.kafka_topic_prefix),
         vapid_public_key=(await vapid.load_or_create(app[DB])).public_key,
     )
     app[CTX] = c
     metrics = app[METRICS]
     celebs = Celebrities(c.db, TierPolicy(settings, c.redis))
     app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads, metrics.feed_pages_general)
-    relay = OutboxRelay(settings.database_url, c.kafka, c.topics, metrics.outbox_published)
+    relay = OutboxRelay(
+        settings.database_url,
+        c.kafka,
+        c.topics,
+        c.outbox.prefix,
+        metrics.outbox_published,
+    )
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
     await stop_tasks([relay_task])

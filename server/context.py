@@ -15,6 +15,7 @@ from core.ids import IdGenerator
 from core.resources import KafkaLink
 from core.settings import Settings
 from core.topics import Topics
+from server.outbox import Outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class ServerContext:
     hasher: PasswordHasher
     dummy_hash: str  # verified against for unknown handles, so timing reveals nothing
     topics: Topics
+    outbox: Outbox  # where events wait for the relay (this deployment's prefix)
     vapid_public_key: str  # base64url P-256 point browsers subscribe with (core/vapid.py)
 
 

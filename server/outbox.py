@@ -4,6 +4,10 @@ transaction) and published to Kafka by one relay, in id order, then marked sent.
 The relay is woken by LISTEN/NOTIFY and polls as a fallback. Only the instance holding
 an advisory lock relays, so per-author order survives several API servers. Kafka down:
 rows stay unsent and the backlog drains, in order, when it returns.
+
+A deployment is a topic prefix (KAFKA_TOPIC_PREFIX): rows carry their writer's prefix,
+and the lock and the rows relayed are per prefix, so deployments that share a database
+never publish each other's events.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -20,7 +27,9 @@ from prometheus_client import Counter
 from core.events import Event, encode
 from core.resources import KafkaLink
 from core.topics import Topics
-from server.context import Conn
+
+if TYPE_CHECKING:  # server.context holds an Outbox
+    from server.context import Conn
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +40,36 @@ POLL_SECONDS = 1.0
 KEEP_SENT = "1 day"
 
 
-async def enqueue(conn: Conn, topic: str, key: int, event: Event) -> None:
-    """Add an event inside the caller's transaction; NOTIFY is delivered at commit."""
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
-        topic,
-        str(key).encode(),
-        encode(event),
-    )
-    await conn.execute(f"NOTIFY {CHANNEL}")
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """Where this deployment's events wait for its relay."""
+
+    prefix: str  # KAFKA_TOPIC_PREFIX
+
+    async def enqueue(self, conn: Conn, topic: str, key: int, event: Event) -> None:
+        """Add an event (`topic` as core.topics names it) inside the caller's
+        transaction; NOTIFY is delivered at commit."""
+        await conn.execute(
+            "INSERT INTO outbox (topic_prefix, topic, key, payload) VALUES ($1, $2, $3, $4)",
+            self.prefix,
+            topic,
+            str(key).encode(),
+            encode(event),
+        )
+        await conn.execute(f"NOTIFY {CHANNEL}")
+
+
+def relay_lock(prefix: str) -> tuple[int, int]:
+    """The advisory lock (two int4 keys) of one deployment's relay."""
+    return _RELAY_LOCK, int.from_bytes(zlib.crc32(prefix.encode()).to_bytes(4), signed=True)
 
 
 class OutboxRelay:
     def __init__(
-        self, database_url: str, link: KafkaLink, topics: Topics, published: Counter
+        self, database_url: str, link: KafkaLink, topics: Topics, prefix: str, published: Counter
     ) -> None:
         self._database_url = database_url
+        self._prefix = prefix
         self._link = link
         self._topics = {
             name: getattr(topics, name.replace("-", "_"))
@@ -71,7 +94,9 @@ class OutboxRelay:
         conn = await asyncpg.connect(self._database_url, timeout=5)
         try:
             while True:
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+                if await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", *relay_lock(self._prefix)
+                ):
                     break
                 await asyncio.sleep(2.0)  # another server relays; stand by
             await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
@@ -100,7 +125,9 @@ class OutboxRelay:
 
     async def _relay_batch(self, conn: Conn) -> int:
         rows = await conn.fetch(
-            "SELECT id, topic, key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            "SELECT id, topic, key, payload FROM outbox"
+            " WHERE sent_at IS NULL AND topic_prefix = $1 ORDER BY id LIMIT $2",
+            self._prefix,
             BATCH,
         )
         if not rows:

@@ -9,14 +9,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from core import events
-from core.clients import kafka_common
 from core.settings import Settings
-from core.topics import Topics
 from tests.support.api import follow, post, sign_up
 from tests.support.env import stack
+from tests.support.topics import posts_on_topic
 
 pytestmark = [pytest.mark.outage, pytest.mark.slow]
 Client = TestClient[web.Request, web.Application]
@@ -37,35 +34,6 @@ def kafka_down() -> Iterator[None]:
     yield from stopped("kafka")
 
 
-async def posts_on_topic(settings: Settings, wanted: set[int], seconds: float) -> list[int]:
-    """Post ids of PostCreated events for `wanted`, in topic order. Reads every partition
-    directly (no group: a just-restarted broker's group coordinator can take a while)."""
-    topic = Topics.for_settings(settings).posts
-    consumer = AIOKafkaConsumer(
-        **kafka_common(settings), group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    # The session's topics were created with settings.kafka_partitions partitions.
-    consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
-    await consumer.seek_to_beginning()
-    found: list[int] = []
-    try:
-        async with asyncio.timeout(seconds):
-            while not wanted <= set(found):
-                batch = await consumer.getmany(timeout_ms=500)
-                for messages in batch.values():
-                    for message in messages:
-                        try:
-                            event = events.decode(message.value)  # type: ignore[arg-type]
-                        except events.EventDecodeError:
-                            continue  # the dead-letter test's poison event shares the topic
-                        if isinstance(event, events.PostCreated) and event.post_id in wanted:
-                            found.append(event.post_id)
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def test_posts_accepted_while_kafka_is_down_all_reach_the_topic(
     settings: Settings, db: asyncpg.Pool, kafka_down: None, api: Client
 ) -> None:
@@ -74,7 +42,7 @@ async def test_posts_accepted_while_kafka_is_down_all_reach_the_topic(
     unsent = await db.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
     assert unsent >= 50
     assert stack("start", "kafka").returncode == 0
-    on_topic = await posts_on_topic(settings, set(accepted), seconds=90)
+    on_topic = [p for p in await posts_on_topic(settings, set(accepted), 90) if p in accepted]
     assert sorted(set(on_topic)) == accepted
     assert len(on_topic) == len(set(on_topic)), "published twice"
     assert on_topic == sorted(on_topic), "order per author not kept"

@@ -20,7 +20,7 @@ from server.context import Conn, ServerContext, ctx, user_id
 from server.errors import ApiError, invalid, not_found
 from server.feed import FEED
 from server.hydrate import REDIS_ERRORS, Hydrator, bump_counter, forget_post, iso
-from server.outbox import enqueue
+from server.outbox import Outbox
 from server.service_json import json
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ async def create_post(request: web.Request) -> web.Response:
         await _record_engagements(
             conn, c, post_id, author, text, reply_to, parent_author, repost_of, original_author
         )
-        await enqueue(
+        await c.outbox.enqueue(
             conn,
             topics.POSTS,
             author,
@@ -157,21 +157,22 @@ async def _record_engagements(
     notified: set[int] = {author}
     if reply_to is not None and parent_author is not None:
         await conn.execute("UPDATE posts SET reply_count = reply_count + 1 WHERE id = $1", reply_to)
-        await _engage(conn, "reply", author, parent_author, post_id, notified)
+        await _engage(conn, c.outbox, "reply", author, parent_author, post_id, notified)
     if repost_of is not None and original_author is not None:
         await conn.execute(
             "UPDATE posts SET repost_count = repost_count + 1 WHERE id = $1", repost_of
         )
-        await _engage(conn, "repost", author, original_author, repost_of, notified)
+        await _engage(conn, c.outbox, "repost", author, original_author, repost_of, notified)
     handles = list(dict.fromkeys(m.lower() for m in MENTION.findall(text)))[:MAX_MENTIONS]
     if handles:
         rows = await conn.fetch("SELECT id FROM users WHERE lower(handle) = ANY($1)", handles)
         for row in rows:
-            await _engage(conn, "mention", author, row["id"], post_id, notified)
+            await _engage(conn, c.outbox, "mention", author, row["id"], post_id, notified)
 
 
 async def _engage(
     conn: Conn,
+    outbox: Outbox,
     kind: events.EngagementKind,
     actor: int,
     recipient: int,
@@ -181,7 +182,7 @@ async def _engage(
     if recipient in notified:
         return
     notified.add(recipient)
-    await enqueue(
+    await outbox.enqueue(
         conn,
         topics.ENGAGEMENTS,
         recipient,
@@ -230,7 +231,9 @@ async def delete_post(request: web.Request) -> web.Response:
             await conn.execute(
                 "UPDATE posts SET repost_count = repost_count - 1 WHERE id = $1", row["repost_of"]
             )
-        await enqueue(conn, topics.POSTS, me, events.PostDeleted(post_id=post_id, author_id=me))
+        await c.outbox.enqueue(
+            conn, topics.POSTS, me, events.PostDeleted(post_id=post_id, author_id=me)
+        )
     await forget_post(c.redis, post_id)
     if row["reply_to"] is not None:
         await bump_counter(c.redis, row["reply_to"], "replies", -1)
@@ -274,7 +277,7 @@ async def _set_like(request: web.Request, liked: bool) -> web.Response:
             delta,
         )
         if changed and liked and author != me:
-            await enqueue(
+            await c.outbox.enqueue(
                 conn,
                 topics.ENGAGEMENTS,
                 author,

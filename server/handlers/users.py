@@ -12,7 +12,6 @@ from server.errors import ApiError, not_found
 from server.feed import FEED
 from server.handlers.posts import post_list
 from server.hydrate import iso
-from server.outbox import enqueue
 from server.service_json import json
 
 
@@ -110,9 +109,9 @@ async def _set_follow(request: web.Request, following: bool) -> web.Response:
                 if following
                 else events.FollowRemoved(follower_id=me, followee_id=target)
             )
-            await enqueue(conn, topics.FOLLOWS, me, event)
+            await c.outbox.enqueue(conn, topics.FOLLOWS, me, event)
             if following:
-                await enqueue(
+                await c.outbox.enqueue(
                     conn,
                     topics.ENGAGEMENTS,
                     target,
