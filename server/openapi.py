@@ -68,7 +68,8 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "(`limit`, `q`, `media_ids`, idempotency key)",
         "invalid_characters": "control characters, surrogates or unassigned code points",
         "too_long": "longer than allowed after NFC normalisation and trimming",
-        "empty_text": "`text` is empty after trimming",
+        "empty_text": "`text` is empty after trimming, or only invisible characters "
+        "(spaces, zero-width and other format characters)",
         "invalid_handle": "a handle is 1-15 characters of A-Z, a-z, 0-9 and _",
         "invalid_password": f"a password is {PASSWORD_MIN}-{PASSWORD_MAX} characters, no NUL",
         "invalid_cursor": "the cursor is malformed or belongs to another list",

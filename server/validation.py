@@ -105,12 +105,17 @@ def clean_text(value: str, field: str, max_chars: int, *, allow_newlines: bool) 
     return text
 
 
+# What renders as nothing: separators and format characters (zero-width space, joiners,
+# the BOM, the soft hyphen, bidi marks). A post made only of these would show as blank.
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cf"})
+
+
 def post_text(body: dict[str, Any]) -> str:
     raw = string(body, "text")
     assert raw is not None
     text = clean_text(raw, "text", POST_MAX_CHARS, allow_newlines=True)
-    if not text:
-        raise invalid("text", "text must not be empty", "empty_text")
+    if all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text):
+        raise invalid("text", "text must have a visible character", "empty_text")
     return text
 
 

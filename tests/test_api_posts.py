@@ -37,6 +37,8 @@ async def test_create_and_read_a_post(api: Client) -> None:
         ("مرحبا بالعالم", "مرحبا بالعالم"),  # right-to-left script
         ("line one\r\nline two", "line one\nline two"),
         ("x" * 280, "x" * 280),
+        ("\u200bhi\u200b", "\u200bhi\u200b"),  # invisible characters beside visible ones
+        ("👩\u200d💻", "👩\u200d💻"),  # an emoji sequence joined by ZWJ (a format char)
     ],
 )
 async def test_unicode_text_is_accepted_and_normalised(api: Client, text: str, stored: str) -> None:
@@ -51,6 +53,8 @@ async def test_unicode_text_is_accepted_and_normalised(api: Client, text: str, s
     [
         ({"text": ""}, "empty_text", "text"),
         ({"text": "   \n  "}, "empty_text", "text"),
+        ({"text": "\u200b\ufeff\u00ad\u200d\u2063"}, "empty_text", "text"),  # invisible
+        ({"text": "\u3000\u2029\u200e\u202e"}, "empty_text", "text"),  # spaces, bidi marks
         ({"text": "x" * 281}, "too_long", "text"),
         ({"text": "😀" * 281}, "too_long", "text"),
         ({"text": "nul\x00byte"}, "invalid_characters", "text"),
