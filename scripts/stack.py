@@ -749,10 +749,10 @@ class LocalService(Service):
 
     def check_ports_free(self) -> None:
         ports = {self.port: self.port_setting, **self.extra_ports()}
-        reserve_ports(list(ports))
         for port, setting in ports.items():
             if port_answers(HOST, port):
                 raise port_in_use_error(self.name, port, setting)
+        reserve_ports(list(ports))  # ours from now on (not someone else's port in use)
 
     def start(self) -> None:
         if self.running():
