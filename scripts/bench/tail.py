@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from scripts.bench.cpu import machine_ticks
+from scripts.bench.cpu import machine_ticks, process_times, read_proc
 
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 EVERY = 0.05  # seconds between samples
@@ -71,16 +71,6 @@ def _refaults() -> int:
     return 0
 
 
-def _read(path: str) -> bytes:
-    """A small /proc file, raw: pathlib's read_text costs several times more per file,
-    and the sampler reads dozens of them 20 times a second."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
-
-
 def _scheduled(pids: tuple[int, ...]) -> tuple[float, float]:
     """(ran, queued) seconds of every thread of these processes, from schedstat."""
     ran = queued = 0
@@ -91,7 +81,7 @@ def _scheduled(pids: tuple[int, ...]) -> tuple[float, float]:
             continue
         for task in tasks:
             try:
-                on_cpu, waiting, _slices = _read(f"/proc/{pid}/task/{task}/schedstat").split()
+                on_cpu, waiting, _slices = read_proc(f"/proc/{pid}/task/{task}/schedstat").split()
             except (OSError, ValueError):  # a thread that ended while we looked
                 continue
             ran += int(on_cpu)
@@ -99,30 +89,15 @@ def _scheduled(pids: tuple[int, ...]) -> tuple[float, float]:
     return ran / 1e9, queued / 1e9
 
 
-def _others(grouped: set[int]) -> dict[int, tuple[str, float]]:
+def _others(grouped: frozenset[int]) -> dict[int, tuple[str, float]]:
     """Every process but `grouped`: its name (comm) and user + system seconds."""
-    found: dict[int, tuple[str, float]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in grouped:
-            continue
-        try:
-            raw = _read(f"/proc/{name}/stat")
-        except OSError:  # exited while we looked
-            continue
-        # comm is in parentheses and may itself hold spaces or parentheses.
-        end = raw.rindex(b")")
-        fields = raw[end + 2 :].split(maxsplit=14)
-        found[int(name)] = (
-            raw[raw.index(b"(") + 1 : end].decode(errors="replace"),
-            (int(fields[11]) + int(fields[12])) * TICK,
-        )
-    return found
+    return {pid: (comm, ticks * TICK) for pid, comm, ticks in process_times(grouped)}
 
 
 def take(groups: dict[str, tuple[int, ...]], with_others: bool = False) -> Sample:
     machine = machine_ticks()
     scheduled = {g: _scheduled(pids) for g, pids in groups.items()}
-    grouped = {pid for pids in groups.values() for pid in pids}
+    grouped = frozenset(pid for pids in groups.values() for pid in pids)
     return Sample(
         at=time.time(),
         steal=machine.steal * TICK,
