@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 import orjson
 
+from core.recent import Recent
+
 MAX_TOKEN_LENGTH = 512  # anything longer is hostile; refuse before doing any work
 MAX_USER_ID = 2**63 - 1  # ids are Postgres bigints
 # Tokens already verified, by their exact text: a feed client sends the same token with
 # every request, and the HMAC, base64 and JSON of a verification cost ~10 us each time.
-# Only good tokens go in, and expiry is checked on every use. Emptied when full.
-VERIFIED_MAX = 10_000
+# Only good tokens go in, and expiry is checked on every use. The recently used are kept
+# (core/recent.py): ~250 bytes each, so 100 000 active clients cost ~25 MB.
+VERIFIED_MAX = 100_000
 
 
 class TokenError(ValueError):
@@ -48,10 +51,13 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    def __init__(self, secret: str, ttl_seconds: int) -> None:
+    def __init__(self, secret: str, ttl_seconds: int, remember: int | None = None) -> None:
+        """`remember`: how many verified tokens to keep (VERIFIED_MAX by default)."""
         self._key = hashlib.sha256(b"feed-token-v1:" + secret.encode()).digest()
         self._ttl = ttl_seconds
-        self._verified: dict[str, TokenClaims] = {}
+        self._verified: Recent[str, TokenClaims] = Recent(
+            VERIFIED_MAX if remember is None else remember
+        )
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -73,9 +79,7 @@ class TokenSigner:
                 raise TokenError("token_expired", "token has expired; sign in again")
             return known
         claims = self._verify(token, now)
-        if len(self._verified) >= VERIFIED_MAX:
-            self._verified.clear()
-        self._verified[token] = claims
+        self._verified.put(token, claims)
         return claims
 
     def _verify(self, token: str, now: float | None) -> TokenClaims:

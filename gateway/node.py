@@ -80,7 +80,9 @@ class GatewayNode:
         self._redis = redis_client
         self._resumer = resumer
         self._metrics = metrics
-        self._signer = TokenSigner(settings.secret_key, settings.token_ttl_seconds)
+        # A connection's token is verified once, when it connects: remembering tokens
+        # would only add memory per connection.
+        self._signer = TokenSigner(settings.secret_key, settings.token_ttl_seconds, remember=0)
         self._limiter = RateLimiter(settings.gateway_connects_per_ip)
         self.limits = QueueLimits(settings.gateway_queue_messages, settings.gateway_queue_bytes)
         self.hub = Hub()

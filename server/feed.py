@@ -13,7 +13,7 @@ the user follows (the following cache, server/following.py) and merges their rec
 posts, which each process holds (refreshed every CELEB_POSTS_SECONDS, and at once for
 posts created by this process) and sends along; it drops authors no longer followed and
 deleted posts and returns the posts' cached counters, which the server splices into
-the bodies it holds (server/held_bodies.py; read from Redis once per process). When a
+the bodies it holds (core/recent.py; read from Redis once per process). When a
 cache misses, or history runs past what the caches hold, the script says so and the
 general path (HomeFeed._general) finishes the page: cache fills, Postgres, more rounds
 of merging.
@@ -35,12 +35,12 @@ from prometheus_client import Counter
 
 from core import keys
 from core.lean_redis import LeanRedis
+from core.recent import Recent
 from core.redis_address import RedisAddress
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
 from server.context import ServerContext
 from server.following import FollowingCache
-from server.held_bodies import HeldBodies
 from server.hydrate import REDIS_ERRORS, Hydrator
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class HomeFeed:
         # The page's script calls skip redis-py (core/lean_redis.py); one deadline each,
         # past which the page comes from Postgres.
         self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
-        self._hydrator = Hydrator(c.db, c.redis, HeldBodies(c.settings.feed_held_posts))
+        self._hydrator = Hydrator(c.db, c.redis, Recent[int, bytes](c.settings.feed_held_posts))
         self._following = FollowingCache(c.db, c.redis)
 
     async def close(self) -> None:

@@ -27,7 +27,7 @@ from core.post_cache import (
     tombstone,
 )
 from core.postview import counts, fetch_rows, iso, post_body
-from server.held_bodies import HeldBodies
+from core.recent import Recent
 
 __all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso", "spliced"]
 
@@ -111,11 +111,11 @@ READ_VISIBLE_SCRIPT = LeanScript(READ_VISIBLE)
 
 class Hydrator:
     def __init__(
-        self, db: asyncpg.Pool, redis_client: aioredis.Redis, held: HeldBodies | None = None
+        self, db: asyncpg.Pool, redis_client: aioredis.Redis, held: Recent[int, bytes] | None = None
     ) -> None:
         self._db = db
         self._redis = redis_client
-        self._held = HeldBodies(0) if held is None else held
+        self._held: Recent[int, bytes] = Recent(0) if held is None else held
 
     async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Live (not deleted) posts by id; unknown and deleted ids are simply absent."""

@@ -45,7 +45,10 @@ def test_garbage_is_refused_cleanly(garbage: str) -> None:
     assert info.value.code == "invalid_token"
 
 
-def test_a_verified_token_still_expires_and_the_cache_stays_bounded() -> None:
+def test_a_verified_token_still_expires_and_the_cache_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth, "VERIFIED_MAX", 100)
     signer = TokenSigner("a-test-secret-of-some-length", ttl_seconds=3600)
     token = signer.issue(7, now=1000)
     assert signer.verify(token, now=1001).user_id == 7  # verified, then remembered
@@ -56,6 +59,9 @@ def test_a_verified_token_still_expires_and_the_cache_stays_bounded() -> None:
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     with pytest.raises(TokenError, match="signature"):
         signer.verify(forged, now=1001)  # a near copy is not the remembered token
-    for user in range(1, auth.VERIFIED_MAX + 6):  # ids are positive
+    busy = signer.issue(1, now=1000)  # a client that reads its feed all the time
+    for user in range(2, 1_000):  # ids are positive
         signer.verify(signer.issue(user, now=1000), now=1001)
-    assert len(signer._verified) <= auth.VERIFIED_MAX
+        signer.verify(busy, now=1001)
+        assert len(signer._verified) <= 100
+    assert signer._verified.get(busy) is not None  # never dropped by the turnover

@@ -1,11 +1,11 @@
-"""The bodies a server process holds for feed pages (server/held_bodies.py): bounded,
-the recently read ones kept."""
+"""The bounded map of recently used entries (core/recent.py) that holds feed pages' post
+bodies and verified tokens: bounded, the recently read ones kept."""
 
-from server.held_bodies import HeldBodies
+from core.recent import Recent
 
 
 def test_never_holds_more_than_its_size_and_keeps_what_is_read() -> None:
-    held = HeldBodies(100)
+    held: Recent[int, bytes] = Recent(100)
     for post_id in range(1_000):
         held.put(post_id, b"%d" % post_id)
         if post_id >= 10:
@@ -18,6 +18,6 @@ def test_never_holds_more_than_its_size_and_keeps_what_is_read() -> None:
 
 
 def test_size_zero_holds_nothing() -> None:
-    held = HeldBodies(0)
+    held: Recent[int, bytes] = Recent(0)
     held.put(1, b"{}")
     assert held.get(1) is None and len(held) == 0
