@@ -140,7 +140,11 @@ def app_runner(
 ) -> web.AppRunner:
     """The API server passes its own class, whose connections start with its protocol."""
     return runner_class(
-        app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        access_log=None,
+        keepalive_timeout=app[SETTINGS].http_keepalive_seconds,
     )
 
 

@@ -61,6 +61,9 @@ class Settings:
     redis_max_connections: int = 200
     startup_timeout: float = 30.0
     shutdown_timeout: float = 10.0
+    # An idle keep-alive connection, or one whose next request head is still arriving,
+    # is closed after this long (nginx's default; aiohttp's own is an hour).
+    http_keepalive_seconds: float = 75.0
     log_level: str = "INFO"
 
     gateway_api_url: str = "http://127.0.0.1:8080"
@@ -156,6 +159,7 @@ class Settings:
             "push_feed_ttl_seconds",
             "push_alert_ttl_seconds",
             "push_concurrency",
+            "http_keepalive_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -35,7 +35,6 @@ from server.stats import SERVER_STATS
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_TIMEOUT = 3630.0  # aiohttp's: an idle connection lasts as long on either side
 _SERVER = SERVER_SOFTWARE.encode()
 
 
@@ -47,6 +46,8 @@ class FeedFront:
         self.http = http
         self.feed = app[FEED]
         self.signer = app[CTX].signer
+        # As aiohttp's (core.service.app_runner): idle, or a head still arriving, that long.
+        self.keepalive = app[CTX].settings.http_keepalive_seconds
         self.metrics = app[METRICS]
         self.latency = app[SERVER_STATS].feed_reads
         self.protocols: set[FrontProtocol] = set()  # open, or still answering
@@ -113,7 +114,7 @@ class FrontProtocol(asyncio.Protocol):
         self._front.protocols.add(self)
         loop = asyncio.get_running_loop()
         self._last = loop.time()
-        self._timer = loop.call_at(self._last + KEEPALIVE_TIMEOUT, self._idle_check)
+        self._timer = loop.call_at(self._last + self._front.keepalive, self._idle_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -247,10 +248,11 @@ class FrontProtocol(asyncio.Protocol):
         hand_over(transport, self._front.http(), data)
 
     def _idle_check(self) -> None:
-        """Closes a connection idle for KEEPALIVE_TIMEOUT; one timer per connection, moved
-        on only when it fires (not re-armed per request)."""
+        """Closes a connection idle for HTTP_KEEPALIVE_SECONDS (a head still arriving
+        counts as idle); one timer per connection, moved on only when it fires (not
+        re-armed per request)."""
         loop = asyncio.get_running_loop()
-        due = self._last + KEEPALIVE_TIMEOUT
+        due = self._last + self._front.keepalive
         if self.task is None and loop.time() >= due:
             self._timer = None
             assert self._transport is not None

@@ -207,6 +207,20 @@ async def test_a_head_that_never_completes_is_closed(
     writer.close()
 
 
+async def test_a_head_handed_to_aiohttp_that_never_finishes_is_cut(
+    gateway_settings: Settings, aiohttp_client: MakeClient
+) -> None:
+    """Heads the front hands to aiohttp at their first line (anything but a stream
+    request) waited for aiohttp's default keep-alive of an hour."""
+    quick = dataclasses.replace(gateway_settings, http_keepalive_seconds=0.5)
+    gw = await aiohttp_client(serve_gateway(quick))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")  # and nothing more
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
+
+
 # -- frames ----------------------------------------------------------------------------
 
 

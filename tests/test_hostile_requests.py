@@ -4,13 +4,15 @@ must get a 4xx in the one error shape now, and nothing logged as a server error.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from core.auth import TokenSigner
 from core.logs import MalformedRequests, quiet_malformed_requests
@@ -19,6 +21,7 @@ from core.settings import Settings
 from server import validation
 from server.metrics import METRICS
 from tests.support.api import error_of, sign_up
+from tests.support.api_server import serve_api
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.timeout(60)
@@ -243,3 +246,30 @@ async def test_requests_aiohttp_cannot_parse_get_the_one_error_shape(
     error = orjson.loads(body)["error"]
     assert error["code"] == "malformed_request"
     assert error["message"] and "sekrit" not in error["message"]
+
+
+async def test_a_head_that_never_finishes_is_cut_after_the_keepalive_timeout(
+    settings: Settings, aiohttp_client: Callable[[TestServer], Awaitable[Client]]
+) -> None:
+    """A partial head held a connection (and a file descriptor) for aiohttp's default of
+    an hour, feed-looking or not: a slow-loris client could pile them up."""
+    quick = dataclasses.replace(settings, http_keepalive_seconds=0.5)
+    api = await aiohttp_client(serve_api(quick))
+    for partial in (b"GET /healthz HTTP/1.1\r\nHost: t\r\n", b"GET /v1/feed HTTP/1.1\r\nHo"):
+        reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+        started = time.monotonic()
+        writer.write(partial)
+        assert await asyncio.wait_for(reader.read(), 10) == b"", partial  # closed, unanswered
+        assert time.monotonic() - started < 5
+        writer.close()
+    # A keep-alive connection in use stays open; once idle, it is closed too.
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    for _ in range(3):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200"
+        )
+        await asyncio.sleep(0.3)
+        await reader.read(4096)  # the body
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 
+from core.service import SETTINGS
 from core.settings import Settings
 from server.app import create_app
 from server.front import FrontRunner
@@ -18,6 +19,7 @@ class ApiServer(TestServer):
         # aiohttp's TestServer cancels a handler whose client left; `python -m server` (as
         # aiohttp's own default) lets it run on, and a body read then fails instead.
         kwargs["handler_cancellation"] = False
+        kwargs["keepalive_timeout"] = self.app[SETTINGS].http_keepalive_seconds  # as served
         return FrontRunner(self.app, **kwargs)
 
 
