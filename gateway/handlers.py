@@ -11,12 +11,11 @@ import contextlib
 from aiohttp import HttpVersion11, WSMsgType, web
 
 from core.http_errors import error_body
-from gateway.codes import CLOSE_TIMEOUT
 from gateway.node import Admission, GatewayNode, Refused
 from gateway.params import bearer_token, cors_headers, origin_allowed, parse_since
 from gateway.protocols.connections import WebSocketConnections
 from gateway.protocols.frames import MAX_CLIENT_MESSAGE
-from gateway.transport import SSETransport, WebSocketTransport, cut_when_stuck
+from gateway.transport import SSETransport, WebSocketTransport, cut_when_stuck, last_write
 
 NODE = web.AppKey("gateway_node", GatewayNode)
 WEBSOCKETS = web.AppKey("gateway_websockets", WebSocketConnections)
@@ -134,18 +133,5 @@ async def sse(request: web.Request) -> web.StreamResponse:
             transport.write_raw(b": keepalive\n\n")
     finally:
         await node.disconnect(client)
-    await _end(request, response)
+    await last_write(response.write_eof(), request.transport)
     return response
-
-
-async def _end(request: web.Request, response: web.StreamResponse) -> None:
-    """The last chunk; a client that stopped reading does not get to hold the connection
-    (and what is queued for it) while aiohttp waits to write it."""
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await response.write_eof()
-    except TimeoutError:
-        if request.transport is not None:
-            request.transport.abort()
-    except (ConnectionError, RuntimeError):
-        pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -23,6 +23,21 @@ def cut_when_stuck(raw: asyncio.WriteTransport) -> None:
     would hold it (and its memory) for as long as the peer likes. Cut CLOSE_TIMEOUT later."""
     if raw.get_write_buffer_size():
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, raw.abort)
+
+
+async def last_write(ending: Awaitable[object], raw: asyncio.Transport | None) -> None:
+    """Awaits a closing connection's last write (a close frame, the final chunk) for
+    CLOSE_TIMEOUT at most: a peer that stopped reading has the connection cut instead of
+    holding it as long as aiohttp would wait. A peer already gone is no error (uvloop
+    raises RuntimeError on a closed transport)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await ending
+    except TimeoutError:
+        if raw is not None:
+            raw.abort()
+    except (ConnectionError, RuntimeError):
+        pass
 
 
 class Transport(Protocol):
@@ -56,14 +71,7 @@ class WebSocketTransport:
         return self._raw.get_write_buffer_size()
 
     async def close(self, code: int, reason: str) -> None:
-        # The peer may be gone already (uvloop raises RuntimeError on a closed transport).
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._ws.close(code=code, message=reason.encode())
-        except TimeoutError:  # a peer that stopped reading: aiohttp would wait for it
-            self._raw.abort()
-        except (ConnectionError, RuntimeError):
-            pass
+        await last_write(self._ws.close(code=code, message=reason.encode()), self._raw)
 
 
 class SSETransport:
