@@ -92,13 +92,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     celebs = Celebrities(c.db, TierPolicy(settings, c.redis))
     app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads, metrics.feed_pages_general)
-    relay = OutboxRelay(
-        settings.database_url,
-        c.kafka,
-        c.topics,
-        c.outbox.prefix,
-        metrics.outbox_published,
-    )
+    relay = OutboxRelay(settings.database_url, c.kafka, c.outbox, metrics.outbox_published)
     relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
     await stop_tasks([relay_task])

@@ -66,11 +66,13 @@ def relay_lock(prefix: str) -> tuple[int, int]:
 
 class OutboxRelay:
     def __init__(
-        self, database_url: str, link: KafkaLink, topics: Topics, prefix: str, published: Counter
+        self, database_url: str, link: KafkaLink, outbox: Outbox, published: Counter
     ) -> None:
+        """Relays `outbox`'s rows, to the topics of its prefix."""
         self._database_url = database_url
-        self._prefix = prefix
+        self._prefix = outbox.prefix
         self._link = link
+        topics = Topics.with_prefix(outbox.prefix)
         self._topics = {
             name: getattr(topics, name.replace("-", "_"))
             for name in ("posts", "follows", "engagements", "push")
