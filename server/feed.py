@@ -236,6 +236,8 @@ class HomeFeed:
         # The page's script calls skip redis-py (core/lean_redis.py); one deadline each,
         # past which the page comes from Postgres.
         self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
+        # Post bodies held without expiry: a body never changes (core/post_cache.py), and
+        # a deleted post is told by its counters, which every page still reads from Redis.
         self._hydrator = Hydrator(c.db, c.redis, Recent[int, bytes](c.settings.feed_held_posts))
         self._following = FollowingCache(c.db, c.redis)
 
