@@ -22,6 +22,7 @@ from server import validation
 from server.metrics import METRICS
 from tests.support.api import error_of, sign_up
 from tests.support.api_server import serve_api
+from tests.support.rawws import read_head
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.timeout(60)
@@ -204,13 +205,6 @@ async def test_requests_aiohttp_cannot_parse_are_one_warning_line_not_an_error(
     assert server_errors(caplog) == []
 
 
-def split_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
-
-
 UNPARSEABLE = {
     "a header line over 8 190 bytes": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: "
     + b"a" * 9000
@@ -236,13 +230,14 @@ async def test_requests_aiohttp_cannot_parse_get_the_one_error_shape(
     reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
     try:
         writer.write(raw)
-        answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the connection closes
+        async with asyncio.timeout(10):
+            answer = await read_head(reader)
+            body = await reader.read()  # to EOF: the connection closes
     finally:
         writer.close()
-    status, headers, body = split_answer(answer)
-    assert status == 400
-    assert headers["content-type"] == "application/json"
-    assert int(headers["content-length"]) == len(body)
+    assert answer.status == 400
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(body)
     error = orjson.loads(body)["error"]
     assert error["code"] == "malformed_request"
     assert error["message"] and "sekrit" not in error["message"]
@@ -266,10 +261,10 @@ async def test_a_head_that_never_finishes_is_cut_after_the_keepalive_timeout(
     reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
     for _ in range(3):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
-            b"HTTP/1.1 200"
-        )
+        async with asyncio.timeout(5):
+            answer = await read_head(reader)
+            await reader.readexactly(int(answer.headers["content-length"]))
+        assert answer.status == 200
         await asyncio.sleep(0.3)
-        await reader.read(4096)  # the body
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
