@@ -28,6 +28,9 @@ Settings (environment variables, all optional):
     STACK_KAFKA_CONTROLLER_PORT  Kafka KRaft controller port (default: 59093)
     STACK_KAFKA_HEAP             Kafka JVM max heap, -Xmx value (default: 768m)
     STACK_START_TIMEOUT          seconds to wait for each service to be ready (default: 90)
+    STACK_REDIS_PERSIST          yes (default): Redis keeps its data in an append-only file
+                                 (fsync every second), so a restart is not a cold start;
+                                 no: nothing is written to disk
     STACK_DEBUG                  set to 1 to get a traceback on unexpected errors
     DATABASE_URL                 if set, PostgreSQL is external (postgresql:// or postgres://):
                                  nothing is started or stopped, it is only checked/reported
@@ -133,6 +136,17 @@ def env_int(name: str, default: int, low: int = 1, high: int = 65535) -> int:
     return value
 
 
+def env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "yes", "true", "on"):
+        return True
+    if raw in ("0", "no", "false", "off"):
+        return False
+    raise StackError(f"{name} must be yes or no, not {raw!r}")
+
+
 def env_timeout() -> float:
     raw = os.environ.get("STACK_START_TIMEOUT", "").strip()
     if not raw:
@@ -163,6 +177,7 @@ class Settings:
     kafka_controller_port: int
     kafka_heap: str
     start_timeout: float
+    redis_persist: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -178,6 +193,7 @@ class Settings:
             kafka_controller_port=env_int("STACK_KAFKA_CONTROLLER_PORT", 59093),
             kafka_heap=os.environ.get("STACK_KAFKA_HEAP", "").strip() or "768m",
             start_timeout=env_timeout(),
+            redis_persist=env_flag("STACK_REDIS_PERSIST", default=True),
         )
         settings.check_ports_distinct()
         heap_megabytes(settings.kafka_heap)  # validate early, before anything starts
@@ -1248,6 +1264,12 @@ class Redis(LocalService):
         # Guard against pid reuse after a reboot or a crash that left the pidfile.
         return pid if pid and "redis" in proc_cmdline(pid) else None
 
+    @property
+    def persistence(self) -> str:
+        if not self.settings.redis_persist:
+            return 'save ""\nappendonly no\n'
+        return 'save ""\nappendonly yes\nappendfsync everysec\nappenddirname "appendonly"\n'
+
     def write_config(self) -> None:
         self.conf.write_text(
             "# Written by scripts/stack.py on every start; edit the script, not this file.\n"
@@ -1257,8 +1279,11 @@ class Redis(LocalService):
             "daemonize yes\n"
             f"pidfile {self.pidfile}\n"
             f"logfile {self.log}\n"
-            'save ""\n'
-            "appendonly no\n"
+            # Timelines, caches, presence and fan-out checkpoints survive a restart: an
+            # append-only file, fsynced once a second (at most a second of writes lost in
+            # a crash of the machine, none in a crash of Redis), and no RDB snapshots
+            # besides the AOF's own base file. STACK_REDIS_PERSIST=no turns it off.
+            f"{self.persistence}"
             "maxclients 10000\n"
             # Bound to loopback only, so protected mode would add nothing but friction.
             "protected-mode no\n"

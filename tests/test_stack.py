@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.env import stack
+from tests.support.private_redis import private_redis
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +96,22 @@ def test_start_reserves_its_ports_from_the_ephemeral_range(
     # Not there, or not writable (a container, a user who is not root): no error.
     monkeypatch.setattr(stack_script, "RESERVED_PORTS", tmp_path / "missing" / "file")
     stack_script.reserve_ports([8])
+
+
+def test_redis_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
+    """The stack's Redis writes an append-only file: a restart is not a cold start."""
+    import redis
+
+    with private_redis(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+        client.zadd("tl:{1}", {b"post-1": 1.0, b"post-2": 2.0})
+        client.set("kept", b"yes")
+        client.close()
+        server.restart(down_seconds=0)
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.zrange("tl:{1}", 0, -1) == [b"post-1", b"post-2"]
+            assert client.get("kept") == b"yes"
+            assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        finally:
+            client.close()
