@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import asyncpg
 
+from core.supervision import Child, Policy
+
 log = logging.getLogger(__name__)
 
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z; 41 bits of ms last until ~2094.
@@ -120,7 +122,7 @@ UPDATE id_worker_leases
 
 
 class IdLease:
-    """Owns one worker id leased from Postgres, renewed in the background.
+    """Owns one worker id leased from Postgres, renewed by `keep` (a supervised task).
 
     A process that cannot renew (partitioned from Postgres) stops issuing ids before its
     lease can expire, so a successor taking the same worker id never overlaps with it.
@@ -133,7 +135,6 @@ class IdLease:
         self._generation = 0
         self._deadline = 0.0
         self.generator: IdGenerator | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def acquire(self) -> IdGenerator:
         row = await self._pool.fetchrow(_ACQUIRE, self._holder, self._ttl)
@@ -144,34 +145,45 @@ class IdLease:
         # The previous holder may have issued ids up to high_water on a clock ahead of
         # ours; never issue an id at or below that millisecond.
         self.generator = IdGenerator(worker_id, not_before_ms=high_water_ms or -1)
-        self._task = asyncio.create_task(self._renew_loop(), name="id-lease-renew")
         log.info("leased id worker %d (generation %d)", worker_id, self._generation)
         return self.generator
 
-    async def _renew_loop(self) -> None:
-        assert self.generator is not None
-        while True:
+    def child(self) -> Child:
+        """Renewal as a service runs it. A lost lease stops the process, not only the
+        renewal: the generator refuses ids for good (the worker id may be someone
+        else's by now), so every write would fail while the process looked healthy, and
+        restarting the renewal cannot win the lease back. A fresh process leases a free
+        worker id above the high water, the one recovery known to be safe; while Postgres
+        is unreachable it cannot start, and could not serve a write anyway."""
+        return Child("id-lease", self.keep, Policy.STOP_PROCESS)
+
+    async def keep(self) -> None:
+        """Renews the lease until it is lost, then raises IdError; id generation has
+        stopped by then (the generator is invalid before this returns control)."""
+        generator = self.generator
+        assert generator is not None, "acquire() first"
+        while generator.valid:
             await asyncio.sleep(self._ttl / 4)
             try:
                 status = await self._pool.execute(
-                    _RENEW, self.generator.worker_id, self._generation, self._ttl, _wall_ms()
+                    _RENEW, generator.worker_id, self._generation, self._ttl, _wall_ms()
                 )
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            except (
+                TimeoutError,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as exc:
                 log.warning("id lease renewal failed: %s", exc)
                 status = None
             if status == "UPDATE 1":
                 self._deadline = time.monotonic() + self._ttl * 0.8
             elif status == "UPDATE 0" or time.monotonic() > self._deadline:
-                log.error(
-                    "id worker %d lease lost; id generation stopped", self.generator.worker_id
-                )
-                self.generator.valid = False
-                return
+                generator.valid = False
+        raise IdError(f"id worker {generator.worker_id} lease lost; id generation stopped")
 
     async def release(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """After `keep` was stopped."""
         if self.generator is not None and self.generator.valid:
             self.generator.valid = False
             await self._pool.execute(

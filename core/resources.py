@@ -25,6 +25,7 @@ from core.clients import (
 )
 from core.service import OPS, SETTINGS, Check
 from core.settings import Settings, mask_url
+from core.supervision import SUPERVISOR, Child
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,14 @@ class KafkaLink:
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
+        """Connects, retrying while Kafka is away, then holds the link until cancelled:
+        from then on the producer reconnects by itself. (Returning would read as a dead
+        task to the supervisor.)"""
         delay = 0.5
         while self.producer is None:
             candidate = AIOKafkaProducer(**producer_options(self._settings))
             try:
                 await candidate.start()
-            except asyncio.CancelledError:
-                await candidate.stop()  # shutting down while Kafka is away: no leak
-                raise
             except KafkaError as exc:
                 await candidate.stop()
                 log.warning(
@@ -118,9 +119,15 @@ class KafkaLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
+            except BaseException:
+                # Shutting down while Kafka is away, or a failure we are restarted
+                # after: either way no producer is left behind.
+                await candidate.stop()
+                raise
             self.producer = candidate
             self.connected.set()
             log.info("connected to Kafka at %s", self._settings.kafka_bootstrap)
+        await asyncio.Event().wait()
 
     async def probe(self) -> None:
         if self.producer is None:
@@ -140,10 +147,10 @@ def kafka_link_ctx() -> CleanupCtx:
         link = KafkaLink(app[SETTINGS])
         app[KAFKA_LINK] = link
         app[OPS].checks.append(Check("kafka", link.probe, critical=False))
-        task = asyncio.create_task(link.run(), name="kafka-link")
-        yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # Not critical, like the kafka check: while there is no link, events wait in
+        # the outbox and requests are served.
+        async with app[SUPERVISOR].running(Child("kafka-link", link.run, critical=False)):
+            yield
         await link.close()
 
     return ctx

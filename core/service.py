@@ -2,7 +2,8 @@
 
 The runner owns the process lifecycle: settings parsed once, logging configured, uvloop,
 the HTTP site bound, SIGTERM/SIGINT turned into a bounded graceful shutdown, and start-up
-failures (port taken, dependency unreachable, bad setting) reported as one line.
+failures (port taken, dependency unreachable, bad setting) reported as one line; a
+process stopped by a dead task (core.supervision) exits 1 after the same shutdown.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import errno
 import gc
 import logging
-import os
 import signal
 import socket
 import sys
@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Gauge,
     ProcessCollector,
     generate_latest,
@@ -59,6 +60,9 @@ class Ops:
     )
     checks: list[Check] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    # Set when a supervised task stops the process (core.supervision): `run` then exits 1.
+    failure: str | None = None
+    task_restarts: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         ProcessCollector(registry=self.registry)
@@ -66,6 +70,12 @@ class Ops:
             "feed_service_info", "Service identity", ["service", "node"], registry=self.registry
         )
         info.labels(self.service, self.node).set(1)
+        self.task_restarts = Counter(
+            "feed_task_restarts",
+            "Long-lived tasks that died and were restarted (core.supervision)",
+            ["task"],
+            registry=self.registry,
+        )
 
 
 OPS = web.AppKey("ops", Ops)
@@ -227,6 +237,10 @@ def run(
         )
     except StartupError as exc:
         sys.exit(f"{service}: error: {exc}")
+    if (failure := app[OPS].failure) is not None:
+        # Stopped by a dead task, after the usual graceful shutdown: a failure for
+        # whatever runs this process, so it starts a fresh one.
+        sys.exit(f"{service}: stopped: {failure}")
 
 
 # With the default thresholds (700, 10, 10) the traffic of a busy service (call_soon
@@ -256,20 +270,6 @@ async def _freeze_start_up_objects(app: web.Application) -> None:
 
 def node_name(service: str, port: int) -> str:
     return f"{socket.gethostname()}:{service}:{port}"
-
-
-def stop_process_when_dead(what: str) -> Callable[[asyncio.Task[None]], None]:
-    """A done-callback for the one task a worker process exists for: if it dies, stop
-    the process (its supervisor restarts it) instead of serving a green /healthz while
-    doing nothing. Remove the callback before cancelling the task on shutdown."""
-
-    def callback(task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        log.critical("%s died: %r; stopping", what, task.exception())
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    return callback
 
 
 async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float = 5.0) -> None:

@@ -21,6 +21,7 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from core import keys
+from core.supervision import Child
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,19 @@ def _rank(totals: list[int], count: int, q: float) -> float:
         if seen > wanted:
             return _SMALLEST_MS * _GROWTH**index
     return _SMALLEST_MS * _GROWTH ** (len(totals) - 1)
+
+
+def reporter(
+    client: aioredis.Redis | RedisCluster,
+    service: str,
+    node: str,
+    snapshot: Callable[[], Snapshot],
+) -> Child:
+    """`report_forever` as a service's supervised task. Not critical: a node whose
+    reporter is down is missing from the dashboard (and says so on /readyz) but serves
+    as well as before; failing readiness for it would turn a Redis error that every
+    node's reporter meets at once (out of memory, a read-only replica) into an outage."""
+    return Child("stats", lambda: report_forever(client, service, node, snapshot), critical=False)
 
 
 async def report_forever(

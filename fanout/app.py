@@ -1,10 +1,10 @@
 """Builds the fan-out worker process: Postgres (followers), Redis (timelines) and Kafka
 (events in, push jobs and dead letters out) are all required. Its HTTP port serves only
-health and metrics; the work is the consumer task, owned by this app."""
+health and metrics; the work is the consumer task, supervised: if it dies, the process
+stops (exit 1) so that a fresh one takes its place."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -17,19 +17,10 @@ from redis.asyncio.cluster import RedisCluster
 from core.clients import build_consumer, create_redis_cluster
 from core.ids import IdLease
 from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
-from core.service import (
-    OPS,
-    SETTINGS,
-    Check,
-    Ops,
-    add_ops_routes,
-    node_name,
-    run,
-    stop_process_when_dead,
-    stop_tasks,
-)
+from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run
 from core.settings import Settings
-from core.stats import report_forever
+from core.stats import reporter
+from core.supervision import SUPERVISOR, Child, Policy, Supervisor
 from core.tiers import TierPolicy
 from core.topics import Topics
 from fanout.consumer import FanoutConsumer
@@ -73,24 +64,17 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     await kafka_consumer.start()
     consumer = FanoutConsumer(kafka_consumer, app[PRODUCER], Handlers(deps), topics, metrics)
     app[CONSUMER] = consumer
-    task = asyncio.create_task(consumer.run(), name="fanout-consumer")
-    on_death = stop_process_when_dead("fan-out consumer")
-    task.add_done_callback(on_death)
-    stats = asyncio.create_task(
+    async with app[SUPERVISOR].running(
+        lease.child(),
+        # The process exists for this loop, and a fresh process that rejoins the group
+        # is the cleanest recovery: nothing half-done in memory, partitions reassigned,
+        # checkpoints resumed (run under a process supervisor, as scripts/run.py does).
+        Child("consumer", consumer.run, Policy.STOP_PROCESS),
         # Through the cluster client on a cluster: a node answers MOVED for keys it does
         # not serve, which would end the reporter.
-        report_forever(timelines, "fanout", app[OPS].node, snapshotter(consumer, metrics)),
-        name="fanout-stats",
-    )
-
-    async def alive() -> None:
-        if task.done():
-            raise ConnectionError("consumer stopped")
-
-    app[OPS].checks.append(Check("consumer", alive))
-    yield
-    task.remove_done_callback(on_death)
-    await stop_tasks([task, stats])
+        reporter(timelines, "fanout", app[OPS].node, snapshotter(consumer, metrics)),
+    ):
+        yield
     await kafka_consumer.stop()  # leaves the group at once: partitions move without waiting
     await lease.release()
     if timelines is not app[REDIS]:
@@ -101,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[OPS] = Ops("fanout", node_name("fanout", settings.fanout_port))
+    app[SUPERVISOR] = Supervisor(app[OPS])
     app.cleanup_ctx.extend([postgres_ctx(), redis_ctx(), producer_ctx(), fanout_ctx])
     add_ops_routes(app)
     return app

@@ -4,7 +4,6 @@ through gateway.protocols.site, so WebSocket upgrades leave aiohttp (protocols/f
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -24,9 +23,9 @@ from core.service import (
     node_name,
     quiet_gc,
     run,
-    stop_tasks,
 )
 from core.settings import Settings, mask_url
+from core.supervision import SUPERVISOR, Supervisor
 from gateway.handlers import NODE, WEBSOCKETS, sse, websocket
 from gateway.metrics import GatewayMetrics
 from gateway.node import GatewayNode
@@ -94,11 +93,9 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     websockets.start()
     app[WEBSOCKETS] = websockets
     app[OPS].checks.append(Check("pubsub", node.broker.probe))
-    app[OPS].checks.append(Check("tasks", node.supervisor.probe))
-    supervisor = asyncio.create_task(node.supervisor.run(), name="gateway-supervisor")
-    yield
-    await websockets.shutdown(wait=0)  # no-op after on_shutdown; else cuts what is left
-    await stop_tasks([supervisor])
+    async with app[SUPERVISOR].running(*node.tasks):
+        yield
+        await websockets.shutdown(wait=0)  # no-op after on_shutdown; else cuts what is left
     await node.presence.clear()
     await node.broker.close()
     await session.close()
@@ -117,6 +114,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=16 * 1024)
     app[SETTINGS] = settings
     app[OPS] = Ops("gateway", f"{node_name('gateway', settings.gateway_port)}:{os.getpid()}")
+    app[SUPERVISOR] = Supervisor(app[OPS])
     app.cleanup_ctx.extend([redis_ctx(), postgres_ctx(), gateway_ctx])
     app.on_shutdown.append(on_shutdown)
     add_ops_routes(app)

@@ -19,7 +19,6 @@ class GatewayMetrics:
     refused: Counter
     post_latency: Histogram
     pubsub_reconnects: Counter
-    task_restarts: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -58,12 +57,6 @@ class GatewayMetrics:
             pubsub_reconnects=Counter(
                 "gateway_pubsub_reconnects",
                 "Pub/sub links lost and re-established (local clients told to resume)",
-                registry=registry,
-            ),
-            task_restarts=Counter(
-                "gateway_task_restarts",
-                "Long-lived tasks that died and were restarted",
-                ["task"],
                 registry=registry,
             ),
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from core.auth import TokenError, TokenSigner
 from core.redis_address import RedisAddress
 from core.settings import Settings
-from core.stats import Snapshot, report_forever
+from core.stats import Snapshot, reporter
+from core.supervision import Child
 from core.tiers import TierPolicy
 from gateway.authors import AuthorsUnavailable, PullAuthors
 from gateway.broker import BrokerUnavailable, RedisBroker
@@ -23,11 +24,11 @@ from gateway.client import Client, Flusher, QueueLimits
 from gateway.codes import Close
 from gateway.hub import Hub
 from gateway.latency import DeliveryLatency
+from gateway.limiter import RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.outgoing import control
 from gateway.presence import Presence, PresenceUnavailable
-from gateway.resume import Resumer
-from gateway.supervisor import Supervisor
+from gateway.resume import Resumer, ResumeUnavailable
 from gateway.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -43,26 +44,6 @@ class Refused(Exception):
     def __init__(self, code: Close, status: int, error: str, message: str) -> None:
         super().__init__(message)
         self.code, self.status, self.error, self.message = code, status, error, message
-
-
-@dataclass(slots=True)
-class RateLimiter:
-    """Token bucket per client address for new connections."""
-
-    rate: float
-    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    def allow(self, address: str) -> bool:
-        now = time.monotonic()
-        if len(self.buckets) > 100_000:  # bounded memory under an address-spraying flood
-            self.buckets.clear()
-        tokens, last = self.buckets.get(address, (self.rate, now))
-        tokens = min(self.rate, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self.buckets[address] = (tokens, now)
-            return False
-        self.buckets[address] = (tokens - 1, now)
-        return True
 
 
 class GatewayNode:
@@ -99,16 +80,15 @@ class GatewayNode:
             users=self.hub.user_ids,
         )
         self.authors = PullAuthors(db, TierPolicy(settings, redis_client))
-        self.supervisor = Supervisor(
-            "gateway",
-            {
-                "pubsub-link": self.broker.run,
-                "pubsub-subscriptions": self.broker.run_subscriptions,
-                "presence": self.presence.run,
-                "pull-authors": self.authors.run,
-                "stats": self.report_stats,
-            },
-            on_restart=lambda task: metrics.task_restarts.labels(task).inc(),
+        # Run by the app's supervisor (core.supervision): each restarted in place.
+        self.tasks = (
+            Child("pubsub-link", self.broker.run),
+            Child("pubsub-subscriptions", self.broker.run_subscriptions),
+            Child("presence", self.presence.run),
+            Child("pull-authors", self.authors.run),
+            # Every second, this node's numbers in Redis (for the ops dashboard: a node
+            # whose key expired has stopped reporting) and in /metrics.
+            reporter(self._redis, "gateway", self.name, self._report),
         )
         self._closing: dict[Client, asyncio.Task[None]] = {}
         self._slow_disconnects = 0
@@ -197,11 +177,17 @@ class GatewayNode:
     async def catch_up(self, client: Client, token: str, since: int | None) -> None:
         """Sends what the client missed since `since` (if given), then goes live."""
         if since is None:
-            client.finish_replay(set())
+            client.finish_replay()
             return
-        missed, ids = await self._resumer.missed(token, since)
+        try:
+            missed = await self._resumer.missed(token, since)
+        except ResumeUnavailable as exc:
+            log.warning("user %d cannot resume yet (%s): told to retry", client.user_id, exc)
+            self._metrics.refused.labels("resume_unavailable").inc()
+            client.close(Close.TRY_AGAIN, "cannot resume right now; retry with since shortly")
+            return
         client.send_now(missed)
-        client.finish_replay(ids)
+        client.finish_replay()
 
     async def disconnect(self, client: Client) -> None:
         client.closing = True
@@ -274,8 +260,3 @@ class GatewayNode:
         self._metrics.users.set(stats["users"] or 0)
         self._metrics.high_water.set(stats["queue_high_water_bytes"] or 0)
         return stats
-
-    async def report_stats(self) -> None:
-        """Every second, this node's numbers in Redis (for the ops dashboard: a node
-        whose key expired has stopped reporting) and in /metrics."""
-        await report_forever(self._redis, "gateway", self.name, self._report)

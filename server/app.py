@@ -23,9 +23,9 @@ from core.service import (
     node_name,
     quiet_gc,
     run,
-    stop_tasks,
 )
 from core.settings import Settings
+from core.supervision import SUPERVISOR, Child, Supervisor
 from core.tiers import TierPolicy
 from core.topics import Topics
 from server import auth
@@ -42,6 +42,7 @@ from server.stats import SERVER_STATS, ServerStats, stats_ctx
 from web import STATIC_DIR
 
 MAX_BODY = 16 * 1024  # a post is 280 characters; nothing we accept needs more
+OUTBOX_RELAY = web.AppKey("outbox_relay", OutboxRelay)
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -70,7 +71,8 @@ async def client_config(request: web.Request) -> web.Response:
 
 
 async def server_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Per-process state built on the clients: id lease, handler context, outbox relay."""
+    """Per-process state built on the clients: id lease (renewed by a supervised task),
+    handler context, outbox relay (a supervised task)."""
     settings = app[SETTINGS]
     lease = IdLease(app[DB], holder=f"{socket.gethostname()}:server:{os.getpid()}")
     ids = await lease.acquire()
@@ -93,9 +95,12 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     celebs = Celebrities(c.db, TierPolicy(settings, c.redis))
     app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads, metrics.feed_pages_general)
     relay = OutboxRelay(settings.database_url, c.kafka, c.outbox, metrics.outbox_published)
-    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
-    yield
-    await stop_tasks([relay_task])
+    app[OUTBOX_RELAY] = relay
+    # The relay restarts in place: its rows wait in Postgres, and a relay that merely
+    # waits for another server's lock is running, not down. Its own loop retries what
+    # it expects (Postgres, Kafka away); anything else ends it and is restarted here.
+    async with app[SUPERVISOR].running(lease.child(), Child("outbox-relay", relay.run)):
+        yield
     await app[FEED].close()
     await lease.release()
 
@@ -136,6 +141,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # Several server processes may share the port (SO_REUSEPORT): one stats node each.
     app[OPS] = Ops("server", f"{node_name('server', settings.server_port)}:{os.getpid()}")
+    app[SUPERVISOR] = Supervisor(app[OPS])
     app[METRICS] = ServerMetrics.create(app[OPS].registry)
     app[SERVER_STATS] = ServerStats()
     app.cleanup_ctx.extend(

@@ -7,7 +7,6 @@ and /metrics can never disagree. Reporting must never slow down or fail a reques
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -16,7 +15,8 @@ from aiohttp import web
 from core import stats
 from core.metric_totals import counter_by, counter_total
 from core.resources import REDIS
-from core.service import OPS, stop_tasks
+from core.service import OPS
+from core.supervision import SUPERVISOR
 from server.metrics import METRICS, ServerMetrics
 
 CACHE_HIT_SOURCES = frozenset({"redis"})  # rebuild and postgres are misses
@@ -48,14 +48,8 @@ async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
     """Reports this node's snapshot every second while the app runs."""
     server_stats = app[SERVER_STATS]
     metrics = app[METRICS]
-    task = asyncio.create_task(
-        stats.report_forever(
-            app[REDIS],
-            "server",
-            app[OPS].node,
-            lambda: server_stats.snapshot(metrics),
-        ),
-        name="server-stats",
+    reporter = stats.reporter(
+        app[REDIS], "server", app[OPS].node, lambda: server_stats.snapshot(metrics)
     )
-    yield
-    await stop_tasks([task])
+    async with app[SUPERVISOR].running(reporter):
+        yield

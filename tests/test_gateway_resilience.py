@@ -1,6 +1,7 @@
 """The gateway under stress and when things break: a burst of disconnects, a killed
-pub/sub link, Redis that cannot confirm a subscription, a task that dies; and what it
-reports (post-to-socket latency). Real Redis, Postgres, API server and fan-out."""
+pub/sub link, Redis that cannot confirm a subscription, a task that dies (the supervisor
+itself: tests/test_supervision.py); and what it reports (post-to-socket latency). Real
+Redis, Postgres, API server and fan-out."""
 
 import asyncio
 import dataclasses
@@ -25,7 +26,6 @@ from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from gateway.codes import Close
 from gateway.handlers import NODE
-from gateway.supervisor import Supervisor
 from tests.support.api import User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway
@@ -219,53 +219,24 @@ async def test_a_dead_task_is_logged_restarted_and_shown_in_readiness(
 ) -> None:
     resp = await gw.get("/readyz")
     body = await resp.json()
-    assert resp.status == 200 and body["checks"]["pubsub"] == body["checks"]["tasks"] == "ok"
-    stats = next(t for t in asyncio.all_tasks() if t.get_name() == "gateway.stats")
-    stats.cancel()
+    assert resp.status == 200 and body["checks"]["pubsub"] == "ok"
+    assert body["checks"]["task:pull-authors"] == body["checks"]["task:stats"] == "ok"
+    authors = next(t for t in asyncio.all_tasks() if t.get_name() == "gateway.pull-authors")
+    authors.cancel()
     async with asyncio.timeout(10):
-        while not any("task stats" in r.getMessage() for r in caplog.records):
+        while not any("task pull-authors" in r.getMessage() for r in caplog.records):
             await asyncio.sleep(0.02)
     resp = await gw.get("/readyz")
     body = await resp.json()
-    assert resp.status == 503 and body["checks"]["tasks"].startswith("down: task stats")
+    assert resp.status == 503 and body["checks"]["task:pull-authors"] == "down: cancelled"
 
     async def ready_again() -> bool:
         return (await gw.get("/readyz")).status == 200
 
-    await eventually(ready_again, seconds=10, what="the stats task restarted")
-    assert any(t.get_name() == "gateway.stats" and not t.done() for t in asyncio.all_tasks())
+    await eventually(ready_again, seconds=10, what="the pull-authors task restarted")
+    assert any(t.get_name() == "gateway.pull-authors" and not t.done() for t in asyncio.all_tasks())
     metrics = await (await gw.get("/metrics")).text()
-    assert 'gateway_task_restarts_total{task="stats"} 1.0' in metrics
-
-
-async def test_supervisor_restarts_a_failing_child_with_back_off(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    runs: list[int] = []
-    running = asyncio.Event()
-
-    async def flaky() -> None:
-        runs.append(len(runs))
-        if len(runs) < 3:
-            raise ValueError(f"failure {len(runs)}")
-        running.set()
-        await asyncio.Event().wait()
-
-    restarted: list[str] = []
-    supervisor = Supervisor("test", {"flaky": flaky}, restarted.append, delays=(0.1, 0.3))
-    task = asyncio.create_task(supervisor.run())
-    try:
-        await asyncio.wait_for(running.wait(), 10)
-        await supervisor.probe()  # up again: ready
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert restarted == ["flaky", "flaky"]
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2, errors
-    assert "failure 1" in errors[0] and "restarting in 0.1 s" in errors[0]
-    assert "failure 2" in errors[1] and "restarting in 0.3 s" in errors[1]  # backing off
-    assert all(r.exc_info for r in caplog.records if r.levelno == logging.ERROR)
+    assert 'feed_task_restarts_total{task="pull-authors"} 1.0' in metrics
 
 
 async def test_post_to_socket_latency_is_reported_and_exported(

@@ -12,10 +12,27 @@ from tests.support.procs import get, start_service, wait_ready
 pytestmark = pytest.mark.slow
 
 EXPECTED_CHECKS = {
-    "server": {"postgres", "redis", "kafka"},
-    "gateway": {"redis", "postgres", "pubsub", "tasks"},
-    "fanout": {"postgres", "redis", "kafka", "consumer"},
-    "push": {"postgres", "redis", "kafka", "consumer"},
+    "server": {
+        "postgres",
+        "redis",
+        "kafka",
+        "task:kafka-link",
+        "task:id-lease",
+        "task:outbox-relay",
+        "task:stats",
+    },
+    "gateway": {
+        "redis",
+        "postgres",
+        "pubsub",
+        "task:pubsub-link",
+        "task:pubsub-subscriptions",
+        "task:presence",
+        "task:pull-authors",
+        "task:stats",
+    },
+    "fanout": {"postgres", "redis", "kafka", "task:id-lease", "task:consumer", "task:stats"},
+    "push": {"postgres", "redis", "kafka", "task:consumer", "task:stats"},
 }
 
 
