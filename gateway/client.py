@@ -1,5 +1,13 @@
-"""One connection's state: its bounded outbound queue, coalesced flushes, and the replay
-window in which live events are held back until what the client missed has been sent.
+"""One connection's state: its bounded outbound queue, coalesced flushes, the replay
+window in which live events are held back until what the client missed has been sent,
+and the ids it has sent, so that it never sends a post or a notification twice.
+
+Why the connection remembers: a resumed client is sent what it missed (read from the
+feed, which may already hold a post that fan-out has not published yet), and live events
+arrive whenever fan-out gets to them, before, during or long after that replay; fan-out
+may also publish a post again (a retried batch, a timeline rebuilt under it). No timing
+makes those two streams disjoint, so every event with an identity passes one check
+here, whatever order they come in.
 
 No task per connection: a connection with something queued joins the node's Flusher,
 which writes every such connection out once per loop iteration, so everything queued for
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +30,12 @@ from gateway.transport import Transport
 log = logging.getLogger(__name__)
 
 PING_TEXT = '{"type":"ping"}'
+
+# How many of the ids a connection sent it remembers (8 bytes each, allocated with its
+# first event: an idle connection keeps none). At least what one resume replays
+# (gateway/resume.py), so nothing replayed can come again live unnoticed. An event can
+# repeat unnoticed only if this many newer ones were sent in between.
+SENT_MEMORY = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,9 @@ class Client:
         "_on_close",
         "_queue",
         "_queued_bytes",
+        "_sent",
+        "_sent_at",
+        "_sent_newest",
         "close_code",
         "closing",
         "delivered",
@@ -97,6 +115,9 @@ class Client:
         self._queued_bytes = 0
         self._flush_scheduled = False
         self._held: list[Outgoing] = []
+        self._sent: array[int] | None = None  # ring of ids sent, once something is sent
+        self._sent_at = 0
+        self._sent_newest = 0
         self.replaying = True  # until finish_replay(): live events are held, not sent
         self.closing = False
         self.close_code: Close | None = None
@@ -115,6 +136,9 @@ class Client:
             if len(self._held) > self._limits.messages:
                 self.close(Close.SLOW_CONSUMER, "too many events while catching up")
             return
+        key = message.once_key
+        if key is not None and not self._first_time(key):
+            return
         queue = self._queue
         queue.append(message)
         queued = self._queued_bytes = self._queued_bytes + len(message.payload)
@@ -129,6 +153,21 @@ class Client:
             self._flush_scheduled = True
             self._flusher.schedule(self)
 
+    def _first_time(self, key: int) -> bool:
+        """True, and remembered, unless `key` was already sent on this connection. Ids
+        grow with time and live events mostly arrive in order: an id above the newest
+        sent cannot have been sent, so the ring is searched only for older ones."""
+        sent = self._sent
+        if key > self._sent_newest:
+            self._sent_newest = key
+        elif sent is not None and key in sent:
+            return False
+        if sent is None:
+            sent = self._sent = array("q", bytes(8 * SENT_MEMORY))  # ids are never 0
+        sent[self._sent_at] = key
+        self._sent_at = (self._sent_at + 1) % SENT_MEMORY
+        return True
+
     def received(self, text: str | None) -> None:
         """A data message from the client (None: binary). The only one allowed is the
         application-level ping, answered with a pong; anything else is a broken client."""
@@ -142,14 +181,14 @@ class Client:
         for message in messages:
             self.deliver(message, live=False)
 
-    def finish_replay(self, replayed_ids: set[int]) -> None:
-        """Release live events held during the replay, minus those the replay already
-        sent: resume has no gap (held since before the replay began) and no duplicate."""
+    def finish_replay(self) -> None:
+        """Release live events held during the replay: resume has no gap (they were held
+        since before the replay began), and what the replay already sent is dropped by
+        deliver()'s check like any other repeat."""
         held, self._held = self._held, []
         self.replaying = False
         for message in held:
-            if message.event_id is None or message.event_id not in replayed_ids:
-                self.deliver(message, live=False)
+            self.deliver(message, live=False)
 
     def flush(self) -> None:
         """Everything queued, in one write (called by the Flusher)."""

@@ -18,7 +18,7 @@ class Close(enum.IntEnum):
     POLICY = 1008  # garbage frames / client sent something it must not: do not retry as is
     TOO_BIG = 1009  # a client frame over the size limit: do not retry as is
     SHUTTING_DOWN = 1012  # this node is restarting: reconnect (another node) with ?since=
-    TRY_AGAIN = 1013  # this node cannot serve right now (Redis/Postgres unavailable): back off
+    TRY_AGAIN = 1013  # cannot serve or resume right now (Redis/Postgres/API away): back off
     UNAUTHORIZED = 4001  # token missing/invalid/expired: get a new token, do not retry as is
     TOO_MANY_CONNECTIONS = 4002  # per-user connection limit reached: close another one first
     SLOW_CONSUMER = 4008  # could not keep up: reconnect with ?since= (nothing is lost)

@@ -1,9 +1,9 @@
 """One event as it leaves this node: the bytes fan-out serialized, plus their framing
 for each transport, each built once per node however many connections receive it.
 
-What the node needs to know about an event (its type and post id) is parsed only when
-asked: a live event on its way to WebSocket connections that are not catching up needs
-neither, and parsing every payload cost more than framing it."""
+What the node needs to know about an event (its type, post id, the id that makes it
+"the same event") is parsed only when asked, and at most once per event per node
+however many connections receive it."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def ws_frame(payload: bytes) -> bytes:
 
 
 class Outgoing:
-    __slots__ = ("_event_id", "_kind", "_live", "_sse", "_ws", "payload")
+    __slots__ = ("_event_id", "_kind", "_live", "_once_key", "_sse", "_ws", "payload")
 
     def __init__(self, payload: bytes, live: bool = False) -> None:
         self.payload = payload
@@ -43,16 +43,21 @@ class Outgoing:
         self._sse: bytes | None = None
         self._kind: str | None = None
         self._event_id: int | None = _UNPARSED
+        self._once_key: int | None = None
 
     def _parse(self) -> None:
+        once_key = None
         try:
             head = orjson.loads(self.payload)
             kind = str(head.get("type", ""))
             raw_id = head.get("id") if kind == "post" else None
             event_id = int(raw_id) if raw_id is not None else None
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            once_key = event_id
+            if kind == "notification":
+                once_key = int(head["data"]["id"])
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError, KeyError):
             kind, event_id = "", None
-        self._kind, self._event_id = kind, event_id
+        self._kind, self._event_id, self._once_key = kind, event_id, once_key
 
     @property
     def kind(self) -> str:
@@ -67,6 +72,15 @@ class Outgoing:
         if self._event_id == _UNPARSED:
             self._parse()
         return self._event_id
+
+    @property
+    def once_key(self) -> int | None:
+        """What makes two events the same, for a connection that must not send one twice:
+        a post's id, a notification's id (both from the one id generator, so they never
+        collide); None for events that may repeat harmlessly (delete, control)."""
+        if self._event_id == _UNPARSED:
+            self._parse()
+        return self._once_key
 
     @property
     def created_ms(self) -> int | None:

@@ -1,6 +1,8 @@
 """What a reconnecting client missed since a post id: asked from the API server (which
 owns the feed logic: timeline, celebrity merge, unfollow filter) with the client's own
-token, so the answer is exactly what its feed would show. Too much missed: `reset`."""
+token, so the answer is exactly what its feed would show. Too much missed: `reset`. The
+API server unreachable or failing (it is restarting, or not started yet): the client is
+told to come back shortly (1013), not to reload, since nothing says it missed too much."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from gateway.outgoing import Outgoing, control
 
 log = logging.getLogger(__name__)
 MAX_REPLAY = 200
+MAX_NOTIFICATIONS = 50
+
+
+class ResumeUnavailable(Exception):
+    """What the client missed cannot be asked right now; it should retry shortly."""
 
 
 class Resumer:
@@ -22,29 +29,33 @@ class Resumer:
         self._session = session
         self._api = api_url.rstrip("/")
 
-    async def missed(self, token: str, since: int) -> tuple[list[Outgoing], set[int]]:
-        """Events to replay, oldest first, and the post ids among them."""
+    async def missed(self, token: str, since: int) -> list[Outgoing]:
+        """Events to replay, oldest first. Raises ResumeUnavailable."""
         headers = {"Authorization": f"Bearer {token}"}
         try:
             feed = await self._get(
                 "/v1/feed/delta", headers, {"since": str(since), "limit": str(MAX_REPLAY)}
             )
-            notes = await self._get("/v1/notifications", headers, {"limit": "50"})
-        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
-            log.warning("resume unavailable (%s); telling the client to reload", exc)
-            return [control("reset")], set()
+            notes = await self._get("/v1/notifications", headers, {"limit": str(MAX_NOTIFICATIONS)})
+        except (aiohttp.ClientError, TimeoutError, ResumeUnavailable) as exc:
+            raise ResumeUnavailable(str(exc) or type(exc).__name__) from None
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("resume answer not understood (%s); telling the client to reload", exc)
+            return [control("reset")]
         if feed.get("has_more"):
-            return [control("reset")], set()  # further behind than a replay should carry
+            return [control("reset")]  # further behind than a replay should carry
         posts = sorted(feed["posts"], key=lambda p: int(p["id"]))
         missed = [Outgoing(events.live_post(p)) for p in posts]
         newer = [n for n in notes.get("notifications", []) if int(n["id"]) > since]
         missed += [Outgoing(events.live_notification(n)) for n in reversed(newer)]
-        return missed, {int(p["id"]) for p in posts}
+        return missed
 
     async def _get(
         self, path: str, headers: dict[str, str], params: dict[str, str]
     ) -> dict[str, Any]:
         async with self._session.get(self._api + path, headers=headers, params=params) as resp:
+            if resp.status >= 500 or resp.status == 429:
+                raise ResumeUnavailable(f"{path} answered {resp.status}")
             if resp.status != 200:
                 raise ValueError(f"{path} answered {resp.status}")
             body = orjson.loads(await resp.read())

@@ -21,6 +21,7 @@ from gateway.codes import Close
 from gateway.handlers import NODE
 from tests.support.api import User, follow, post, sign_up
 from tests.support.api_server import serve_api
+from tests.support.env import free_port
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 from tests.support.procs import start_service, wait_ready
@@ -106,6 +107,34 @@ async def test_a_client_too_far_behind_is_told_to_reset(
     await eventually(fanned_out, what="the flood in the reader's timeline")
     ws = await gw.ws_connect("/v1/stream", params={"access_token": reader.token, "since": since})
     assert await ws_json(ws, 20) == {"type": "reset"}
+    await ws.close()
+
+
+async def test_a_resume_while_the_api_server_is_away_is_told_to_retry_then_resumes(
+    settings: Settings, aiohttp_client: MakeClient
+) -> None:
+    """A gateway up before the API server (or while it restarts) cannot know what a
+    client missed: 1013, come back, not `reset`, which would throw away a good feed."""
+    api = await aiohttp_client(serve_api(settings))
+    reader, author = await sign_up(api), await sign_up(api)
+    await follow(api, reader, author)
+    since = await post(api, author, "seen")
+    missed = [await post(api, author, f"missed {i}") for i in range(3)]
+    away = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    gw = await aiohttp_client(serve_gateway(dataclasses.replace(settings, gateway_api_url=away)))
+    ws = await gw.ws_connect("/v1/stream", params={"access_token": reader.token, "since": since})
+    message = await ws.receive(timeout=20)
+    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == Close.TRY_AGAIN
+    resp = await gw.get("/v1/stream/sse", headers={**reader.auth, "Last-Event-ID": since})
+    event = await SSEClient(resp).next(20)
+    assert event.event == "close" and event.json()["code"] == Close.TRY_AGAIN
+    resp.close()
+
+    # The API server is back: the same since resumes with what was missed.
+    back = dataclasses.replace(settings, gateway_api_url=str(api.make_url("")).rstrip("/"))
+    gw = await aiohttp_client(serve_gateway(back))
+    ws = await gw.ws_connect("/v1/stream", params={"access_token": reader.token, "since": since})
+    assert [(await ws_json(ws, 20))["id"] for _ in missed] == missed
     await ws.close()
 
 

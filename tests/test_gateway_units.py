@@ -13,10 +13,11 @@ from prometheus_client import Histogram
 from core import keys
 from core.ids import id_timestamp_ms
 from gateway.broker import FEED_SLICE, _PubSubProtocol
-from gateway.client import Client, Flusher, QueueLimits
+from gateway.client import SENT_MEMORY, Client, Flusher, QueueLimits
 from gateway.codes import Close
 from gateway.hub import Hub
 from gateway.latency import DeliveryLatency
+from gateway.limiter import RateLimiter
 from gateway.outgoing import Outgoing, ws_frame
 
 POST_ID = 7_300_000_000_000_000_000
@@ -49,6 +50,7 @@ def make_client(
     flusher: Flusher,
     closed: list[Close] | None = None,
     limits: QueueLimits = ROOMY,
+    replaying: bool = False,
 ) -> Client:
     histogram = Histogram(f"t_latency_{user}_{id(transport)}", "test", registry=None)
     seen = closed if closed is not None else []
@@ -60,7 +62,8 @@ def make_client(
         DeliveryLatency(histogram),
         flusher,
     )
-    client.finish_replay(set())
+    if not replaying:
+        client.finish_replay()
     return client
 
 
@@ -224,3 +227,78 @@ async def test_a_failing_dispatch_skips_one_message_and_garbage_drops_the_link()
     assert got == [b"a", big, b"b"] and not link.aborted
     proto.data_received(pubsub_message(b"u:1", b"c") + b"?not redis\r\n" + b"x" * FEED_SLICE)
     assert got == [b"a", big, b"b", b"c"] and link.aborted
+
+
+def note(n: int) -> Outgoing:
+    notification = {"id": str(POST_ID + n), "kind": "like"}
+    return Outgoing(orjson.dumps({"type": "notification", "data": notification}), live=True)
+
+
+def sent_ids(transport: RecordingTransport) -> list[int]:
+    found = []
+    for write in transport.writes:
+        for payload in write:
+            event = orjson.loads(payload)
+            found.append(int(event["id"] if "id" in event else event["data"]["id"]))
+    return found
+
+
+async def test_a_resumed_client_gets_each_event_once_whatever_order_replay_and_live_take() -> None:
+    flusher = Flusher()
+    transport = RecordingTransport()
+    client = make_client(1, transport, flusher, replaying=True)
+    client.deliver(post(3))  # live during the replay: held
+    client.deliver(post(4))
+    client.send_now([Outgoing(post(n).payload) for n in (1, 2, 3)] + [Outgoing(note(9).payload)])
+    client.finish_replay()
+    await asyncio.sleep(0)
+    # Live after the replay, long after it, and out of order: repeats are dropped, what
+    # is new is sent even when older than the newest sent (fan-out lag differs by author).
+    for event in (post(2), note(9), post(5), post(1), post(0), post(4), post(5)):
+        client.deliver(event)
+    await asyncio.sleep(0)
+    assert sent_ids(transport) == [POST_ID + n for n in (1, 2, 3, 9, 4, 5, 0)]
+    # Events without an identity repeat harmlessly and are never dropped.
+    delete = b'{"type":"delete","id":"7"}'
+    client.deliver(Outgoing(delete, live=True))
+    client.deliver(Outgoing(delete, live=True))
+    await asyncio.sleep(0)
+    assert transport.writes[-1] == [delete, delete]
+
+
+async def test_a_connection_remembers_the_last_sent_memory_ids_and_keeps_none_while_idle() -> None:
+    flusher = Flusher()
+    transport = RecordingTransport()
+    roomier = QueueLimits(messages=2 * SENT_MEMORY, bytes=1 << 20)
+    client = make_client(1, transport, flusher, limits=roomier)
+    assert client._sent is None  # an idle connection holds no memory of ids
+    for n in range(1, SENT_MEMORY + 1):
+        client.deliver(post(n))
+    await asyncio.sleep(0)
+    client.deliver(post(1))  # the oldest remembered
+    await asyncio.sleep(0)
+    assert len(sent_ids(transport)) == SENT_MEMORY
+    client.deliver(post(SENT_MEMORY + 1))  # pushes post 1 out of the ring
+    client.deliver(post(1))
+    await asyncio.sleep(0)
+    assert sent_ids(transport)[-2:] == [POST_ID + SENT_MEMORY + 1, POST_ID + 1]
+
+
+def test_resume_replays_no_more_than_a_connection_remembers() -> None:
+    from gateway.resume import MAX_NOTIFICATIONS, MAX_REPLAY
+
+    assert MAX_REPLAY + MAX_NOTIFICATIONS <= SENT_MEMORY
+
+
+def test_connect_limiter_keeps_a_limited_address_limited_under_an_address_flood() -> None:
+    limiter = RateLimiter(rate=2, capacity=1_000)
+    assert limiter.allow("10.0.0.1") and limiter.allow("10.0.0.1")
+    assert not limiter.allow("10.0.0.1")
+    for n in range(999):  # fills the table to its bound, without the limited one leaving
+        assert limiter.allow(f"192.0.2.{n}")
+    assert len(limiter) == 1_000
+    assert not limiter.allow("10.0.0.1"), "the flood reset the limit"
+    # Past the bound the address seen longest ago goes, one at a time.
+    for n in range(5):
+        limiter.allow(f"198.51.100.{n}")
+    assert len(limiter) == 1_000

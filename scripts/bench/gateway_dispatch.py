@@ -53,7 +53,7 @@ async def main():
         ws = WebSocketProtocol(None)
         ws.connection_made(socket)
         client = Client(user, ws, QueueLimits(1000, 1 << 20), lambda *a: None, latency, flusher)
-        client.finish_replay(set())
+        client.finish_replay()
         ws.client = client
         hub.add(client, [])
     delivered = 0
