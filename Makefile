@@ -6,7 +6,7 @@ PY := .venv/bin/python
 run: setup ## install what is missing, start the stack and every service (Ctrl-C stops all)
 	$(PY) scripts/run.py
 
-demo: setup ## `make run` plus local APNs/Web Push stand-ins; then try scripts/demo_push.py
+demo: setup ## `make run` plus local APNs/FCM/Web Push stand-ins; then try scripts/demo_push.py
 	$(PY) scripts/run.py --demo
 
 test: setup ## the same set-up, then lint, types and the whole test suite

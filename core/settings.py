@@ -98,7 +98,16 @@ class Settings:
     apns_team_id: str = ""
     apns_topic: str = "com.example.feed"
     apns_url: str = "https://api.push.apple.com"
-    # Extra CA bundle trusted for APNs and Web Push (the test stand-ins' CA); empty = system.
+    # Android through FCM HTTP v1: a Google service-account key (the JSON file Firebase's
+    # console gives) as JSON text or a file path; empty: FCM devices are not pushed to.
+    # Its `token_uri` is where OAuth 2.0 access tokens are minted.
+    fcm_credentials: str = _secret("")
+    fcm_credentials_file: str = ""
+    # The Firebase project messages are sent through; empty: the key's `project_id`.
+    fcm_project_id: str = ""
+    # Origin of the FCM v1 API (the test stand-in's in tests and the demo).
+    fcm_url: str = "https://fcm.googleapis.com"
+    # Extra CA bundle trusted for APNs, FCM and Web Push (the stand-ins' CA); empty = system.
     push_ca_file: str = ""
     vapid_subject: str = "mailto:ops@example.com"
     push_timeout_seconds: float = 5.0

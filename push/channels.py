@@ -7,9 +7,10 @@ import time
 
 from core.events import PushJob
 from push.dispatcher import Channel, Device
-from push.payloads import FEED_COLLAPSE_ID, apns_payload, webpush_payload
+from push.payloads import FEED_COLLAPSE_ID, apns_payload, fcm_payload, webpush_payload
 from push.providers import Outcome
 from push.providers.apns import ApnsPush, ApnsSender
+from push.providers.fcm import FcmMessage, FcmSender
 from push.providers.webpush import WebPushMessage, WebPushSender
 
 
@@ -23,6 +24,26 @@ def apns_channel(sender: ApnsSender) -> Channel:
                 payload=payload,
                 collapse_id=FEED_COLLAPSE_ID if job.kind == "feed" else None,
                 expiration=int(time.time()) + ttl,
+            )
+        )
+
+    return send
+
+
+def fcm_channel(sender: FcmSender) -> Channel:
+    async def send(device: Device, job: PushJob, ttl: int) -> Outcome:
+        data, notification = fcm_payload(job)
+        feed = job.kind == "feed"
+        return await sender.send(
+            FcmMessage(
+                token=device.token,
+                data=data,
+                ttl=ttl,
+                # Normal priority may wait for the phone's next maintenance window (Doze),
+                # fine for "new posts"; an alert is worth waking it for.
+                priority="NORMAL" if feed else "HIGH",
+                notification=notification,
+                collapse_key=FEED_COLLAPSE_ID if feed else None,
             )
         )
 

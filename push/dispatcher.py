@@ -2,7 +2,7 @@
 still offline, not coalesced away, not already sent), to which devices, with which
 retries; and what the answers mean for the devices (gone: disabled).
 
-This module decides; providers (push/providers/) speak to APNs and Web Push. It never
+This module decides; providers (push/providers/) speak to APNs, FCM and Web Push. It never
 retries forever: every job has a deadline (its TTL) and a maximum number of attempts.
 """
 
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Device:
     id: int
-    kind: str  # apns | webpush
-    token: str  # APNs device token or Web Push endpoint
+    kind: str  # apns | fcm | webpush
+    token: str  # APNs device token, FCM registration token or Web Push endpoint
     p256dh: str | None
     auth: str | None
 

@@ -33,7 +33,7 @@ class PushMetrics:
             ),
             send_seconds=Histogram(
                 "push_send_seconds",
-                "Duration of one send to APNs or a Web Push service",
+                "Duration of one send to APNs, FCM or a Web Push service",
                 ["provider"],
                 buckets=SEND_BUCKETS,
                 registry=registry,

@@ -1,6 +1,6 @@
 """What a push says. Small stubs only: the app fetches the real content from
-/v1/feed/delta, so payloads stay far below APNs' 4 KB and Web Push's ~4 KB after
-encryption, and alert texts are cut at a character boundary, never inside one."""
+/v1/feed/delta, so payloads stay far below APNs' and FCM's 4 KB and Web Push's ~4 KB
+after encryption, and alert texts are cut at a character boundary, never inside one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ ALERT_TITLE = "feed"
 ALERT_MAX_BYTES = 512  # of UTF-8 text in the body: a lock screen shows ~150 characters
 ELLIPSIS = "…"
 ZWJ = "\u200d"
-FEED_COLLAPSE_ID = "feed"  # apns-collapse-id / Web Push Topic: one pending "new posts"
+# apns-collapse-id / FCM android.collapse_key / Web Push Topic: one pending "new posts"
+FEED_COLLAPSE_ID = "feed"
+# Where the Android app goes when an alert is tapped (its intent filter claims the scheme).
+ANDROID_LINK_SCHEME = "feed"
 
 
 def _extends_previous(char: str) -> bool:
@@ -85,3 +88,19 @@ def webpush_payload(job: PushJob) -> bytes:
     else:
         body.update(title=ALERT_TITLE, body=truncate(job.text, ALERT_MAX_BYTES))
     return orjson.dumps(body)
+
+
+def fcm_payload(job: PushJob) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """(data, notification as (title, body)). A feed push is a data message only: it
+    wakes the app's messaging service, which fetches /v1/feed/delta, and shows nothing.
+    An alert is a notification message Android shows itself; its `link` (a deep link to
+    the post, or to the notifications) is what the app opens when it is tapped. FCM
+    takes string values only in `data`."""
+    data: dict[str, str] = {"kind": job.kind}
+    if job.post_id is not None:
+        data["post_id"] = str(job.post_id)
+    if job.kind == "feed":
+        return data, None
+    target = f"posts/{job.post_id}" if job.post_id is not None else "notifications"
+    data["link"] = f"{ANDROID_LINK_SCHEME}://{target}"
+    return data, (ALERT_TITLE, truncate(job.text, ALERT_MAX_BYTES))

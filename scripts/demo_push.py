@@ -2,11 +2,13 @@
 
     .venv/bin/python scripts/demo_push.py
 
-Signs up two people, gives the first an iPhone (APNs token) and a browser (a Web Push
-subscription made by the Web Push stand-in, bound to this deployment's VAPID key), has
-her follow the second, who posts twice and likes her post while she is offline. Then it
-prints what the stand-ins received: one coalesced silent "feed" push and one visible
-alert per device, decrypted by the Web Push stand-in exactly as a browser would.
+Signs up two people, gives the first an iPhone (APNs token), an Android phone (an FCM
+registration token) and a browser (a Web Push subscription made by the Web Push
+stand-in, bound to this deployment's VAPID key), has her follow the second, who posts
+twice and likes her post while she is offline. Then it prints what the stand-ins
+received: one coalesced silent "feed" push and one visible alert per device, the FCM
+ones sent with an OAuth 2.0 access token minted from the service-account key, the Web
+Push ones decrypted by the stand-in exactly as a browser would.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 API = f"http://127.0.0.1:{os.environ.get('SERVER_PORT', '8080')}"
-STANDINS_ENV = ROOT / ".stack" / "standins" / "standins.env"
+# What `python -m push.standins` wrote; STANDINS_ENV points elsewhere (a second demo).
+STANDINS_ENV = Path(os.environ.get("STANDINS_ENV", ROOT / ".stack" / "standins" / "standins.env"))
 WAIT_SECONDS = 30
 
 
@@ -64,7 +67,7 @@ def sign_up(prefix: str) -> dict[str, Any]:
 def main() -> None:
     control = control_url()
     seen_before = call("GET", f"{control}/received")
-    skip = {kind: len(seen_before[kind]) for kind in ("apns", "webpush")}
+    skip = {kind: len(seen_before[kind]) for kind in ("apns", "fcm", "webpush")}
     print("1. people")
     ada, bob = sign_up("ada"), sign_up("bob")
 
@@ -72,6 +75,9 @@ def main() -> None:
     token = secrets.token_hex(32)
     call("POST", f"{API}/v1/devices", {"kind": "apns", "token": token}, ada["token"])
     print(f"  iPhone: APNs token …{token[-8:]}")
+    android = call("POST", f"{control}/fcm/tokens")["token"]
+    call("POST", f"{API}/v1/devices", {"kind": "fcm", "token": android}, ada["token"])
+    print(f"  Android: FCM registration token …{android[-8:]}")
     key = call("GET", f"{API}/v1/push/vapid-public-key")["public_key"]
     subscription = call("POST", f"{control}/subscriptions", {"application_server_key": key})
     call(
@@ -91,12 +97,13 @@ def main() -> None:
     while True:
         got = call("GET", f"{control}/received")
         apns = [p for p in got["apns"][skip["apns"] :] if p["token"] == token]
+        fcm = [p for p in got["fcm"][skip["fcm"] :] if p["token"] == android]
         web = [
             p
             for p in got["webpush"][skip["webpush"] :]
             if p["endpoint"] == subscription["endpoint"]
         ]
-        if (len(apns) >= 2 and len(web) >= 2) or time.monotonic() > deadline:
+        if (len(apns) >= 2 and len(fcm) >= 2 and len(web) >= 2) or time.monotonic() > deadline:
             break
         print(".", end="", flush=True)
         time.sleep(1)
@@ -107,12 +114,22 @@ def main() -> None:
             f"  APNs    {h.get('apns-push-type'):<10} priority {h.get('apns-priority')}"
             f"  collapse-id {h.get('apns-collapse-id', '-'):<5} {json.dumps(push['payload'])}"
         )
+    for push in fcm:
+        message = push["message"]
+        android_options = message.get("android", {})
+        notification = message.get("notification")
+        shown = json.dumps(notification) if notification else "none (a data message)"
+        print(
+            f"  FCM     priority {android_options.get('priority', '-'):<6}"
+            f" collapse_key {android_options.get('collapse_key', '-'):<5}"
+            f" data {json.dumps(message.get('data'))}  notification {shown}"
+        )
     for push in web:
         print(
             f"  WebPush urgency {push['urgency']:<5} topic {push['topic'] or '-':<5}"
             f" ttl {push['ttl']}  decrypted: {push.get('plaintext')}"
         )
-    if len(apns) < 2 or len(web) < 2:
+    if len(apns) < 2 or len(fcm) < 2 or len(web) < 2:
         sys.exit("demo: not every push arrived; see the push worker's log lines")
     print("done: two posts became ONE silent feed push per device; the like became an alert.")
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.handlers.devices import APNS_TOKEN, MAX_DEVICES
+from server.handlers.devices import APNS_TOKEN, FCM_TOKEN, MAX_DEVICES
 from server.handlers.feed import MAX_QUERY
 from server.handlers.posts import MAX_MEDIA, RATE_LIMIT_POSTS
 from server.validation import (
@@ -372,13 +372,25 @@ SCHEMAS: Json = {
         ],
     ),
     "NewDevice": {
-        "description": "An APNs device token, or a browser's `PushSubscription.toJSON()`. "
+        "description": "An APNs device token (iPhone), an FCM registration token "
+        "(Android, sent through FCM HTTP v1), or a browser's `PushSubscription.toJSON()`. "
         "A token or endpoint registered again moves to the caller and is enabled again.",
         "oneOf": [
             obj(
                 {
                     "kind": {"const": "apns"},
                     "token": {"type": "string", "pattern": APNS_TOKEN.pattern},
+                }
+            ),
+            obj(
+                {
+                    "kind": {"const": "fcm"},
+                    "token": {
+                        "type": "string",
+                        "pattern": FCM_TOKEN.pattern,
+                        "description": "What FirebaseMessaging.getToken() gives the app; "
+                        "case-sensitive, stored as given.",
+                    },
                 }
             ),
             obj(
@@ -411,20 +423,27 @@ SCHEMAS: Json = {
                 }
             ),
         ],
-        "examples": [{"kind": "apns", "token": "ab" * 32}],
+        "examples": [
+            {"kind": "apns", "token": "ab" * 32},
+            {"kind": "fcm", "token": "cXnC4bQ7Tk2:APA91bH" + "x1_-" * 36},
+        ],
     },
     "Device": obj(
         {
             "id": ref("Id"),
-            "kind": {"type": "string", "enum": ["apns", "webpush"]},
+            "kind": {"type": "string", "enum": ["apns", "fcm", "webpush"]},
             "enabled": {"type": "boolean"},
             "disabled_reason": {
                 "type": ["string", "null"],
-                "description": "Why pushes stopped, e.g. `apns:Unregistered`, `webpush:410`.",
+                "description": "Why pushes stopped, e.g. `apns:Unregistered`, "
+                "`fcm:UNREGISTERED`, `webpush:http_410`.",
             },
             "created_at": ref("Timestamp"),
             "endpoint": {"type": "string", "description": "Web Push only."},
-            "token_suffix": {"type": "string", "description": "APNs only: last 8 digits."},
+            "token_suffix": {
+                "type": "string",
+                "description": "APNs and FCM only: the token's last 8 characters.",
+            },
         },
         optional=("endpoint", "token_suffix"),
     ),
@@ -1025,7 +1044,10 @@ DOCUMENT: Json = {
         {"name": "users", "description": "Profiles and the social graph."},
         {"name": "posts", "description": "Writing, reading, deleting and liking posts."},
         {"name": "feed", "description": "Home timeline, search and notifications."},
-        {"name": "push", "description": "Push devices (APNs, Web Push) for offline users."},
+        {
+            "name": "push",
+            "description": "Push devices (APNs, FCM, Web Push) for offline users.",
+        },
         {"name": "ops", "description": "Health, readiness, metrics and documents."},
     ],
     "security": [{"bearerAuth": []}],

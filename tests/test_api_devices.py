@@ -1,5 +1,6 @@
-"""Push devices through the API: registration of APNs tokens and Web Push subscriptions,
-ownership, the VAPID key, and the SSRF rules for endpoints chosen by users."""
+"""Push devices through the API: registration of APNs tokens, FCM registration tokens and
+Web Push subscriptions, ownership, the VAPID key, and the SSRF rules for endpoints chosen
+by users."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.settings import Settings
+from push.standins.fcm import registration_token
 from server.handlers.devices import MAX_DEVICES
 from tests.support.api import error_of, sign_up
 from tests.support.api_server import serve_api
@@ -85,6 +87,30 @@ async def test_a_token_registered_again_moves_to_its_new_owner(api: Client) -> N
     assert [d["id"] for d in mine] == [two["id"]]
 
 
+async def test_android_devices_are_registered_moved_listed_and_deleted(api: Client) -> None:
+    first, second = await sign_up(api), await sign_up(api)
+    token = registration_token()
+    resp = await api.post("/v1/devices", json={"kind": "fcm", "token": token}, headers=first.auth)
+    assert resp.status == 201, await resp.text()
+    phone = (await resp.json())["device"]
+    assert phone["kind"] == "fcm" and phone["enabled"] and phone["token_suffix"] == token[-8:]
+    # Registration tokens are case-sensitive: another case is another device.
+    other = {"kind": "fcm", "token": token.swapcase()}
+    resp = await api.post("/v1/devices", json=other, headers=first.auth)
+    assert (await resp.json())["device"]["id"] != phone["id"]
+
+    resp = await api.post("/v1/devices", json={"kind": "fcm", "token": token}, headers=second.auth)
+    assert resp.status == 201
+    assert (await resp.json())["device"]["id"] == phone["id"]  # moved, not copied
+    mine = (await (await api.get("/v1/devices", headers=second.auth)).json())["devices"]
+    assert [(d["id"], d["kind"]) for d in mine] == [(phone["id"], "fcm")]
+    theirs = (await (await api.get("/v1/devices", headers=first.auth)).json())["devices"]
+    assert phone["id"] not in [d["id"] for d in theirs]
+
+    assert (await api.delete(f"/v1/devices/{phone['id']}", headers=second.auth)).status == 204
+    assert (await (await api.get("/v1/devices", headers=second.auth)).json())["devices"] == []
+
+
 async def test_nobody_deletes_someone_elses_device(api: Client) -> None:
     owner, other = await sign_up(api), await sign_up(api)
     resp = await api.post(
@@ -123,7 +149,12 @@ async def test_the_vapid_key_is_public_a_p256_point_and_stable(
 @pytest.mark.parametrize(
     ("body", "field", "code"),
     [
-        ({"kind": "fcm", "token": "x"}, "kind", "invalid_field"),
+        ({"kind": "gcm", "token": "x" * 64}, "kind", "invalid_field"),
+        ({"kind": "fcm", "token": "x"}, "token", "invalid_field"),
+        ({"kind": "fcm"}, "token", "missing_field"),
+        ({"kind": "fcm", "token": "a" * 64 + " b"}, "token", "invalid_field"),
+        ({"kind": "fcm", "token": "a" * 1025}, "token", "invalid_field"),
+        ({"kind": "fcm", "token": "a" * 64, "keys": {}}, "keys", "unknown_field"),
         ({"token": "ab" * 32}, "kind", "missing_field"),
         ({"kind": "apns"}, "token", "missing_field"),
         ({"kind": "apns", "token": 12345}, "token", "invalid_field"),
@@ -220,12 +251,17 @@ async def test_loopback_endpoints_only_when_the_setting_allows_them(
 
 async def test_devices_per_user_are_capped(api: Client) -> None:
     me = await sign_up(api)
-    for _ in range(MAX_DEVICES):
-        resp = await api.post(
-            "/v1/devices", json={"kind": "apns", "token": apns_token()}, headers=me.auth
+    for i in range(MAX_DEVICES):
+        body = (
+            {"kind": "apns", "token": apns_token()}
+            if i % 2
+            else {"kind": "fcm", "token": registration_token()}
         )
+        resp = await api.post("/v1/devices", json=body, headers=me.auth)
         assert resp.status == 201
-    resp = await api.post(
-        "/v1/devices", json={"kind": "apns", "token": apns_token()}, headers=me.auth
-    )
-    assert (resp.status, (await error_of(resp))["code"]) == (409, "too_many_devices")
+    for body in (
+        {"kind": "apns", "token": apns_token()},
+        {"kind": "fcm", "token": registration_token()},
+    ):
+        resp = await api.post("/v1/devices", json=body, headers=me.auth)
+        assert (resp.status, (await error_of(resp))["code"]) == (409, "too_many_devices")

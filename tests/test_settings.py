@@ -51,10 +51,12 @@ def test_secrets_and_url_passwords_never_in_repr() -> None:
             "OPERATOR_TOKEN": "op-token-xyz",
             "DATABASE_URL": "postgresql://app:hunter2@db:5432/feed",
             "REDIS_URL": "redis://:redispass@cache:6379/0",
+            "FCM_CREDENTIALS": '{"private_key": "-----BEGIN PRIVATE KEY-----fcmkey"}',
         }
     )
     text = repr(settings) + str(settings)
-    for secret in ("super-secret-signing-key-123", "op-token-xyz", "hunter2", "redispass"):
+    secrets = ("super-secret-signing-key-123", "op-token-xyz", "hunter2", "redispass", "fcmkey")
+    for secret in secrets:
         assert secret not in text
     assert "postgresql://app:***@db:5432/feed" in text
 

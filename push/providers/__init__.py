@@ -1,4 +1,5 @@
-"""The contract between the push worker and the provider adapters (apns.py, webpush.py).
+"""The contract between the push worker and the provider adapters (apns.py, fcm.py,
+webpush.py).
 
 An adapter turns one send into an Outcome and never raises for anything the provider or
 the network did; the worker decides from `result` alone what to do with the device and
@@ -16,7 +17,7 @@ from typing import Literal
 
 from core.settings import SettingsError
 
-Provider = Literal["apns", "webpush"]
+Provider = Literal["apns", "fcm", "webpush"]
 # sent; invalid = disable the device; retry = retriable (429, 5xx, timeout, transport
 # error); failed = permanent but not the device's fault (other 4xx: 413, 403, ...).
 Result = Literal["sent", "invalid", "retry", "failed"]

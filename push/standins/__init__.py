@@ -1,9 +1,11 @@
-"""Local stand-ins for Apple's and the browsers' push services, speaking the real
-protocols, for tests and the demo (`python -m push.standins --dir <dir>`).
+"""Local stand-ins for Apple's, Google's and the browsers' push services, speaking the
+real protocols, for tests and the demo (`python -m push.standins --dir <dir>`).
 
 - apns.py: HTTP/2 over TLS with a provider JWT (ES256), Apple's headers and reasons.
+- fcm.py: HTTPS, Google's OAuth 2.0 jwt-bearer grant (RS256 service-account assertion)
+  and FCM HTTP v1 `messages:send` with its error JSON.
 - webpush.py: HTTPS, VAPID (RFC 8292), decrypts aes128gcm (RFC 8188) bodies.
-- tls.py: the throwaway CA both are served with (PUSH_CA_FILE).
+- tls.py: the throwaway CA they are served with (PUSH_CA_FILE).
 
 Never imported by the services themselves.
 """

@@ -1,17 +1,21 @@
-"""Run both stand-ins in one process (the demo mode of the run command):
+"""Run the stand-ins in one process (the demo mode of the run command):
 
     python -m push.standins --dir .stack/standins [--control-port 8090]
-        [--apns-port N] [--webpush-port N] [--host 127.0.0.1] [--topic com.example.feed]
+        [--apns-port N] [--webpush-port N] [--fcm-port N] [--host 127.0.0.1]
+        [--topic com.example.feed] [--fcm-project feed-standin]
 
-Writes the CA and the APNs .p8 key into --dir, prints the settings a push worker needs
-(KEY=VALUE lines, also written to <dir>/standins.env) and serves a plain-HTTP control
-API on 127.0.0.1:--control-port:
+Writes the CA, the APNs .p8 key and the FCM service-account key into --dir, prints the
+settings a push worker needs (KEY=VALUE lines, also written to <dir>/standins.env) and
+serves a plain-HTTP control API on 127.0.0.1:--control-port:
 
-    GET  /received        what both stand-ins accepted and refused (JSON)
+    GET  /received        what the stand-ins accepted and refused (JSON)
     POST /subscriptions   a new Web Push subscription; body {"application_server_key"?}
+    POST /fcm/tokens      a new FCM registration token, as an Android app gets one
     POST /script          queue answers: {"kind": "apns", "token": ..., "answers":
-                          [{"status", "reason"?, "retry_after"?}]} or {"kind": "webpush",
-                          "endpoint": ..., "answers": [{"status", "retry_after"?}]}
+                          [{"status", "reason"?, "retry_after"?}]}, {"kind": "webpush",
+                          "endpoint": ..., "answers": [{"status", "retry_after"?}]} or
+                          {"kind": "fcm", "token": ..., "answers": [{"error"?,
+                          "retry_after"?}]} (error: an FCM errorCode; none: success)
 
 The CA is new on every start: start the push worker after the stand-ins. Ctrl-C or
 SIGTERM stops it.
@@ -32,13 +36,14 @@ from typing import Any
 from aiohttp import web
 
 from push.standins.apns import ApnsAnswer, ApnsStandin
+from push.standins.fcm import FcmAnswer, FcmStandin, registration_token
 from push.standins.tls import LocalCA
 from push.standins.webpush import WebPushAnswer, WebPushStandin
 
 MAX_ANSWERS = 1000  # per script call: a demo control API, not a load generator
 
 
-def _received_json(apns: ApnsStandin, webpush: WebPushStandin) -> dict[str, Any]:
+def _received_json(apns: ApnsStandin, webpush: WebPushStandin, fcm: FcmStandin) -> dict[str, Any]:
     pushes = []
     for item in webpush.received.items:
         entry = dataclasses.asdict(item)
@@ -52,6 +57,9 @@ def _received_json(apns: ApnsStandin, webpush: WebPushStandin) -> dict[str, Any]
         "apns_refused": [dataclasses.asdict(item) for item in apns.refused.items],
         "webpush": pushes,
         "webpush_refused": [dataclasses.asdict(item) for item in webpush.refused.items],
+        "fcm": [dataclasses.asdict(item) for item in fcm.received.items],
+        "fcm_refused": [dataclasses.asdict(item) for item in fcm.refused.items],
+        "fcm_grants": len(fcm.grants),
     }
 
 
@@ -61,6 +69,9 @@ def _answers(body: dict[str, Any], kind: str) -> list[Any]:
         raise web.HTTPBadRequest(text=f"answers: a list of 1-{MAX_ANSWERS} objects")
     answers: list[Any] = []
     for item in raw:
+        if kind == "fcm":
+            answers.append(_fcm_answer(item))
+            continue
         if not isinstance(item, dict) or not isinstance(item.get("status"), int):
             raise web.HTTPBadRequest(text="each answer needs an integer status")
         retry_after = item.get("retry_after")
@@ -73,9 +84,24 @@ def _answers(body: dict[str, Any], kind: str) -> list[Any]:
     return answers
 
 
-def control_app(apns: ApnsStandin, webpush: WebPushStandin) -> web.Application:
+def _fcm_answer(item: Any) -> FcmAnswer:
+    if not isinstance(item, dict):
+        raise web.HTTPBadRequest(text="each answer must be an object")
+    error, retry_after = item.get("error"), item.get("retry_after")
+    if retry_after is not None and not isinstance(retry_after, int | float):
+        raise web.HTTPBadRequest(text="retry_after must be a number")
+    try:
+        return FcmAnswer(error, retry_after)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+def control_app(apns: ApnsStandin, webpush: WebPushStandin, fcm: FcmStandin) -> web.Application:
     async def received(request: web.Request) -> web.Response:
-        return web.json_response(_received_json(apns, webpush))
+        return web.json_response(_received_json(apns, webpush, fcm))
+
+    async def fcm_tokens(request: web.Request) -> web.Response:
+        return web.json_response({"token": registration_token()}, status=201)
 
     async def subscriptions(request: web.Request) -> web.Response:
         body = await _json(request)
@@ -87,14 +113,16 @@ def control_app(apns: ApnsStandin, webpush: WebPushStandin) -> web.Application:
     async def script(request: web.Request) -> web.Response:
         body = await _json(request)
         kind = body.get("kind")
-        target = body.get("token" if kind == "apns" else "endpoint")
-        if kind not in ("apns", "webpush") or not isinstance(target, str):
+        target = body.get("endpoint" if kind == "webpush" else "token")
+        if kind not in ("apns", "fcm", "webpush") or not isinstance(target, str):
             raise web.HTTPBadRequest(
-                text='{"kind": "apns", "token"} or {"kind": "webpush", "endpoint"}'
+                text='{"kind": "apns" or "fcm", "token"} or {"kind": "webpush", "endpoint"}'
             )
         answers = _answers(body, kind)
         if kind == "apns":
             apns.script(target, *answers)
+        elif kind == "fcm":
+            fcm.script(target, *answers)
         else:
             webpush.script(target, *answers)
         return web.json_response({"queued": len(answers)})
@@ -102,6 +130,7 @@ def control_app(apns: ApnsStandin, webpush: WebPushStandin) -> web.Application:
     app = web.Application(client_max_size=256 * 1024)
     app.router.add_get("/received", received)
     app.router.add_post("/subscriptions", subscriptions)
+    app.router.add_post("/fcm/tokens", fcm_tokens)
     app.router.add_post("/script", script)
     return app
 
@@ -128,9 +157,11 @@ async def serve(args: argparse.Namespace) -> None:
     async with (
         ApnsStandin(tls, topic=args.topic, host=host, port=args.apns_port) as apns,
         WebPushStandin(tls, host=host, port=args.webpush_port) as webpush,
+        FcmStandin(tls, project_id=args.fcm_project, host=host, port=args.fcm_port) as fcm,
     ):
         key_file = apns.write_key(directory / "apns-key.p8")
-        runner = web.AppRunner(control_app(apns, webpush), access_log=None)
+        fcm_key_file = fcm.write_credentials(directory / "fcm-service-account.json")
+        runner = web.AppRunner(control_app(apns, webpush, fcm), access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, args.control_port)
@@ -142,6 +173,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "APNS_KEY_ID": apns.key_id,
                 "APNS_TEAM_ID": apns.team_id,
                 "APNS_TOPIC": apns.topic,
+                "FCM_CREDENTIALS_FILE": str(fcm_key_file.resolve()),
+                "FCM_URL": fcm.url,
                 "PUSH_CA_FILE": str(tls.ca_file.resolve()),
                 "PUSH_ALLOW_LOOPBACK": "true",
                 "STANDINS_CONTROL_URL": f"http://{host}:{bound}",
@@ -160,11 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m push.standins", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--dir", required=True, type=Path, help="where the CA and .p8 key go")
+    parser.add_argument("--dir", required=True, type=Path, help="where the CA and keys go")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--control-port", type=int, default=0, help="0: any free port")
     parser.add_argument("--apns-port", type=int, default=0)
     parser.add_argument("--webpush-port", type=int, default=0)
+    parser.add_argument("--fcm-port", type=int, default=0)
+    parser.add_argument("--fcm-project", default="feed-standin", help="the Firebase project")
     parser.add_argument("--topic", default="com.example.feed", help="the accepted apns-topic")
     args = parser.parse_args(argv)
     try:

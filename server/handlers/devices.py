@@ -1,5 +1,5 @@
-"""Push devices: register an APNs token or a Web Push subscription, list and delete mine,
-and the VAPID public key browsers subscribe with.
+"""Push devices: register an APNs token, an FCM registration token or a Web Push
+subscription, list and delete mine, and the VAPID public key browsers subscribe with.
 
 A Web Push endpoint is a URL the user chose that our push workers will POST to: it is
 checked here (https, public addresses only) so that the API never stores an address
@@ -27,6 +27,8 @@ from server.service_json import json
 
 MAX_DEVICES = 20  # per user: phones, tablets and browsers; more is a client bug
 APNS_TOKEN = re.compile(r"^[0-9A-Fa-f]{64,200}$")
+# As push/providers/fcm.py checks it again before sending: opaque, ~150-200 characters now.
+FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{32,1024}$")
 P256_POINT_BYTES = 65  # uncompressed: 0x04 || X || Y
 AUTH_SECRET_BYTES = 16
 RESOLVE_TIMEOUT = 3.0
@@ -42,8 +44,8 @@ def device_json(row: asyncpg.Record) -> dict[str, Any]:
         "disabled_reason": row["disabled_reason"],
         "created_at": iso(row["created_at"]),
     }
-    # The endpoint is the user's own URL; the APNs token is only shown abbreviated
-    # (it identifies the device to Apple, the client already has it).
+    # The endpoint is the user's own URL; an APNs or FCM token is only shown abbreviated
+    # (it identifies the device to Apple or Google, the client already has it).
     if row["kind"] == "webpush":
         body["endpoint"] = row["token"]
     else:
@@ -106,6 +108,14 @@ def _apns(body: dict[str, Any]) -> str:
     return token.lower()
 
 
+def _fcm(body: dict[str, Any]) -> str:
+    token = v.string(body, "token")
+    assert token is not None
+    if not FCM_TOKEN.fullmatch(token):
+        raise invalid("token", "an FCM registration token is 32-1024 of A-Z a-z 0-9 _ : -")
+    return token  # opaque and case-sensitive: stored exactly as given
+
+
 async def register(request: web.Request) -> web.Response:
     c, me = ctx(request), user_id(request)
     body = await v.read_json(request)
@@ -113,11 +123,14 @@ async def register(request: web.Request) -> web.Response:
     if kind == "apns":
         v.refuse_unknown(body, {"kind", "token"})
         token, p256dh, auth = _apns(body), None, None
+    elif kind == "fcm":
+        v.refuse_unknown(body, {"kind", "token"})
+        token, p256dh, auth = _fcm(body), None, None
     elif kind == "webpush":
         v.refuse_unknown(body, {"kind", "subscription"})
         token, p256dh, auth = await _webpush(request, body)
     else:
-        raise invalid("kind", "kind must be apns or webpush")
+        raise invalid("kind", "kind must be apns, fcm or webpush")
     async with c.db.acquire() as conn, conn.transaction():
         # Serialise one user's registrations so the cap cannot be raced past.
         await conn.execute(

@@ -1,4 +1,4 @@
-"""Fixtures and helpers for tests that push to the APNs and Web Push stand-ins.
+"""Fixtures and helpers for tests that push to the APNs, FCM and Web Push stand-ins.
 
 Bind the fixtures in a test module (`apns_standin = standins.apns_standin`, ...); they
 need no Postgres, Redis or Kafka.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 
 from core.settings import Settings
 from push.standins.apns import ApnsStandin
+from push.standins.fcm import FcmStandin
 from push.standins.tls import LocalCA
 from push.standins.webpush import WebPushStandin
 
@@ -38,12 +40,23 @@ async def apns_standin(standin_ca: LocalCA) -> AsyncIterator[ApnsStandin]:
 
 
 @pytest.fixture
+async def fcm_standin(standin_ca: LocalCA) -> AsyncIterator[FcmStandin]:
+    async with FcmStandin(standin_ca) as standin:
+        yield standin
+
+
+@pytest.fixture
 async def webpush_standin(standin_ca: LocalCA) -> AsyncIterator[WebPushStandin]:
     async with WebPushStandin(standin_ca) as standin:
         yield standin
 
 
-def push_settings(ca: LocalCA, apns: ApnsStandin | None = None, **changes: Any) -> Settings:
+def push_settings(
+    ca: LocalCA,
+    apns: ApnsStandin | None = None,
+    fcm: FcmStandin | None = None,
+    **changes: Any,
+) -> Settings:
     """Settings pointing the push adapters at the stand-ins (as `python -m push.standins`
     prints them for the push worker)."""
     settings = Settings(
@@ -57,6 +70,10 @@ def push_settings(ca: LocalCA, apns: ApnsStandin | None = None, **changes: Any) 
             apns_team_id=apns.team_id,
             apns_topic=apns.topic,
             apns_url=apns.url,
+        )
+    if fcm is not None:
+        settings = dataclasses.replace(
+            settings, fcm_credentials=json.dumps(fcm.credentials()), fcm_url=fcm.url
         )
     return dataclasses.replace(settings, **changes)
 
