@@ -1,56 +1,56 @@
 """Runs the whole system in the foreground: local stack, migrations, topics, and every
-service under one supervisor with prefixed logs. Ctrl-C stops everything cleanly.
+service under one supervisor with prefixed logs. A service that exits is started again
+(back-off with jitter, crash loops reported); only Ctrl-C or SIGTERM stops everything.
 
     make run                       # or: .venv/bin/python scripts/run.py
     make demo                      # the same, plus local APNs/Web Push stand-ins
     python scripts/run.py --keep-stack    # leave Postgres/Redis/Kafka running on exit
+
+Start-up goes in dependency order, each step waiting for /readyz: the API servers, then
+the gateways (they resume clients by asking the API server), then fan-out and push. A
+service that fails its first start stops everything (a port in use, a bad setting: a
+restart would not help); after that, every exit is a restart (scripts/supervise/).
 
 Demo mode (--demo) starts `python -m push.standins` first (fake APNs and Web Push services
 that speak the real protocols, decrypt and record what they get) and points the push
 worker at them, so `scripts/demo_push.py` can show pushes happening end to end.
 
 Settings: every service setting in README.md, plus SERVER_PROCESSES and GATEWAY_PROCESSES
-(default: number of cores each) and READY_TIMEOUT (seconds to wait for every /readyz, default 90).
+(default: half the cores, and every core), READY_TIMEOUT (seconds to wait for each start-up
+step's /readyz, default 90). GATEWAY_API_URL defaults to this run's API server.
+
+Why our own asyncio loop rather than a process manager: supervisord has no readiness
+(a program counts as up after `startsecs`, `priority` orders starts without waiting),
+retries at a fixed pace with no jitter and marks a program FATAL after `startretries`,
+and writes children's output to files, not prefixed to the terminal; circus brings pyzmq
+and tornado, restarts at a constant delay and its flapping plugin stops a watcher after
+`max_retry`; honcho has the prefixed foreground logs but, like foreman, stops everything
+when one process exits. Each would need our readiness-ordered start on top, and the
+restart loop itself is about a hundred lines (scripts/supervise/child.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
+
+from supervise.child import Child, Service, say, stopped_within
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = [sys.executable, str(ROOT / "scripts" / "stack.py")]
 COLORS = ["36", "35", "33", "32", "34", "31"]
-STOP_GRACE_SECONDS = 15.0
+STANDINS_DIR = ROOT / ".stack" / "standins"
+STANDINS_PORTS = {"control": 8090, "apns": 8091, "webpush": 8092}
 
 
-@dataclass
-class Child:
-    name: str
-    module: str
-    port: int
-    color: str
-    args: tuple[str, ...] = ()
-    ready_path: str = "/readyz"
-    proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def ready_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.ready_path}"
-
-
-def say(message: str) -> None:
-    print(f"run: {message}", flush=True)
+class StartupFailed(RuntimeError):
+    """A service died or was not ready during start-up: everything stops, exit 1."""
 
 
 def stack_env() -> dict[str, str]:
@@ -64,8 +64,12 @@ def stack_env() -> dict[str, str]:
     return env
 
 
-def children(env: dict[str, str]) -> list[Child]:
-    port = lambda key, default: int(env.get(key, default))  # noqa: E731
+def steps(env: dict[str, str], demo: bool) -> list[list[Service]]:
+    """The services in start-up order: each step is ready before the next starts."""
+
+    def port(key: str, default: int) -> int:
+        return int(env.get(key, default))
+
     # Half the cores for API servers: the rest runs Redis, Postgres, Kafka and the
     # gateways. On 2 cores one server process serves the feed faster than two: it takes
     # several requests per wake-up and shares Redis writes (BENCHMARKS.md, feed read).
@@ -74,73 +78,24 @@ def children(env: dict[str, str]) -> list[Child]:
     # API and gateway processes share their port (SO_REUSEPORT); the kernel spreads
     # connections. One outbox relay among the API servers holds its lock at a time.
     found = [
-        Child(f"server{index + 1}", "server", port("SERVER_PORT", 8080), COLORS[0])
-        for index in range(servers)
+        [
+            Service(f"server{i + 1}", "server", port("SERVER_PORT", 8080), COLORS[0])
+            for i in range(servers)
+        ],
+        [
+            Service(f"gateway{i + 1}", "gateway", port("GATEWAY_PORT", 8081), COLORS[1])
+            for i in range(gateways)
+        ],
+        [
+            Service("fanout", "fanout", port("FANOUT_PORT", 8082), COLORS[2]),
+            Service("push", "push", port("PUSH_PORT", 8083), COLORS[3]),
+        ],
     ]
-    for index in range(gateways):
-        found.append(Child(f"gateway{index + 1}", "gateway", port("GATEWAY_PORT", 8081), COLORS[1]))
-    found.append(Child("fanout", "fanout", port("FANOUT_PORT", 8082), COLORS[2]))
-    found.append(Child("push", "push", port("PUSH_PORT", 8083), COLORS[3]))
-    return found
+    return [[standins_service()], *found] if demo else found
 
 
-async def pump(child: Child, width: int) -> None:
-    assert child.proc is not None and child.proc.stdout is not None
-    prefix = (
-        f"\033[{child.color}m{child.name:<{width}} |\033[0m "
-        if sys.stdout.isatty()
-        else (f"{child.name:<{width}} | ")
-    )
-    async for line in child.proc.stdout:
-        sys.stdout.write(prefix + line.decode(errors="replace"))
-        sys.stdout.flush()
-
-
-def is_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-async def wait_ready(kids: list[Child], limit_seconds: float) -> None:
-    deadline = time.monotonic() + limit_seconds
-    pending = {kid.ready_url: kid.name for kid in kids}
-    while pending:
-        for url in list(pending):
-            if await asyncio.to_thread(is_ready, url):
-                del pending[url]
-        dead = [kid.name for kid in kids if kid.proc and kid.proc.returncode is not None]
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} exited during start-up (see its log above)")
-        if pending and time.monotonic() > deadline:
-            raise RuntimeError(
-                f"not ready after {limit_seconds:.0f} s: {', '.join(pending.values())}"
-            )
-        await asyncio.sleep(0.3)
-
-
-async def stop_all(kids: list[Child]) -> None:
-    live = [k.proc for k in kids if k.proc and k.proc.returncode is None]
-    for proc in live:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), STOP_GRACE_SECONDS)
-    except TimeoutError:
-        for proc in live:
-            if proc.returncode is None:
-                say(f"pid {proc.pid} did not stop in {STOP_GRACE_SECONDS:.0f} s; killing it")
-                proc.kill()
-        await asyncio.gather(*(p.wait() for p in live))
-
-
-STANDINS_DIR = ROOT / ".stack" / "standins"
-STANDINS_PORTS = {"control": 8090, "apns": 8091, "webpush": 8092}
-
-
-def standins_child() -> Child:
-    return Child(
+def standins_service() -> Service:
+    return Service(
         "standins",
         "push.standins",
         STANDINS_PORTS["control"],
@@ -166,65 +121,67 @@ def standins_env() -> dict[str, str]:
     return found
 
 
-async def start(kid: Child, env: dict[str, str], width: int) -> asyncio.Task[None]:
-    # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
-    kid.proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        kid.module,
-        *kid.args,
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    return asyncio.create_task(pump(kid, width))
+async def start_step(
+    kids: list[Child], env: dict[str, str], limit_seconds: float, stop: asyncio.Event
+) -> bool:
+    """Starts `kids` and waits until each is ready; False if `stop` came first."""
+    started = time.monotonic()
+    for kid in kids:
+        await kid.spawn(env)
+    pending = list(kids)
+    while pending:
+        pending = [kid for kid in pending if not await kid.ready()]
+        dead = [kid.name for kid in kids if not kid.running]
+        if dead:
+            raise StartupFailed(f"{', '.join(dead)} exited during start-up (see its log above)")
+        if pending and time.monotonic() - started > limit_seconds:
+            names = ", ".join(kid.name for kid in pending)
+            raise StartupFailed(f"not ready after {limit_seconds:.0f} s: {names}")
+        if pending and await stopped_within(stop, 0.3):
+            return False
+    names = ", ".join(kid.name for kid in kids)
+    say(f"{names} ready in {time.monotonic() - started:.1f} s")
+    return not stop.is_set()
 
 
 async def supervise(env: dict[str, str], ready_timeout: float, demo: bool) -> int:
-    kids = children(env)
-    if demo:
-        kids.insert(0, standins_child())
-    width = max(len(k.name) for k in kids)
+    plan = steps(env, demo)
+    width = max(len(service.name) for step in plan for service in step)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    pumps = []
+    kids: list[Child] = []
+    keepers: dict[asyncio.Task[None], Child] = {}
     started = time.monotonic()
     try:
-        if demo:
-            # The stand-ins make a new CA and key on start: the services need their settings.
-            pumps.append(await start(kids[0], env, width))
-            await wait_ready(kids[:1], ready_timeout)
-            env = {**env, **standins_env()}
-        for kid in kids[1 if demo else 0 :]:
-            pumps.append(await start(kid, env, width))
-        ready = asyncio.create_task(wait_ready(kids, ready_timeout))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            return 130
-        ready.result()  # raises when a child died or timed out
+        for number, step in enumerate(plan):
+            batch = [Child(service, ROOT, width) for service in step]
+            kids += batch
+            if not await start_step(batch, env, ready_timeout, stop):
+                return 130
+            for kid in batch:
+                keepers[asyncio.create_task(kid.keep(env, stop, ready_timeout))] = kid
+            if demo and number == 0:
+                # The stand-ins make a new CA and key on start: the services need them.
+                env = {**env, **standins_env()}
         print_urls(env, time.monotonic() - started, demo)
-        waits = {asyncio.create_task(k.proc.wait()): k for k in kids if k.proc}
-        done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task in waits:
-                say(f"{waits[task].name} exited unexpectedly (code {task.result()}); stopping")
-                return 1
-        return 0
-    except RuntimeError as exc:
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopping, *keepers}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        broken = [(task, kid) for task, kid in keepers.items() if task in done]
+        for task, kid in broken:  # a keeper returns only once stopped: this one failed
+            say(f"error: supervising {kid.name} failed: {task.exception()!r}")
+        return 1 if broken else 0
+    except StartupFailed as exc:
         say(f"error: {exc}")
         return 1
     finally:
         say("stopping services...")
-        await stop_all(kids)
-        for task in pumps:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        stop.set()
+        await asyncio.gather(*keepers, return_exceptions=True)  # each stops its own
+        await asyncio.gather(*(kid.stop() for kid in kids))
 
 
 def print_urls(env: dict[str, str], took: float, demo: bool) -> None:
@@ -269,6 +226,8 @@ def main() -> int:
         return 1
     env = {**stack_env(), **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
+    # Gateways resume clients through the API server: this run's, unless told otherwise.
+    env.setdefault("GATEWAY_API_URL", f"http://127.0.0.1:{env.get('SERVER_PORT', '8080')}")
     if (
         subprocess.run(
             [sys.executable, "-m", "core.bootstrap"], cwd=ROOT, env=env, check=False
