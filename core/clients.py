@@ -11,7 +11,7 @@ import asyncio
 import codecs
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,8 +23,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.connection import Connection as RedisConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from core.redis_gate import RedisGate
 from core.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -99,7 +103,116 @@ async def create_db_pool(settings: Settings) -> asyncpg.Pool:
     )
 
 
-class HiredisPackingConnection(RedisConnection):
+class OneRetryOnDeadConnection(Retry):
+    """The retry policy of build_redis's clients: a command that fails with a plain
+    ConnectionError (a pooled connection closed by a Redis restart, or cut while idle) is
+    sent again once, at once, on a fresh connection (redis-py disconnects the failed one
+    before the retry). Never on a timeout: against a Redis that does not answer, a retry
+    is one more socket_timeout of waiting. Never on the ConnectionError subclasses either
+    (RedisUnavailable from the gate, authentication, LOADING, a full pool): Redis or the
+    client said why, and the same answer would come again.
+
+    redis-py's own default depends on the constructor: `Redis(...)` retries 10 times with
+    back-off on ConnectionError and TimeoutError (up to 11 socket_timeouts per command),
+    `Redis.from_url(...)` not at all."""
+
+    def __init__(self) -> None:
+        super().__init__(NoBackoff(), 1, (redis.exceptions.ConnectionError,))
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return _dead_connection(error) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _dead_connection(error: Exception) -> bool:
+    return type(error) is redis.exceptions.ConnectionError
+
+
+class GatedConnection(AbstractConnection):
+    """Hooks a redis-py connection to its client's RedisGate (core/redis_gate.py, passed
+    as the `redis_gate` connection argument; without one, nothing changes): a connect or
+    a send is refused at once while Redis is unreachable, a failed connect or a read
+    timeout trips the gate, and any answer read closes it. A dead pooled connection (a
+    plain ConnectionError on a connection that was open) is left to the retry policy.
+    Combined with a concrete connection class below."""
+
+    def __init__(self, *, redis_gate: RedisGate | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gate = redis_gate
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        gate = self._gate
+        if gate is None or self.is_connected:
+            await super().connect_check_health(check_health, retry_socket_connect)
+            return
+        gate.admit(self)
+        try:
+            await super().connect_check_health(check_health, retry_socket_connect)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # Not the subclasses: a refused password or LOADING is Redis answering.
+            if type(exc) in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                gate.failed(self, exc)
+            raise
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        gate = self._gate
+        if gate is not None and gate.down and self.is_connected:
+            try:
+                gate.admit(self)
+            except redis.exceptions.ConnectionError:
+                # Open since before Redis went silent: its state is unknown, start afresh.
+                await self.disconnect(nowait=True)
+                raise
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        gate = self._gate
+        if gate is None:
+            return await super().read_response(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        try:
+            response = await super().read_response(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        except redis.exceptions.TimeoutError as exc:
+            gate.failed(self, exc)
+            raise
+        except redis.exceptions.ResponseError:
+            gate.answered()
+            raise
+        # With a `timeout` of its own (pub/sub polling), None means nothing came.
+        if gate.down and (timeout is None or response is not None):
+            gate.answered()
+        return response
+
+
+class HiredisPackingConnection(GatedConnection, RedisConnection):
     """redis-py's asyncio connection packs commands in pure Python (about 1 us per
     argument: a 30 000-argument fan-out script call spent 30-40 ms there), while its sync
     connection uses hiredis.pack_command (C); same bytes (redis/redis-py#4176). Drop this
@@ -108,7 +221,9 @@ class HiredisPackingConnection(RedisConnection):
     hiredis encodes str as strict UTF-8, redis-py's default; a connection configured with
     another encoding keeps redis-py's packer. Arguments hiredis refuses (bool, None,
     bytearray, ...) go to redis-py's packer too, which converts them or raises its usual
-    DataError."""
+    DataError.
+
+    Also gated (GatedConnection) when its client has a gate (build_redis's clients)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -136,20 +251,55 @@ class HiredisPackingConnection(RedisConnection):
         return packed
 
 
+class GatedSSLConnection(GatedConnection, SSLConnection):
+    """rediss:// (redis-py's own packer: hiredis packing is for plain TCP only)."""
+
+
+class GatedUnixConnection(GatedConnection, UnixDomainSocketConnection):
+    """unix:// (redis-py's own packer)."""
+
+
+# The class the URL's scheme chose -> the same with the gate's hooks.
+_GATED: dict[type[AbstractConnection], type[GatedConnection]] = {
+    RedisConnection: HiredisPackingConnection,
+    SSLConnection: GatedSSLConnection,
+    UnixDomainSocketConnection: GatedUnixConnection,
+}
+REDIS_CONNECT_TIMEOUT = 2.0
+REDIS_SOCKET_TIMEOUT = 5.0
+
+
 def build_redis(settings: Settings, **overrides: Any) -> aioredis.Redis:
-    """A single-node client (for a cluster: build_redis_cluster)."""
+    """A single-node client (for a cluster: build_redis_cluster), with one retry on a
+    dead connection (OneRetryOnDeadConnection) and a RedisGate of its own (gate_of) that
+    makes its callers fail fast while Redis is unreachable."""
     options: dict[str, Any] = {
         "max_connections": settings.redis_max_connections,
-        "socket_connect_timeout": 2,
-        "socket_timeout": 5,
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
         "health_check_interval": 15,
-        "retry_on_timeout": False,
+        "retry": OneRetryOnDeadConnection(),
     }
-    if settings.redis_url.startswith("redis://"):  # rediss:// and unix:// keep their class
-        options["connection_class"] = HiredisPackingConnection
     options.update(overrides)
     client: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, **options)
+    # For rediss:// and unix:// from_url takes the class from the scheme (whatever
+    # connection_class was passed), so the gated class is put in its place afterwards.
+    pool = client.connection_pool
+    pool.connection_class = _GATED.get(pool.connection_class, pool.connection_class)
+    if issubclass(pool.connection_class, GatedConnection):
+        # The longest one probe can take: its connect, then its answer.
+        probe = (options["socket_connect_timeout"] or 0) + (options["socket_timeout"] or 0)
+        pool.connection_kwargs.setdefault(
+            "redis_gate", RedisGate(f"Redis at {mask_url(settings.redis_url)}", probe or 30.0)
+        )
     return client
+
+
+def gate_of(client: aioredis.Redis) -> RedisGate | None:
+    """The gate of a client from build_redis, for what talks to the same Redis on its own
+    protocol (core/lean_redis.py) and should fail fast with it."""
+    gate = client.connection_pool.connection_kwargs.get("redis_gate")
+    return gate if isinstance(gate, RedisGate) else None
 
 
 def build_redis_cluster(url: str, **options: Any) -> RedisCluster:

@@ -9,11 +9,16 @@ One connection per process, pipelined: the calls made in one loop iteration go o
 one write and are answered in order, so concurrent requests share round trips (and
 syscalls) instead of waiting for a pooled connection. Errors are redis-py's, so callers
 keep one `except REDIS_ERRORS`:
-- ConnectionError when Redis cannot be reached or the link drops (every call in flight
-  fails; the next call reconnects);
+- ConnectionError when Redis cannot be reached, or the link drops and the call, sent
+  once more on a fresh link, fails again. A link closed before the answer (a Redis
+  restart, an idle link cut) is retried once at once: the calls made here are reads
+  (page scripts, MGET), safe to send twice;
 - TimeoutError when an answer takes longer than `timeout`: every call in flight fails
   and the link is dropped, since an answer that late means Redis is stuck or the link
-  is, and every call behind it would wait as long;
+  is, and every call behind it would wait as long. Never retried;
+- RedisUnavailable (a ConnectionError) at once, while the RedisGate (core/redis_gate.py,
+  shared with the redis-py client of the same Redis) says Redis is unreachable: one call
+  at a time probes, the others do not wait for a connect or a timeout of their own;
 - ResponseError for an error reply (a script error, a wrong type).
 NOSCRIPT (a Redis restarted or flushed its scripts) loads the script and retries once.
 """
@@ -32,6 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.redis_address import RedisAddress
+from core.redis_gate import RedisGate
 
 Arg = bytes | str | int
 
@@ -44,6 +50,15 @@ class LeanScript:
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+
+class LinkLost(RedisConnectionError):
+    """The link closed before the call's answer came (retried once on a fresh link)."""
+
+
+class RefusedError(RedisConnectionError):
+    """Redis answered the connection's AUTH or SELECT with an error (a configuration
+    error, not an outage: the gate is not tripped)."""
 
 
 class _Link(asyncio.Protocol):
@@ -73,7 +88,7 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._fail(RedisConnectionError(f"Redis link lost: {exc or 'closed'}"))
+        self._fail(LinkLost(f"Redis link lost: {exc or 'closed'}"))
 
     @property
     def open(self) -> bool:
@@ -126,9 +141,18 @@ class _Link(asyncio.Protocol):
 
 
 class LeanRedis:
-    def __init__(self, address: RedisAddress, timeout: float = 5.0) -> None:
+    """`gate`: the RedisGate of the redis-py client of the same Redis (core.clients.gate_of),
+    so that both fail fast together; without one, a gate of its own."""
+
+    def __init__(
+        self, address: RedisAddress, timeout: float = 5.0, gate: RedisGate | None = None
+    ) -> None:
         self._address = address
         self._timeout = timeout
+        if gate is None:  # a probe connects, then waits for its answer: two timeouts
+            where = address.path or f"{address.host}:{address.port}"
+            gate = RedisGate(f"Redis at {where}", 2 * timeout)
+        self._gate = gate
         self._link: _Link | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -155,32 +179,67 @@ class LeanRedis:
         self._link = None
 
     async def _call(self, *args: Arg) -> Any:
-        link = self._link if self._link is not None and self._link.open else await self._open()
-        return await link.call(*args)
+        gate = self._gate
+        caller = object()  # this call, to the gate (its probe, if it is one)
+        retried = False
+        while True:
+            link = self._link
+            if link is None or not link.open:
+                link = await self._open(caller)
+            if gate.down:
+                gate.admit(caller)
+            try:
+                reply = await link.call(*args)
+            except LinkLost:
+                if retried:
+                    raise
+                retried = True  # closed before the answer: once more, on a fresh link
+                continue
+            except RedisTimeoutError as exc:
+                gate.failed(caller, exc)
+                raise
+            if gate.down:
+                gate.answered()
+            return reply
 
-    async def _open(self) -> _Link:
+    async def _open(self, caller: object) -> _Link:
+        gate = self._gate
+        if gate.down:
+            gate.admit(caller)  # while another call probes: refused now, not after its connect
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:  # concurrent first calls share one connection
             if self._link is not None and self._link.open:
                 return self._link
-            address = self._address
+            if gate.down:  # it may have tripped while this call waited for the lock
+                gate.admit(caller)
             try:
-                async with asyncio.timeout(self._timeout):
-                    link = await address.open(lambda: _Link(self._timeout))
-                    hello: list[asyncio.Future[Any]] = []
-                    if address.password:
-                        user = [address.username] if address.username else []
-                        hello.append(link.call("AUTH", *user, address.password))
-                    if address.db:
-                        hello.append(link.call("SELECT", address.db))
-                    for reply in await asyncio.gather(*hello):
-                        if isinstance(reply, hiredis.ReplyError):
-                            link.abort()
-                            raise RedisConnectionError(f"Redis refused the connection: {reply}")
-            except TimeoutError:
-                raise RedisTimeoutError("Redis did not answer the connection in time") from None
-            except OSError as exc:
-                raise RedisConnectionError(f"cannot reach Redis: {exc}") from None
+                link = await self._connect()
+            except RefusedError:
+                raise  # Redis answered: a configuration error, not an outage
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                gate.failed(caller, exc)
+                raise
             self._link = link
             return link
+
+    async def _connect(self) -> _Link:
+        address = self._address
+        try:
+            async with asyncio.timeout(self._timeout):
+                link = await address.open(lambda: _Link(self._timeout))
+                hello: list[asyncio.Future[Any]] = []
+                if address.password:
+                    user = [address.username] if address.username else []
+                    hello.append(link.call("AUTH", *user, address.password))
+                if address.db:
+                    hello.append(link.call("SELECT", address.db))
+                for reply in await asyncio.gather(*hello):
+                    if isinstance(reply, hiredis.ReplyError):
+                        link.abort()
+                        raise RefusedError(f"Redis refused the connection: {reply}")
+        except TimeoutError:
+            raise RedisTimeoutError("Redis did not answer the connection in time") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot reach Redis: {exc}") from None
+        return link

@@ -122,17 +122,20 @@ class TimelineWriter:
             results, *_ = await asyncio.gather(self._cluster_add(posts), *own_adds)
             return cast(list[BatchResult], results)
         assert isinstance(self._client, aioredis.Redis)
-        pipe = self._client.pipeline(transaction=False)
-        for post_id, payload, followers, with_device in posts:
-            args = self._add_args(post_id, payload, followers, with_device)
-            await self._add(keys=_keys(followers), args=args, client=pipe)
-        for author, post_id in own:
-            await self._add_posts(
-                keys=[keys.timeline(author)],
-                args=[self._cap, keys.timeline_member(post_id)],
-                client=pipe,
-            )
-        replies = await pipe.execute()
+        # `async with`: a pipeline holds its connection from the scripts' SCRIPT EXISTS on,
+        # and execute() releases it only after that step; a failure there (Redis down)
+        # left it held ("Unclosed Pipeline client" on garbage collection).
+        async with self._client.pipeline(transaction=False) as pipe:
+            for post_id, payload, followers, with_device in posts:
+                args = self._add_args(post_id, payload, followers, with_device)
+                await self._add(keys=_keys(followers), args=args, client=pipe)
+            for author, post_id in own:
+                await self._add_posts(
+                    keys=[keys.timeline(author)],
+                    args=[self._cap, keys.timeline_member(post_id)],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
         return [_result(reply) for reply in replies[: len(posts)]]
 
     async def remove(self, post_id: int, payload: bytes, followers: Sequence[int]) -> int:

@@ -5,7 +5,9 @@ Sources, each yielding post ids newest first below a cursor: the user's Redis ti
 the recent posts of followed celebrity-tier authors (merged at read time). They are
 merged without gaps: nothing below a source's last fetched id is emitted until that
 source has been read further. Ids of authors no longer followed are dropped. Redis down:
-one Postgres query over followed authors serves the same pages (slower, never an error).
+one Postgres query over followed authors serves the same pages (slower, never an error),
+and a page that found Redis unavailable asks it nothing more (each call could wait a
+whole Redis deadline; the gate of core/redis_gate.py refuses the next pages' at once).
 
 A page normally costs one Redis call and no Postgres query: one script
 (server/lua/feed_page.lua) reads the timeline page, picks the celebrity-tier authors
@@ -34,9 +36,11 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from core import keys
+from core.clients import gate_of
 from core.lean_redis import LeanRedis
 from core.recent import Recent
 from core.redis_address import RedisAddress
+from core.redis_gate import RedisUnavailable
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
 from server.context import ServerContext
@@ -234,8 +238,11 @@ class HomeFeed:
         self._c = c
         self.celebs = celebs
         # The page's script calls skip redis-py (core/lean_redis.py); one deadline each,
-        # past which the page comes from Postgres.
-        self._lean = LeanRedis(RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT)
+        # past which the page comes from Postgres. They share the redis-py client's gate:
+        # a Redis that one found unreachable fails the other's calls fast too.
+        self._lean = LeanRedis(
+            RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT, gate=gate_of(c.redis)
+        )
         # Post bodies held without expiry: a body never changes (core/post_cache.py), and
         # a deleted post is told by its counters, which every page still reads from Redis.
         self._hydrator = Hydrator(c.db, c.redis, Recent[int, bytes](c.settings.feed_held_posts))
@@ -263,9 +270,11 @@ class HomeFeed:
             self._general_pages.inc()
             return await self._general(user_id, celebs, before, limit, first)
         except REDIS_ERRORS as exc:
-            log.warning("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
+            _fallback("feed of %d served from Postgres, Redis unavailable: %s", user_id, exc)
             self._reads.labels("postgres").inc()
-            return await self._merge(user_id, [self._postgres_source(user_id, [])], before, limit)
+            # Nothing more is asked of Redis for this page: each call could wait as long.
+            sources = [self._postgres_source(user_id, [])]
+            return await self._merge(user_id, sources, before, limit, redis=False)
 
     async def newer(self, user_id: int, since: int, limit: int) -> FeedPage:
         """Posts newer than `since`, newest first (the newest `limit` when there are more)."""
@@ -353,7 +362,12 @@ class HomeFeed:
         log.info("rebuilt timeline of user %d from Postgres (%d posts)", user_id, len(rows))
 
     async def _merge(
-        self, user_id: int, sources: list[Fetch], before: int | None, limit: int
+        self,
+        user_id: int,
+        sources: list[Fetch],
+        before: int | None,
+        limit: int,
+        redis: bool = True,
     ) -> FeedPage:
         cursor = MAX_ID if before is None else before
         emitted: list[tuple[int, bytes]] = []
@@ -370,7 +384,7 @@ class HomeFeed:
             candidates = sorted(
                 {i for ids, _ in batches for i in ids if i >= boundary}, reverse=True
             )
-            live = await self._visible(user_id, candidates)
+            live = await self._visible(user_id, candidates, redis)
             has_more = boundary > 0 or len(live) > limit - len(emitted)
             take = live[: limit - len(emitted)]
             emitted.extend(take)
@@ -389,15 +403,19 @@ class HomeFeed:
             has_more,
         )
 
-    async def _visible(self, user_id: int, ids: list[int]) -> list[tuple[int, bytes]]:
+    async def _visible(
+        self, user_id: int, ids: list[int], redis: bool = True
+    ) -> list[tuple[int, bytes]]:
         """Hydrated posts (id, JSON), newest first, minus deleted ones and authors no
-        longer followed."""
-        try:
-            posts, flags, unsure = await self._hydrator.for_reader(self._lean, user_id, ids)
-        except REDIS_ERRORS:
-            found = await self._hydrator.posts(ids)  # from Postgres
-            posts = {i: orjson.dumps(p) for i, p in found.items()}
-            flags, unsure = {}, {i: int(p["author"]["id"]) for i, p in found.items()}
+        longer followed. `redis=False`: from Postgres alone."""
+        if not redis:
+            posts, flags, unsure = await self._from_postgres(ids)
+        else:
+            try:
+                posts, flags, unsure = await self._hydrator.for_reader(self._lean, user_id, ids)
+            except REDIS_ERRORS as exc:
+                _fallback("posts of feed of %d from Postgres, Redis unavailable: %s", user_id, exc)
+                posts, flags, unsure = await self._from_postgres(ids)
         authors = set(unsure.values()) - {user_id}
         followed = {user_id}
         if authors:
@@ -410,6 +428,20 @@ class HomeFeed:
         for post_id, author in unsure.items():
             flags[post_id] = 1 if author in followed else 0
         return [(i, posts[i]) for i in ids if i in posts and flags.get(i) == 1]
+
+    async def _from_postgres(
+        self, ids: list[int]
+    ) -> tuple[dict[int, bytes], dict[int, int], dict[int, int]]:
+        """As Hydrator.for_reader, from Postgres alone: every author unsure."""
+        found = await self._hydrator.from_postgres(ids)
+        posts = {i: orjson.dumps(p) for i, p in found.items()}
+        return posts, {}, {i: int(p["author"]["id"]) for i, p in found.items()}
+
+
+def _fallback(message: str, user_id: int, exc: BaseException) -> None:
+    # Refused by the gate: the outage was logged once, when the gate tripped.
+    level = logging.DEBUG if isinstance(exc, RedisUnavailable) else logging.WARNING
+    log.log(level, message, user_id, exc)
 
 
 FEED = web.AppKey("home_feed", HomeFeed)

@@ -125,12 +125,14 @@ class Hydrator:
             return await self._from_cache(ids)
         except REDIS_ERRORS as exc:
             log.warning("hydrating from Postgres, Redis unavailable: %s", exc)
-            rows = await fetch_rows(self._db, ids)
-            return {
-                r["id"]: {**post_body(r), "counts": counts(r)}
-                for r in rows
-                if r["deleted_at"] is None
-            }
+            return await self.from_postgres(ids)
+
+    async def from_postgres(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """As posts(), without asking Redis (a caller that just found it unavailable)."""
+        rows = await fetch_rows(self._db, ids)
+        return {
+            r["id"]: {**post_body(r), "counts": counts(r)} for r in rows if r["deleted_at"] is None
+        }
 
     async def spliced_page(
         self, lean: LeanRedis, ids: list[int], counters: list[bytes]

@@ -12,6 +12,7 @@ import redis.exceptions
 
 from core.lean_redis import LeanRedis, LeanScript
 from core.redis_address import RedisAddress
+from core.redis_gate import RedisGate, RedisUnavailable
 
 ECHO = LeanScript("return {KEYS[1], ARGV[1], redis.call('GET', KEYS[1])}")
 BROKEN = LeanScript("return redis.call('INCR', KEYS[1])")
@@ -82,13 +83,63 @@ async def test_a_silent_redis_times_out_and_the_next_call_reconnects(
     port = server.sockets[0].getsockname()[1]
     real = RedisAddress.of(redis_client)
     address = dataclasses.replace(real, port=port, db=0, password=None)
-    lean = LeanRedis(address, timeout=0.3)
+    # No back-off: the call after a timeout is the gate's probe at once.
+    lean = LeanRedis(address, timeout=0.3, gate=RedisGate("silent", 0.6, first_backoff=0))
     try:
         with pytest.raises(redis.exceptions.TimeoutError):
             await lean.run(ECHO, ["a"], ["b"])
         with pytest.raises(redis.exceptions.TimeoutError):
             await lean.run(ECHO, ["a"], ["b"])
         assert len(connections) == 2  # the first link was dropped, a new one opened
+    finally:
+        await lean.close()
+        server.close()
+        for writer in connections:
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_while_redis_is_silent_one_call_probes_and_the_others_fail_at_once(
+    redis_client: aioredis.Redis,
+) -> None:
+    """After a timeout, calls do not each wait to connect and time out in turn (behind
+    the connect lock, the k-th waited k deadlines): they are refused at once, but for one
+    probe at a time, until Redis answers a probe."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read(-1)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    silent_port = server.sockets[0].getsockname()[1]
+    real = RedisAddress.of(redis_client)
+    address = dataclasses.replace(real, port=silent_port)
+    gate = RedisGate("silent", 1.0, first_backoff=0)
+    lean = LeanRedis(address, timeout=0.3, gate=gate)
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await lean.command("PING")
+        assert gate.down
+        # The next call is the probe (no back-off here); the 29 beside it are refused.
+        outcomes = await asyncio.gather(
+            *(lean.command("PING") for _ in range(30)), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, RedisUnavailable)]
+        probes = [o for o in outcomes if isinstance(o, redis.exceptions.TimeoutError)]
+        assert (len(refused), len(probes)) == (29, 1), outcomes
+        assert isinstance(refused[0], redis.exceptions.ConnectionError)  # what callers catch
+        assert len(connections) == 2  # one per probe, none per refused call
+        # Redis answers a probe (a client of the real Redis sharing the gate, as the feed's
+        # lean link shares the redis-py client's): the gate opens for everyone.
+        answering = LeanRedis(real, timeout=0.3, gate=gate)
+        try:
+            assert await answering.command("PING") == b"PONG"
+            assert not gate.down
+            pings = await asyncio.gather(*(answering.command("PING") for _ in range(5)))
+            assert pings == [b"PONG"] * 5
+        finally:
+            await answering.close()
     finally:
         await lean.close()
         server.close()
