@@ -17,7 +17,6 @@ import collections
 import json
 import re
 import secrets
-import socket
 import string
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from push.standins import Inbox
+from push.standins.https_site import HttpsSite
 from push.standins.tls import LocalCA
 
 # What google-auth (and every Google client) puts in `aud`, whichever token_uri it posts to.
@@ -212,7 +212,7 @@ def registration_token() -> str:
     return f"{instance}:APA91b" + "".join(secrets.choice(alphabet) for _ in range(134))
 
 
-class FcmStandin:
+class FcmStandin(HttpsSite):
     def __init__(
         self,
         tls: LocalCA,
@@ -222,7 +222,7 @@ class FcmStandin:
         port: int = 0,
         token_lifetime: int = TOKEN_LIFETIME,
     ) -> None:
-        self.tls, self.host, self._port = tls, host, port
+        super().__init__(tls, host, port)
         self.project_id = project_id
         self.client_email = f"firebase-adminsdk-standin@{project_id}.iam.gserviceaccount.com"
         self.key_id = secrets.token_hex(20)
@@ -235,17 +235,6 @@ class FcmStandin:
         self._tokens: dict[str, float] = {}  # access token -> expires at
         self._scripts: dict[str, collections.deque[FcmAnswer]] = {}
         self._unregistered: set[str] = set()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The origin of both APIs: what FCM_URL is set to."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self._port}"
 
     @property
     def private_key_pem(self) -> str:
@@ -303,32 +292,9 @@ class FcmStandin:
         """Every access token issued so far stops working (as an hour passing would)."""
         self._tokens = dict.fromkeys(self._tokens, 0.0)
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_post(OAUTH_PATH, self._token)
-        app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        # Bound here so that the port chosen for port 0 is known.
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
-        self._port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, ssl_context=self.tls.server_context())
-        await site.start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FcmStandin:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post(OAUTH_PATH, self._token)
+        router.add_post("/v1/projects/{project}/messages:send", self._send)
 
     # ------------------------------------------------------------------ token endpoint
 

@@ -17,7 +17,6 @@ import collections
 import json
 import re
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import jwt as vapid_jwt
 
 from push.standins import Inbox
+from push.standins.https_site import HttpsSite
 from push.standins.tls import LocalCA
 
 MAX_BODY_BYTES = 4096
@@ -97,25 +97,14 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class WebPushStandin:
+class WebPushStandin(HttpsSite):
     def __init__(self, tls: LocalCA, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.tls, self.host, self._port = tls, host, port
+        super().__init__(tls, host, port)
         self.received: Inbox[WebPushReceived] = Inbox()
         self.refused: Inbox[WebPushRefusal] = Inbox()
         self._subscriptions: dict[str, _Subscription] = {}
         self._gone: set[str] = set()
         self._scripts: dict[str, collections.deque[WebPushAnswer]] = {}
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The origin: what the VAPID `aud` claim must be."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self._port}"
 
     def create_subscription(self, application_server_key: str | None = None) -> dict[str, Any]:
         """A new subscription as PushSubscription.toJSON() gives it. With an
@@ -152,31 +141,8 @@ class WebPushStandin:
     def _id(endpoint: str) -> str:
         return endpoint.rsplit("/", 1)[-1]
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_post(PATH_PREFIX + "{sub_id}", self._push)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        # Bound here so that the port chosen for port 0 is known.
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
-        self._port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, ssl_context=self.tls.server_context())
-        await site.start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> WebPushStandin:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post(PATH_PREFIX + "{sub_id}", self._push)
 
     async def _push(self, request: web.Request) -> web.Response:
         now = time.time()
