@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,12 +22,8 @@ from prometheus_client import CollectorRegistry
 from core import keys
 from core.events import PushJob
 from core.settings import Settings
-from fanout.app import CONSUMER as FANOUT_CONSUMER
-from fanout.app import create_app as create_fanout
 from gateway.app import create_app as create_gateway
 from gateway.handlers import NODE
-from push.app import CONSUMER as PUSH_CONSUMER
-from push.app import create_app as create_push
 from push.dispatcher import Dispatcher
 from push.metrics import PushMetrics
 from push.standins.apns import ApnsAnswer, ApnsStandin
@@ -36,7 +31,6 @@ from push.standins.tls import LocalCA
 from push.standins.webpush import WebPushAnswer, WebPushStandin
 from tests.support import standins
 from tests.support.api import User, follow, post, sign_up
-from tests.support.api_server import serve_api
 from tests.support.live import ws_json
 
 Client = TestClient[web.Request, web.Application]
@@ -85,27 +79,7 @@ async def stack(
     webpush_standin: WebPushStandin,
 ) -> Stack:
     pointed = standins.push_settings(standin_ca, apns_standin)
-    live = dataclasses.replace(
-        settings,
-        **{
-            f.name: getattr(pointed, f.name)
-            for f in dataclasses.fields(pointed)
-            if f.name.startswith(("apns_", "push_"))
-        },
-    )
-    live = dataclasses.replace(
-        live,
-        fanout_group=f"fanout-{uuid.uuid4().hex[:8]}",
-        fanout_offset_reset="latest",
-        push_group=f"push-{uuid.uuid4().hex[:8]}",
-        push_offset_reset="latest",
-    )
-    api = await aiohttp_client(serve_api(live))
-    fanout = await aiohttp_client(create_fanout(live))
-    push = await aiohttp_client(create_push(live))
-    async with asyncio.timeout(30):
-        await fanout.app[FANOUT_CONSUMER].assigned.wait()
-        await push.app[PUSH_CONSUMER].assigned.wait()
+    api, live = await standins.push_pipeline(settings, pointed, ("apns", "webpush"), aiohttp_client)
     return Stack(api, live, apns_standin, webpush_standin)
 
 

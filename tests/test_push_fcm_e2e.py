@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,16 +17,11 @@ from aiohttp.test_utils import TestClient
 
 from core import keys
 from core.settings import Settings
-from fanout.app import CONSUMER as FANOUT_CONSUMER
-from fanout.app import create_app as create_fanout
 from gateway.app import create_app as create_gateway
-from push.app import CONSUMER as PUSH_CONSUMER
-from push.app import create_app as create_push
 from push.standins.fcm import FcmAnswer, FcmReceived, FcmStandin, registration_token
 from push.standins.tls import LocalCA
 from tests.support import standins
 from tests.support.api import User, follow, post, sign_up
-from tests.support.api_server import serve_api
 from tests.support.live import ws_json
 
 Client = TestClient[web.Request, web.Application]
@@ -78,27 +72,7 @@ async def stack(
     fcm_standin: FcmStandin,
 ) -> Stack:
     pointed = standins.push_settings(standin_ca, fcm=fcm_standin)
-    live = dataclasses.replace(
-        settings,
-        **{
-            f.name: getattr(pointed, f.name)
-            for f in dataclasses.fields(pointed)
-            if f.name.startswith(("fcm_", "push_"))
-        },
-    )
-    live = dataclasses.replace(
-        live,
-        fanout_group=f"fanout-{uuid.uuid4().hex[:8]}",
-        fanout_offset_reset="latest",
-        push_group=f"push-{uuid.uuid4().hex[:8]}",
-        push_offset_reset="latest",
-    )
-    api = await aiohttp_client(serve_api(live))
-    fanout = await aiohttp_client(create_fanout(live))
-    push = await aiohttp_client(create_push(live))
-    async with asyncio.timeout(30):
-        await fanout.app[FANOUT_CONSUMER].assigned.wait()
-        await push.app[PUSH_CONSUMER].assigned.wait()
+    api, live = await standins.push_pipeline(settings, pointed, ("fcm",), aiohttp_client)
     return Stack(api, live, fcm_standin)
 
 

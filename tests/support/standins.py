@@ -11,12 +11,15 @@ import contextlib
 import dataclasses
 import json
 import ssl
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
@@ -148,3 +151,44 @@ async def silent_server() -> AsyncIterator[int]:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         await server.wait_closed()
+
+
+async def push_pipeline(
+    settings: Settings,
+    pointed: Settings,
+    providers: tuple[str, ...],
+    aiohttp_client: Callable[[web.Application | TestServer], Awaitable[TestClient[Any, Any]]],
+) -> tuple[TestClient[Any, Any], Settings]:
+    """The API server, fan-out and the push worker on the test stack, pointed at the
+    stand-ins (`pointed`: push_settings(...)) for `providers` (their setting prefixes),
+    with consumer groups of their own that start at the newest events. Returns the API
+    client and the settings used, once both consumers hold their partitions."""
+    from fanout.app import CONSUMER as FANOUT_CONSUMER
+    from fanout.app import create_app as create_fanout
+    from push.app import CONSUMER as PUSH_CONSUMER
+    from push.app import create_app as create_push
+    from tests.support.api_server import serve_api
+
+    prefixes = (*(f"{p}_" for p in providers), "push_")
+    live = dataclasses.replace(
+        settings,
+        **{
+            f.name: getattr(pointed, f.name)
+            for f in dataclasses.fields(pointed)
+            if f.name.startswith(prefixes)
+        },
+    )
+    live = dataclasses.replace(
+        live,
+        fanout_group=f"fanout-{uuid.uuid4().hex[:8]}",
+        fanout_offset_reset="latest",
+        push_group=f"push-{uuid.uuid4().hex[:8]}",
+        push_offset_reset="latest",
+    )
+    api = await aiohttp_client(serve_api(live))
+    fanout = await aiohttp_client(create_fanout(live))
+    push = await aiohttp_client(create_push(live))
+    async with asyncio.timeout(30):
+        await fanout.app[FANOUT_CONSUMER].assigned.wait()
+        await push.app[PUSH_CONSUMER].assigned.wait()
+    return api, live
