@@ -1,5 +1,7 @@
-"""Fan-out tiers by follower count, shared by fan-out (how to write) and the API server
-(which authors to merge at read time), so both always agree.
+"""Fan-out tiers by follower count, shared by fan-out (how to write), the API server
+(which authors to merge at read time) and the gateways (which `a:{author}` channels to
+follow), so all agree. The pull-tier rule is stated here once, in Python
+(Thresholds.tier) and in SQL (pull_tier_sql); nothing else spells it.
 
 Thresholds come from settings and can be changed at runtime in Redis (hash
 `keys.FANOUT_CONFIG`, fields push_max / throttle_max); one author's tier can be forced
@@ -42,7 +44,17 @@ class Thresholds:
             return Tier.PUSH
         if follower_count <= self.throttle_max:
             return Tier.THROTTLE
-        return Tier.PULL
+        return Tier.PULL  # pull_tier_sql says the same
+
+
+def pull_tier_sql(users: str, throttle_max: str) -> str:
+    """Thresholds.tier(...) is Tier.PULL, as a SQL condition on the `users` row named
+    `users` (a table alias), with Thresholds.throttle_max passed as the parameter
+    `throttle_max` (such as "$2")."""
+    return (
+        f"({users}.fanout_tier = 'pull'"
+        f" OR ({users}.fanout_tier IS NULL AND {users}.follower_count > {throttle_max}))"
+    )
 
 
 class TierPolicy:
@@ -69,7 +81,5 @@ class TierPolicy:
         return self._current
 
 
-PULL_AUTHORS_SQL = """
-SELECT id FROM users
- WHERE fanout_tier = 'pull' OR (fanout_tier IS NULL AND follower_count > $1)
-"""
+# Every pull-tier author ($1: Thresholds.throttle_max).
+PULL_AUTHORS_SQL = f"SELECT id FROM users WHERE {pull_tier_sql('users', '$1')}"

@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -22,7 +21,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from core import events, keys, post_cache
 from core.ids import IdGenerator, id_timestamp_ms
-from core.postview import fetch_rows, full_post, iso
+from core.notification_view import notification_view
+from core.postview import fetch_rows, full_post
 from core.settings import Settings
 from core.tiers import Tier, TierPolicy
 from core.topics import Topics
@@ -390,17 +390,15 @@ class Handlers:
         )
         if row is None:
             return  # already notified (replay) or a user vanished
-        notification: dict[str, Any] = {
-            "id": str(row["id"]),
-            "kind": event.kind,
-            "actor": {
-                "id": str(event.actor_id),
-                "handle": row["handle"],
-                "display_name": row["display_name"],
-            },
-            "post_id": None if event.post_id is None else str(event.post_id),
-            "created_at": iso(row["created_at"]),
-        }
+        notification = notification_view(
+            notification_id=row["id"],
+            kind=event.kind,
+            actor_id=event.actor_id,
+            actor_handle=row["handle"],
+            actor_display_name=row["display_name"],
+            post_id=event.post_id,
+            created_at=row["created_at"],
+        )
         if await d.redis.exists(keys.presence(event.recipient_id)):
             await d.redis.publish(
                 keys.user_channel(event.recipient_id), events.live_notification(notification)

@@ -1,5 +1,6 @@
 """Timeline writes for fan-out: one server-side script call per batch (per node on
-Redis Cluster), scripts kept in fanout/lua/*.lua and loaded once at start-up.
+Redis Cluster), with the timeline scripts of core/timelines.py (core/lua/*.lua),
+registered once at start-up. The timelines' rules are core/timelines.py's.
 
 This module never touches a socket to a client and never decides who follows whom: it
 gets follower ids and a serialized event, and writes/publishes them.
@@ -11,7 +12,6 @@ import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -19,9 +19,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from core import keys
+from core import keys, timelines
 
-LUA_DIR = Path(__file__).with_name("lua")
+LUA_DIR = timelines.LUA_DIR  # read by scripts/bench/fanout_script_cost.py
 CHANNEL_PREFIX = keys.user_channel(0)[:-1].encode()  # "u:"
 # What a cluster node answers a script that touches a key of a slot it no longer serves
 # (a resharding moved it since the slot map was read).
@@ -38,7 +38,7 @@ class BatchResult:
 
 
 def _script(client: aioredis.Redis | RedisCluster, name: str) -> AsyncScript:
-    return client.register_script((LUA_DIR / f"{name}.lua").read_text())
+    return client.register_script(timelines.script(name))
 
 
 def _device_flags(followers: Sequence[int], with_device: Collection[int]) -> bytes:
@@ -63,9 +63,9 @@ class TimelineWriter:
         self._client = client
         self._cap = cap
         self._limit = cap + slack
-        self._add = _script(client, "timeline_add")
-        self._remove = _script(client, "timeline_remove")
-        self._add_posts = _script(client, "timeline_add_posts")
+        self._add = _script(client, timelines.ADD)
+        self._remove = _script(client, timelines.REMOVE)
+        self._add_posts = _script(client, timelines.ADD_POSTS)
         self._nodes = _NodeCalls(client) if isinstance(client, RedisCluster) else None
 
     def _add_args(
@@ -157,10 +157,7 @@ class TimelineWriter:
         return int(added)
 
     async def remove_posts(self, user_id: int, post_ids: Sequence[int]) -> int:
-        if not post_ids:
-            return 0
-        members = [keys.timeline_member(p) for p in post_ids]
-        return int(await self._client.zrem(keys.timeline(user_id), *members))
+        return await timelines.remove_posts(self._client, user_id, list(post_ids))
 
 
 def _merged(replies: list[Any]) -> BatchResult:

@@ -11,16 +11,15 @@ from collections import defaultdict
 
 import asyncpg
 
-from core.tiers import TierPolicy
+from core.tiers import TierPolicy, pull_tier_sql
 
 log = logging.getLogger(__name__)
 CHUNK = 1000
 BATCH_DELAY = 0.002
 LOOKUP_TIMEOUT = 10.0
-FOLLOWED_PULL_AUTHORS = """
+FOLLOWED_PULL_AUTHORS = f"""
 SELECT f.follower_id, f.followee_id FROM follows f JOIN users u ON u.id = f.followee_id
- WHERE f.follower_id = ANY($1::bigint[])
-   AND (u.fanout_tier = 'pull' OR (u.fanout_tier IS NULL AND u.follower_count > $2))
+ WHERE f.follower_id = ANY($1::bigint[]) AND {pull_tier_sql("u", "$2")}
 """
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 

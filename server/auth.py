@@ -15,7 +15,7 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from core import keys
+from core import timelines
 from core.auth import TokenError
 from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
@@ -146,6 +146,6 @@ async def _mark_active(c: ServerContext, user: int) -> None:
     was_inactive = await c.db.fetchval(RETURNING_USER, user, c.settings.fanout_active_days)
     if was_inactive:
         try:
-            await c.redis.delete(keys.timeline(user))
+            await timelines.drop(c.redis, user)
         except REDIS_ERRORS as exc:
             log.warning("stale timeline of returning user %d not dropped: %s", user, exc)

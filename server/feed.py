@@ -35,7 +35,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from core import keys
+from core import keys, timelines
 from core.clients import gate_of
 from core.lean_redis import LeanRedis
 from core.recent import Recent
@@ -311,18 +311,18 @@ class HomeFeed:
         return await self._merge(user_id, sources, before, limit)
 
     def _timeline_source(
-        self, user_id: int, celebs: list[int], prefetched: tuple[int, int, store.Page | None]
+        self, user_id: int, celebs: list[int], prefetched: tuple[int, int, timelines.Page | None]
     ) -> Fetch:
         redis_client = self._c.redis
         postgres = self._postgres_source(user_id, celebs)
-        ready: tuple[int, int, store.Page | None] | None = prefetched
+        ready: tuple[int, int, timelines.Page | None] | None = prefetched
 
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:
             nonlocal ready
             if ready is not None and ready[:2] == (before, n) and ready[2] is not None:
-                found: store.Page | None = ready[2]
+                found: timelines.Page | None = ready[2]
             else:
-                found = await store.page(redis_client, user_id, before, n)
+                found = await timelines.page(redis_client, user_id, before, n)
             ready = None
             if found is None:  # evicted while paging: Postgres has the same history
                 return await postgres(before, n)
@@ -358,7 +358,7 @@ class HomeFeed:
     async def _rebuild(self, user_id: int, celebs: list[int]) -> None:
         cap = self._c.settings.timeline_cap
         rows = await self._c.db.fetch(FOLLOWED_POSTS, user_id, MAX_ID, cap + 1, celebs)
-        await store.build(self._c.redis, user_id, [r["id"] for r in rows], cap)
+        await timelines.build(self._c.redis, user_id, [r["id"] for r in rows], cap)
         log.info("rebuilt timeline of user %d from Postgres (%d posts)", user_id, len(rows))
 
     async def _merge(

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from core import keys
 from core.expiry import spread
+from core.lua_files import read_lua
 from server.hydrate import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -30,26 +32,9 @@ FOLLOWING_TTL = 3600  # seconds a filled set lives at most, less a random share 
 VERSION_TTL = 24 * 3600  # a fill takes milliseconds; the token only has to outlive it
 EMPTY_MEMBER = "0"
 
-# KEYS[1] following set, KEYS[2] version token; ARGV[1] token seen before reading
-# Postgres ("" for none), ARGV[2] ttl, ARGV[3..] followee ids. Returns 1 if stored.
-FILL = """
-local seen = redis.call('GET', KEYS[2]) or ''
-if seen ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-local n = #ARGV
-for i = 3, n, 1000 do  -- chunks: Lua's unpack has a stack limit
-  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS[1] following set, KEYS[2] version token; ARGV[1] new token, ARGV[2] its ttl.
-INVALIDATE = """
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-redis.call('DEL', KEYS[1])
-return 1
-"""
+LUA_DIR = Path(__file__).with_name("lua")
+FILL = read_lua(LUA_DIR, "following_fill")
+INVALIDATE = read_lua(LUA_DIR, "following_invalidate")
 
 FOLLOWEES_SQL = "SELECT followee_id FROM follows WHERE follower_id = $1"
 

@@ -6,6 +6,7 @@ invalidates a post body or anyone's timeline). Redis down: everything from Postg
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
@@ -16,6 +17,7 @@ import redis.exceptions
 from core import keys
 from core.expiry import spread
 from core.lean_redis import LeanRedis, LeanScript
+from core.lua_files import read_lua
 from core.post_cache import (
     COUNTER_NAMES,
     COUNTER_TTL,
@@ -73,39 +75,8 @@ def decode_counts(counters: bytes) -> dict[str, int] | None:
     return None if parts is None else dict(zip(COUNTER_NAMES, map(int, parts[1:]), strict=True))
 
 
-# A reader's home feed posts: KEYS n posts' counters, then the reader's following set
-# (keys.following); ARGV[1] the reader's id. Returns the n counters (false when missing),
-# then per post whether the reader follows its author (or is the author): 1 yes, 0 no,
-# -1 cannot tell here (no cached counters, or no cached following set).
-READ_VISIBLE = """
-local n = #KEYS - 1
-local following = KEYS[#KEYS]
-local out = redis.call('MGET', unpack(KEYS, 1, n))
-local cached = redis.call('EXISTS', following) == 1
-local authors, at = {}, {}
-for i = 1, n do
-  local counters = out[i]
-  local flag = -1
-  if counters and cached then
-    local author = string.match(counters, '^(%d+),')
-    if author == ARGV[1] then
-      flag = 1
-    elseif author then
-      authors[#authors + 1] = author
-      at[#authors] = n + i
-      flag = 0
-    end
-  end
-  out[n + i] = flag
-end
-if #authors > 0 then
-  local followed = redis.call('SMISMEMBER', following, unpack(authors))
-  for j = 1, #authors do out[at[j]] = followed[j] end
-end
-return out
-"""
-
-
+LUA_DIR = Path(__file__).with_name("lua")
+READ_VISIBLE = read_lua(LUA_DIR, "read_visible")
 READ_VISIBLE_SCRIPT = LeanScript(READ_VISIBLE)
 
 
@@ -270,22 +241,7 @@ class Hydrator:
         return filled
 
 
-# Adjusts a cached counter only when it is cached (a counter made up here would be
-# wrong); Postgres is the truth and the TTL heals any drift. A tombstone stays as it is.
-# KEYS[1] counters; ARGV[1] which (1 likes, 2 reposts, 3 replies), ARGV[2] by how much.
-BUMP_COUNTER = """
-local raw = redis.call('GET', KEYS[1])
-if not raw or raw == '-' then return false end
-local c = {string.match(raw, '^(%d+),(%-?%d+),(%-?%d+),(%-?%d+)$')}
-if #c ~= 4 then
-  redis.call('DEL', KEYS[1])  -- not ours: the next read caches it from Postgres
-  return false
-end
-local i = tonumber(ARGV[1]) + 1
-c[i] = tonumber(c[i]) + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], table.concat(c, ','), 'KEEPTTL')
-return c[i]
-"""
+BUMP_COUNTER = read_lua(LUA_DIR, "bump_counter")
 
 
 async def bump_counter(redis_client: aioredis.Redis, post_id: int, name: str, by: int) -> None:

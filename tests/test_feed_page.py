@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from core import keys
+from core import keys, timelines
 from core.post_cache import TOMBSTONE, encode_counters, tombstone
 from server import timeline_store as store
 from server.feed import CELEB_INLINE_MAX, FEED, FeedPage, HomeFeed
@@ -69,7 +69,7 @@ async def build(redis_client: aioredis.Redis, feed: HomeFeed, rng: random.Random
     complete = rng.random() < 0.8
     members = {keys.timeline_member(p): 0 for p in timeline}
     if complete:
-        members[store.SENTINEL] = 0
+        members[timelines.SENTINEL] = 0
     tl = keys.timeline(reader)
     pipe.delete(tl, keys.following(reader))
     if members:
@@ -86,7 +86,7 @@ async def build(redis_client: aioredis.Redis, feed: HomeFeed, rng: random.Random
 async def general_page(
     redis_client: aioredis.Redis, feed: HomeFeed, s: Scenario, before: int | None, limit: int
 ) -> FeedPage:
-    page = await store.page(redis_client, s.reader, before, limit + 1)
+    page = await timelines.page(redis_client, s.reader, before, limit + 1)
     following = {int(m) for m in await redis_client.smembers(keys.following(s.reader))}
     first = store.FirstRead(page, [c for c in s.celebs if c in following])
     return await feed._general(s.reader, s.celebs, before, limit, first)
@@ -130,7 +130,7 @@ async def test_spliced_counts_and_unicode_survive_the_script(
     await redis_client.set(keys.post_cache(post_id), raw)
     await redis_client.set(keys.post_counters(post_id), b"%d,7,0,-1" % author)
     await redis_client.zadd(
-        keys.timeline(reader), {keys.timeline_member(post_id): 0, store.SENTINEL: 0}
+        keys.timeline(reader), {keys.timeline_member(post_id): 0, timelines.SENTINEL: 0}
     )
     await redis_client.sadd(keys.following(reader), "0", str(author))
     page = await feed.page(reader, None, 20)
@@ -154,7 +154,7 @@ async def test_the_script_declines_when_a_cache_misses(
 
     await redis_client.delete(tl, following)
     assert isinstance(await read(), store.FirstRead)  # no timeline
-    await redis_client.zadd(tl, {keys.timeline_member(post_id): 0, store.SENTINEL: 0})
+    await redis_client.zadd(tl, {keys.timeline_member(post_id): 0, timelines.SENTINEL: 0})
     assert isinstance(await read(), store.FirstRead)  # no following set
     await redis_client.sadd(following, "0", str(author))
     assert isinstance(await read(), store.FirstRead)  # no cached counters
@@ -185,7 +185,9 @@ async def test_a_run_of_deleted_pull_tier_posts_leaves_no_gap(
         await redis_client.set(keys.post_counters(post_id), encode_counters(author, 0, 0, 0))
     for post_id in (p9, p10, p11):
         await tombstone(redis_client, post_id)
-    await redis_client.zadd(keys.timeline(reader), {keys.timeline_member(p7): 0, store.SENTINEL: 0})
+    await redis_client.zadd(
+        keys.timeline(reader), {keys.timeline_member(p7): 0, timelines.SENTINEL: 0}
+    )
     await redis_client.sadd(keys.following(reader), "0", str(star), str(friend))
     s = Scenario(reader, [star], [])
     assert (await general_page(redis_client, feed, s, None, 1)).ids == [p8]
@@ -224,7 +226,7 @@ async def test_a_held_body_serves_pages_but_never_a_deleted_post(
         await redis_client.set(keys.post_cache(post_id), body(post_id, author))
         await redis_client.set(keys.post_counters(post_id), encode_counters(author, 1, 0, 0))
     members = {keys.timeline_member(p): 0 for p in (kept_id, doomed_id)}
-    await redis_client.zadd(keys.timeline(reader), {**members, store.SENTINEL: 0})
+    await redis_client.zadd(keys.timeline(reader), {**members, timelines.SENTINEL: 0})
     await redis_client.sadd(keys.following(reader), "0", str(author))
     assert (await feed.page(reader, None, 20)).ids == [doomed_id, kept_id]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from core.notification_view import notification_view
 from server import validation as v
 from server.context import ctx, user_id
 from server.errors import invalid
 from server.feed import FEED, FeedPage
 from server.handlers.posts import post_list
-from server.hydrate import iso
 from server.service_json import json, json_bytes
 
 MAX_QUERY = 200
@@ -83,17 +83,15 @@ async def notifications(request: web.Request) -> web.Response:
     return json(
         {
             "notifications": [
-                {
-                    "id": str(r["id"]),
-                    "kind": r["kind"],
-                    "actor": {
-                        "id": str(r["actor_id"]),
-                        "handle": r["handle"],
-                        "display_name": r["display_name"],
-                    },
-                    "post_id": None if r["post_id"] is None else str(r["post_id"]),
-                    "created_at": iso(r["created_at"]),
-                }
+                notification_view(
+                    notification_id=r["id"],
+                    kind=r["kind"],
+                    actor_id=r["actor_id"],
+                    actor_handle=r["handle"],
+                    actor_display_name=r["display_name"],
+                    post_id=r["post_id"],
+                    created_at=r["created_at"],
+                )
                 for r in page
             ],
             "next_cursor": v.encode_cursor("notifications", page[-1]["id"]) if has_more else None,

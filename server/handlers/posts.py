@@ -12,9 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from core import events, topics
+from core import events, timelines, topics
 from core.ids import id_timestamp_ms, min_id_for_ms
-from server import timeline_store
 from server import validation as v
 from server.context import Conn, ServerContext, ctx, user_id
 from server.errors import ApiError, invalid, not_found
@@ -194,7 +193,7 @@ async def _read_your_writes(c: ServerContext, author: int, post_id: int) -> None
     """The author sees their post at once, before fan-out runs (best effort: a missing or
     unreachable timeline is rebuilt from Postgres, which already has the post)."""
     try:
-        await timeline_store.add_if_built(c.redis, author, [post_id], c.settings.timeline_cap)
+        await timelines.add_posts(c.redis, author, [post_id], c.settings.timeline_cap)
     except REDIS_ERRORS as exc:
         log.warning("author timeline not updated (Redis unavailable): %s", exc)
 

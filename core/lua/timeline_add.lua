@@ -10,7 +10,7 @@
 -- node, whose followers hash to many slots, so their keys cannot be declared; see
 -- fanout/timelines.py).
 --
--- Only timelines that exist are written: a missing one is rebuilt from Postgres when its
+-- Only timelines that exist are written (core/timelines.py): a missing one is rebuilt when its
 -- owner reads it, so writing into it would make a partial timeline look complete.
 -- A replay (the member is already there) publishes nothing again.
 -- Returns {timelines written, live publishes, {offline follower ids with a device}}.
