@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import (
+
+from core.aiohttp_internals import (
     BadHttpMethod,
     HttpProcessingError,
     InvalidURLError,
     LineTooLong,
     PayloadEncodingError,
+    ServerHookRunner,
+    request_handler,
 )
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
 MALFORMED = "malformed_request"
 
@@ -54,14 +55,14 @@ def shaped(status: int, exc: BaseException | None) -> bytes:
     return error_body("internal_error", "internal server error")
 
 
-class ShapedErrorsHandler(RequestHandler):
+class ShapedErrorsHandler(web.RequestHandler):
     """aiohttp's per-connection protocol, answering its own errors in our shape."""
 
     __slots__ = ()
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
@@ -77,15 +78,15 @@ class ShapedErrorsHandler(RequestHandler):
 
 
 class ShapedErrorsServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return ShapedErrorsHandler(self, loop=self._loop, **self._kwargs)
+    def __call__(self) -> web.RequestHandler:
+        return request_handler(self, ShapedErrorsHandler)
 
 
-class ShapedErrorsRunner(web.AppRunner):
+class ShapedErrorsRunner(ServerHookRunner):
     """An AppRunner whose connections are ShapedErrorsHandlers. (aiohttp builds the
     web.Server inside Application, so its class is set on what it built.)"""
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
+    def wrap_server(self, server: web.Server) -> web.Server:
+        server = super().wrap_server(server)
         server.__class__ = ShapedErrorsServer
         return server

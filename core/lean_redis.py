@@ -36,10 +36,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.redis_address import RedisAddress
+from core.redis_address import Arg as Arg  # re-exported: callers type their arguments by it
+from core.redis_address import RedisAddress, pack
 from core.redis_gate import RedisGate
-
-Arg = bytes | str | int
 
 
 class LeanScript:
@@ -101,7 +100,7 @@ class _Link(asyncio.Protocol):
         waiter: asyncio.Future[Any] = loop.create_future()
         if not self._outgoing:
             loop.call_soon(self._flush)
-        self._outgoing.append(hiredis.pack_command(args))  # type: ignore[arg-type]
+        self._outgoing.append(pack(*args))
         deadline = loop.time() + self._timeout
         self._waiting.append((waiter, deadline))
         if self._watchdog is None:
@@ -228,12 +227,7 @@ class LeanRedis:
         try:
             async with asyncio.timeout(self._timeout):
                 link = await address.open(lambda: _Link(self._timeout))
-                hello: list[asyncio.Future[Any]] = []
-                if address.password:
-                    user = [address.username] if address.username else []
-                    hello.append(link.call("AUTH", *user, address.password))
-                if address.db:
-                    hello.append(link.call("SELECT", address.db))
+                hello = [link.call(*command) for command in address.hello()]
                 for reply in await asyncio.gather(*hello):
                     if isinstance(reply, hiredis.ReplyError):
                         link.abort()

@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 
-from aiohttp.http_exceptions import HttpProcessingError
+from core.aiohttp_internals import HttpProcessingError
 
 _TOKEN = re.compile(r"(access_token=|Bearer\s+)[^\s&'\"\\]+", re.IGNORECASE)
 

@@ -1,6 +1,8 @@
-"""Where a Redis client connects, read from a configured redis-py client, for the few
-places that speak to Redis on their own asyncio Protocol (gateway/broker.py's pub/sub
-link, core/lean_redis.py's script calls)."""
+"""The Redis wire shared by the few places that speak to Redis on their own asyncio
+Protocol (core/lean_redis.py's script calls, gateway/broker.py's pub/sub link): where a
+configured redis-py client connects, how a connection is opened, the commands that set
+it up (AUTH, SELECT), and how a command is put on the wire. What is sent after that, and
+how replies are read and waited for, is each link's own."""
 
 from __future__ import annotations
 
@@ -10,10 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 
 P = TypeVar("P", bound=asyncio.Protocol)
+Arg = bytes | str | int
+
+
+def pack(*args: Arg) -> bytes:
+    """One command as Redis reads it (RESP: an array of bulk strings), by hiredis."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub: 1-tuples
+    return packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,18 @@ class RedisAddress:
             ssl_context=context,
             db=int(kwargs.get("db") or 0),
         )
+
+    def hello(self, *, select: bool = True) -> list[tuple[Arg, ...]]:
+        """The commands that make a fresh connection act as the configured client's, in
+        order: AUTH (with the ACL user, if one is given) and SELECT of its database. A
+        pub/sub connection passes select=False: channels are not per database."""
+        commands: list[tuple[Arg, ...]] = []
+        if self.password:
+            user = (self.username,) if self.username else ()
+            commands.append(("AUTH", *user, self.password))
+        if select and self.db:
+            commands.append(("SELECT", self.db))
+        return commands
 
     async def open(self, factory: Callable[[], P]) -> P:
         """A connection speaking `factory`'s protocol (nothing sent yet); callers bound

@@ -90,6 +90,16 @@ class Settings:
     timeline_trim_slack: int = 64
     # Post bodies each API server process holds in memory for feed pages (~0.5 KB each).
     feed_held_posts: int = 50_000
+    # Incident switches for the hand-written wire code (true: on, the default).
+    # FEED_FAST_PATH: the API server answers plain GET /v1/feed itself (server/front.py,
+    # about a quarter of its CPU per page); false: every request goes through aiohttp's
+    # handlers, middleware and router, with the same answers.
+    feed_fast_path: bool = True
+    # GATEWAY_NATIVE_WEBSOCKET: the gateway upgrades WebSockets itself
+    # (gateway/protocols/, ~2 KiB instead of ~18 per connection); false: aiohttp's
+    # WebSocketResponse serves every connection (gateway/handlers.py), same protocol.
+    gateway_native_websocket: bool = True
+
 
     # Push (push/). APNs token auth: the .p8 key as PEM text or a file path.
     apns_key: str = _secret("")

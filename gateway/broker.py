@@ -25,7 +25,7 @@ from typing import cast
 
 import hiredis
 
-from core.redis_address import RedisAddress
+from core.redis_address import RedisAddress, pack
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,6 @@ class BrokerUnavailable(ConnectionError):
 
 class _Refused(ConnectionError):
     """Redis answered a command with an error (ACL, NOAUTH, ...)."""
-
-
-def _command(*args: bytes) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    parts += [b"$%d\r\n%s\r\n" % (len(a), a) for a in args]
-    return b"".join(parts)
 
 
 class _Expected:
@@ -231,10 +225,10 @@ class RedisBroker:
             proto = self._proto
             try:
                 if unsubscribe:
-                    self._send(_command(b"UNSUBSCRIBE", *unsubscribe), len(unsubscribe))
+                    self._send(pack(b"UNSUBSCRIBE", *unsubscribe), len(unsubscribe))
                 if subscribe:
                     self._unconfirmed.update(subscribe)
-                    await self._send_and_confirm(_command(b"SUBSCRIBE", *subscribe), len(subscribe))
+                    await self._send_and_confirm(pack(b"SUBSCRIBE", *subscribe), len(subscribe))
                     self._unconfirmed.difference_update(subscribe)
             except _Refused as exc:
                 self._wanted.difference_update(subscribe)
@@ -278,7 +272,7 @@ class RedisBroker:
     async def _ping(self, proto: _PubSubProtocol) -> None:
         pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            self._send(_command(b"PING"), 1, pong)
+            self._send(pack(b"PING"), 1, pong)
             done, _ = await asyncio.wait(
                 [pong, proto.lost], timeout=PING_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
             )
@@ -326,9 +320,8 @@ class RedisBroker:
         self._proto = proto
         self._expected.clear()
         self._unconfirmed.clear()
-        if address.password:
-            auth = [b"AUTH"] + ([address.username.encode()] if address.username else [])
-            self._send(_command(*auth, address.password.encode()), 1)
+        for command in address.hello(select=False):  # AUTH: a pub/sub link has no db
+            self._send(pack(*command), 1)
         # Pending requests join this resubscription: nothing is subscribed twice.
         self._wanted.update(self._to_subscribe)
         self._to_subscribe.clear()
@@ -337,7 +330,7 @@ class RedisBroker:
         channels = sorted(self._wanted)
         for start in range(0, len(channels), RESUBSCRIBE_CHUNK):
             chunk = channels[start : start + RESUBSCRIBE_CHUNK]
-            await self._send_and_confirm(_command(b"SUBSCRIBE", *chunk), len(chunk))
+            await self._send_and_confirm(pack(b"SUBSCRIBE", *chunk), len(chunk))
         self._up.set()
         self._kick.set()  # answer whoever waited while the link was down
 

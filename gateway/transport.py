@@ -52,7 +52,8 @@ class Transport(Protocol):
 
 class WebSocketTransport:
     """aiohttp's WebSocket, for an upgrade on a keep-alive connection aiohttp already
-    owns; fresh connections are upgraded by gateway.protocols (the same contract)."""
+    owns (or every upgrade, with GATEWAY_NATIVE_WEBSOCKET=false); otherwise fresh
+    connections are upgraded by gateway.protocols (the same contract)."""
 
     name = "websocket"
 

@@ -17,8 +17,8 @@ from http import HTTPStatus
 from typing import cast
 
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 
+from core.aiohttp_internals import SERVER_SOFTWARE
 from core.auth import TokenError
 from core.http_errors import ShapedErrorsRunner
 from core.service import hand_over
@@ -89,10 +89,12 @@ class FeedFront:
 
 class FrontRunner(ShapedErrorsRunner):
     """An AppRunner whose sites (TCPSite, SockSite, the test server's) accept through
-    FeedFront."""
+    FeedFront; with FEED_FAST_PATH=false, straight through aiohttp's web.Server."""
 
-    async def _make_server(self) -> web.Server:
-        http = await super()._make_server()  # the app has started: FEED and CTX exist
+    def wrap_server(self, server: web.Server) -> web.Server:
+        http = super().wrap_server(server)  # the app has started: FEED and CTX exist
+        if not self.app[CTX].settings.feed_fast_path:
+            return http
         return cast(web.Server, FeedFront(self.app, http))
 
 

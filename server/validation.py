@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from server.errors import CLIENT_GONE, ApiError, bad_request, invalid
 
@@ -37,7 +36,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     except TimeoutError:  # a body trickling in holds a connection and a task: not forever
         message = f"request body not received within {BODY_SECONDS:g} s"
         raise _closing(request, 408, "body_timeout", message) from None
-    except RequestPayloadError:  # a Content-Encoding the bytes do not follow, bad chunking
+    except web.RequestPayloadError:  # a Content-Encoding the bytes do not follow, bad chunking
         # The parser stops at such a body: marked ended, or aiohttp's drain after the
         # answer would meet the same error and log it as an unhandled exception.
         request.content.feed_eof()

@@ -64,3 +64,12 @@ def test_secrets_and_url_passwords_never_in_repr() -> None:
 def test_mask_url_leaves_urls_without_password_alone() -> None:
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert mask_url("postgresql://u:p@h/d") == "postgresql://u:***@h/d"
+
+
+def test_the_wire_fast_paths_are_on_by_default_and_can_be_switched_off() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.feed_fast_path and defaults.gateway_native_websocket
+    off = Settings.from_env({"FEED_FAST_PATH": "false", "GATEWAY_NATIVE_WEBSOCKET": "off"})
+    assert not off.feed_fast_path and not off.gateway_native_websocket
+    with pytest.raises(SettingsError, match="FEED_FAST_PATH"):
+        Settings.from_env({"FEED_FAST_PATH": "maybe"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import BaseRunner
 
 from core.service import SETTINGS
 from core.settings import Settings
@@ -15,7 +15,8 @@ from server.front import FrontRunner
 
 
 class ApiServer(TestServer):
-    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+    # TestServer._make_runner is aiohttp's, not public (core/aiohttp_internals.INTERNALS).
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
         # aiohttp's TestServer cancels a handler whose client left; `python -m server` (as
         # aiohttp's own default) lets it run on, and a body read then fails instead.
         kwargs["handler_cancellation"] = False

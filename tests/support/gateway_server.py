@@ -32,6 +32,7 @@ class GatewayServer(TestServer):
         await site.start()
         self.port = site.port
         self.scheme = "http"
+        # BaseTestServer._root is aiohttp's, not public (core/aiohttp_internals.INTERNALS).
         self._root = URL(f"http://{self.host}:{self.port}")
 
 
