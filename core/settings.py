@@ -100,7 +100,6 @@ class Settings:
     # WebSocketResponse serves every connection (gateway/handlers.py), same protocol.
     gateway_native_websocket: bool = True
 
-
     # Push (push/). APNs token auth: the .p8 key as PEM text or a file path.
     apns_key: str = _secret("")
     apns_key_file: str = ""

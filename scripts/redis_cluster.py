@@ -11,13 +11,13 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.keys import CLUSTER_SLOTS
+from scripts.bench import procs
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +34,12 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[LocalCluster]:
     if not (server and cli):
         raise RuntimeError("redis-server and redis-cli are installed by scripts/stack.py")
     ports = _cluster_ports(masters)
-    procs = []
+    nodes: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
             node = workdir / str(port)
             node.mkdir()
-            procs.append(
+            nodes.append(
                 subprocess.Popen(
                     [
                         server,
@@ -65,7 +65,7 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[LocalCluster]:
                 )
             )
         for port in ports:
-            _wait(cli, port, ["ping"], "PONG")
+            _wait(cli, port, ["ping"], "PONG", nodes)
         for index, port in enumerate(ports):
             first = CLUSTER_SLOTS * index // masters
             last = CLUSTER_SLOTS * (index + 1) // masters - 1
@@ -73,13 +73,10 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[LocalCluster]:
             if index:
                 _run(cli, port, "cluster", "meet", "127.0.0.1", str(ports[0]))
         for port in ports:
-            _wait(cli, port, ["cluster", "info"], "cluster_state:ok")
+            _wait(cli, port, ["cluster", "info"], "cluster_state:ok", nodes)
         yield LocalCluster(f"redis://127.0.0.1:{ports[0]}/0", tuple(ports))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
+        procs.stop(nodes, 10.0)
 
 
 def _cluster_ports(count: int) -> list[int]:
@@ -109,13 +106,13 @@ def _run(cli: str, port: int, *command: str) -> None:
         raise RuntimeError(f"redis node {port}: {' '.join(command)}: {result.stdout.strip()}")
 
 
-def _wait(cli: str, port: int, command: list[str], expected: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+def _wait(
+    cli: str, port: int, command: list[str], expected: str, nodes: list[subprocess.Popen[bytes]]
+) -> None:
+    def answered() -> bool:
         result = subprocess.run(
             [cli, "-p", str(port), *command], capture_output=True, text=True, check=False
         )
-        if expected in result.stdout:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"redis node {port} never answered {expected}")
+        return expected in result.stdout
+
+    procs.wait_ready(f"redis node {port} ({expected})", answered, nodes, timeout=20)

@@ -1,4 +1,5 @@
-"""CPU used by each process group over a window, read from /proc (Linux only).
+"""The bench scripts' one CPU accountant, read from /proc (Linux only): per process group
+over a window (`snapshot`/`usage`), per named pid (`CpuWindow`), and the machine's busy time.
 
 The load generator, the server and the data stores share one machine; this shows who
 spent the cores while latency was measured, including anything else that was running:
@@ -11,9 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,6 +39,18 @@ class MachineTicks:
         return self.work + self.steal + self.idle
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the reports' machine line."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def machine_ticks() -> MachineTicks:
     """The one reader of /proc/stat for the bench scripts."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
@@ -52,7 +64,7 @@ class Snapshot:
     machine: int  # busy ticks of all cores (including steal)
 
 
-def _group(pid: str, comm: str, bench_db: str, redis_port: int) -> str:
+def _group(pid: str, comm: str, bench_db: str, redis_ports: tuple[int, ...]) -> str:
     group = GROUPS.get(comm, "other")
     if group not in ("postgres", "redis"):
         return group
@@ -62,9 +74,11 @@ def _group(pid: str, comm: str, bench_db: str, redis_port: int) -> str:
         return group
     words = title.replace("\0", " ").split()
     if group == "redis":  # another Redis server on this machine (another stack) is not ours
-        return group if any(w.endswith(f":{redis_port}") for w in words) else "other"
+        ports = tuple(f":{port}" for port in redis_ports)
+        return group if any(w.endswith(ports) for w in words) else "other"
     # Backends are titled "postgres: <user> <database> <client> <state>": one that serves
-    # another database (somebody's tests on the shared server) is not ours.
+    # another database (somebody's tests on the shared server) is not ours; the shared
+    # processes (checkpointer, WAL writer, ...) are.
     if len(words) >= 4 and words[0] == "postgres:" and "(" in words[3]:
         return group if words[2] == bench_db else "other"
     return group
@@ -96,25 +110,90 @@ def process_times(skip: frozenset[int] = frozenset()) -> Iterator[tuple[int, str
         yield int(name), comm, int(fields[11]) + int(fields[12])
 
 
-def snapshot(bench_db: str = "", redis_port: int = 0) -> Snapshot:
+def snapshot(bench_db: str = "", redis_ports: tuple[int, ...] = ()) -> Snapshot:
+    """Every process's CPU ticks, grouped: our Postgres (backends of `bench_db`), our Redis
+    (servers on `redis_ports`), Kafka, and "other"."""
     found = {
-        pid: (_group(str(pid), comm, bench_db, redis_port), ticks)
+        pid: (_group(str(pid), comm, bench_db, redis_ports), ticks)
         for pid, comm, ticks in process_times()
     }
     return Snapshot(found, machine_ticks().busy)
 
 
-def usage(before: Snapshot, after: Snapshot, named: dict[int, str]) -> Counter[str]:
-    """CPU seconds per group between two snapshots; `named` labels specific pids."""
-    spent: Counter[str] = Counter()
+def usage(before: Snapshot, after: Snapshot, named: dict[int, str]) -> dict[str, float]:
+    """CPU seconds per group between two snapshots; `named` labels specific pids. "other"
+    is at least the machine's busy time minus ours (steal and short-lived processes too)."""
+    spent: dict[str, float] = {}
     for pid, (group, ticks) in after.procs.items():
         delta = ticks - before.procs.get(pid, (group, 0))[1]
         if delta > 0:
-            spent[named.get(pid) or group] += delta / TICKS
+            name = named.get(pid) or group
+            spent[name] = spent.get(name, 0.0) + delta / TICKS
     ours = sum(seconds for group, seconds in spent.items() if group != "other")
     machine = (after.machine - before.machine) / TICKS
-    spent["other"] = max(spent["other"], machine - ours)
+    spent["other"] = max(spent.get("other", 0.0), machine - ours)
     return spent
+
+
+def process_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (its threads included)."""
+    raw = read_proc(f"/proc/{pid}/stat")
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _seconds_or_zero(pid: int) -> float:
+    try:
+        return process_seconds(pid)
+    except (OSError, ValueError, IndexError):  # exited, or not ours to read
+        return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine (all cores), steal included."""
+    return machine_ticks().busy / TICKS
+
+
+@dataclass(slots=True)
+class CpuWindow:
+    """CPU used by named processes and by the whole machine between start() and stop():
+    on a shared 2-core machine a number means little without who else was running."""
+
+    pids: dict[str, list[int]]
+    wall: float = 0.0
+    used: dict[str, float] = field(default_factory=dict)
+    machine: float = 0.0
+    _t0: float = 0.0
+    _start: dict[int, float] = field(default_factory=dict)
+    _machine0: float = 0.0
+
+    def start(self) -> CpuWindow:
+        self._t0 = time.monotonic()
+        self._machine0 = machine_busy_seconds()
+        self._start = {pid: _seconds_or_zero(pid) for group in self.pids.values() for pid in group}
+        return self
+
+    def stop(self) -> CpuWindow:
+        self.wall = time.monotonic() - self._t0
+        self.machine = machine_busy_seconds() - self._machine0
+        self.used = {
+            name: sum(_seconds_or_zero(pid) - self._start.get(pid, 0.0) for pid in group)
+            for name, group in self.pids.items()
+        }
+        return self
+
+    def percent(self, name: str) -> float:
+        """Percent of one core."""
+        return 100.0 * self.used.get(name, 0.0) / max(self.wall, 1e-9)
+
+    def other_percent(self) -> float:
+        """Percent of one core used by processes that are not ours (other sessions' tests
+        and benchmarks, the shared Postgres...)."""
+        ours = sum(self.used.values())
+        return 100.0 * max(self.machine - ours, 0.0) / max(self.wall, 1e-9)
+
+    def machine_percent(self) -> float:
+        return 100.0 * self.machine / max(self.wall, 1e-9)
 
 
 def machine_busy(seconds: float = 1.0) -> float:

@@ -25,7 +25,8 @@ from core import events, keys
 from core.ids import IdGenerator
 from fanout.followers import follower_batches
 from fanout.timelines import TimelineWriter
-from scripts.bench.fanout_common import POST_WORKER_ID, BenchError, Target
+from scripts.bench.common import BenchError
+from scripts.bench.fanout_common import POST_WORKER_ID, Target
 from scripts.bench.fanout_redis import RedisTime, command_stats, delta
 from scripts.bench.fanout_seed import RESET_TIMELINES, SENTINEL
 from scripts.bench.progress import Progress, note

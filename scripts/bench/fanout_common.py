@@ -24,6 +24,7 @@ from core.settings import Settings
 
 # One BenchError for every bench module: the shared helpers (common, runner) raise it too.
 from scripts.bench.common import TAKEN_REDIS_DBS, BenchError
+from scripts.bench.cpu import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_NAME = "feed_bench_fanout"
@@ -120,15 +121,6 @@ class Target:
 
 def _with_path(url: str, path: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else "unknown"
 
 
 def machine() -> str:

@@ -28,8 +28,9 @@ from redis.asyncio.cluster import RedisCluster
 from core import events, keys
 from core.ids import IdGenerator, id_timestamp_ms
 from core.topics import Topics
-from scripts.bench import fanout_cpu as cpu
-from scripts.bench.fanout_common import POST_WORKER_ID, BenchError, Target
+from scripts.bench import cpu
+from scripts.bench.common import BenchError
+from scripts.bench.fanout_common import POST_WORKER_ID, Target
 from scripts.bench.fanout_redis import RedisTime, command_stats, delta
 from scripts.bench.fanout_seed import Dataset
 from scripts.bench.fanout_worker import Worker
@@ -195,13 +196,13 @@ async def _timed(run: Run, label: str, posts: list[tuple[int, int]], expected: i
     """Produce `posts` and wait for `expected` writes, with Redis and CPU accounting."""
     metrics0 = run.worker.metrics()
     stats0 = await command_stats(run.redis)
-    ours = cpu.Ours(run.database, run.redis_ports, {run.worker.pid: "worker", os.getpid(): "bench"})
-    cpu0 = cpu.snapshot(ours)
+    named = {run.worker.pid: "worker", os.getpid(): "bench"}
+    cpu0 = cpu.snapshot(run.database, run.redis_ports)
     started = time.monotonic()
     await produce(run, posts)
     produced = time.monotonic() - started
     done_at, metrics1 = await _wait_for_writes(run, metrics0, expected, len(posts), label)
-    spent = cpu.usage(cpu0, cpu.snapshot(ours))
+    spent = cpu.usage(cpu0, cpu.snapshot(run.database, run.redis_ports), named)
     window = time.monotonic() - started
     return Window(
         seconds=done_at - started,

@@ -85,7 +85,13 @@ async def cost(client: aioredis.Redis, sha: str, post_id: int) -> float:
     """Redis's own microseconds per follower for one post to every follower."""
     followers = range(1, FOLLOWERS + 1)
     names = [keys.timeline(u) for u in followers] + [keys.presence(u) for u in followers]
-    args = [keys.timeline_member(post_id), CAP, CAP + SLACK, b"x" * 300, CHANNEL_PREFIX]
+    args: list[bytes | str | int] = [
+        keys.timeline_member(post_id),
+        CAP,
+        CAP + SLACK,
+        b"x" * 300,
+        CHANNEL_PREFIX,
+    ]
     await client.config_resetstat()
     reply = await client.evalsha(sha, len(names), *names, *args, b"0" * FOLLOWERS, *followers)
     assert int(reply[0]) == FOLLOWERS, f"wrote {reply[0]} of {FOLLOWERS}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,8 @@ from core.ids import IdGenerator
 from core.migrate import migrate
 from scripts.bench.fanout_common import USER_WORKER_ID, Shape, Target
 from scripts.bench.progress import Progress, note
+from scripts.bench.seed import copy_chunked, ensure_database
 
-COPY_CHUNK = 50_000
 TIMELINES_PER_CALL = 5_000
 CELEBRITY_HANDLE = "fo_celeb"
 AUTHOR_PREFIX = "fo_a"
@@ -51,20 +50,6 @@ class Dataset:
     authors: list[int]
     pool: list[int]  # every follower of the celebrity, ascending
     fresh: bool  # just (re)loaded: new user ids, so every earlier timeline is an orphan
-
-
-async def ensure_database(target: Target, reset: bool) -> None:
-    conn = await asyncpg.connect(target.maintenance_url, timeout=10)
-    try:
-        if reset:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{target.db_name}" WITH (FORCE)')
-            note(f"seed: dropped database {target.db_name}")
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", target.db_name)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{target.db_name}"')
-            note(f"seed: created database {target.db_name}")
-    finally:
-        await conn.close()
 
 
 async def _stored_shape(conn: asyncpg.Connection) -> Shape | None:
@@ -109,17 +94,6 @@ def _users(
     return [(u, h, "x", followers[u], following[u]) for u, h in handles]
 
 
-async def _copy(
-    conn: asyncpg.Connection, table: str, columns: list[str], rows: Sequence[Any]
-) -> None:
-    progress = Progress(f"seed: copy {table}", len(rows), " rows")
-    for start in range(0, len(rows), COPY_CHUNK):
-        chunk = rows[start : start + COPY_CHUNK]
-        await conn.copy_records_to_table(table, records=chunk, columns=columns)
-        progress.add(len(chunk))
-    progress.finish()
-
-
 async def _load(conn: asyncpg.Connection, shape: Shape) -> None:
     celebrity, authors, pool = _user_ids(shape)
     follows = _follows(shape, celebrity, authors, pool)
@@ -128,8 +102,8 @@ async def _load(conn: asyncpg.Connection, shape: Shape) -> None:
         await conn.execute("TRUNCATE users, follows, posts CASCADE")
         await conn.execute(f"DELETE FROM {SHAPE_TABLE}")
         columns = ["id", "handle", "password_hash", "follower_count", "following_count"]
-        await _copy(conn, "users", columns, users)
-        await _copy(conn, "follows", ["follower_id", "followee_id"], follows)
+        await copy_chunked(conn, "users", columns, users)
+        await copy_chunked(conn, "follows", ["follower_id", "followee_id"], follows)
         await conn.executemany(f"INSERT INTO {SHAPE_TABLE} VALUES ($1, $2)", shape.as_rows())
     # Fresh statistics, so the follower query plans like it would on a live database.
     await conn.execute("ANALYZE users, follows")
@@ -158,7 +132,7 @@ async def _dataset(conn: asyncpg.Connection, shape: Shape, fresh: bool) -> Datas
 
 
 async def seed_postgres(target: Target, shape: Shape, reset: bool) -> Dataset:
-    await ensure_database(target, reset)
+    await ensure_database(target.base.database_url, target.db_name, reset)
     conn = await asyncpg.connect(target.database_url, timeout=10)
     try:
         await migrate(conn)

@@ -6,7 +6,7 @@ In one run: the raw Redis ZADD ceiling (redis-benchmark), the follower query and
 timeline writer each alone, then one real `python -m fanout` worker fed PostCreated
 events through Kafka: a post by an author with 200 000 active followers, and a stream of
 2 000 posts by authors with 100 followers each. Prints a markdown block and writes it to
-scripts/bench/RESULTS-fanout.md. Uses its own database (feed_bench_fanout), Redis db 6 and
+scripts/bench/results/fanout.md. Uses its own database (feed_bench_fanout), Redis db 6 and
 topic prefix (bench-fanout-; topics deleted at the end). Everything shares this machine's
 cores: worker, Redis, Postgres, Kafka and this script.
 
@@ -35,13 +35,14 @@ from core.clients import CONNECT_ERRORS, create_admin, create_producer, ensure_t
 from core.settings import Settings
 from core.topics import Topics
 from scripts.bench import cpu as load
+from scripts.bench.common import BenchError
 from scripts.bench.fanout_ceiling import (
     follower_query_rate,
     writer_rate,
     writer_rate_at_cap,
     zadd_ceilings,
 )
-from scripts.bench.fanout_common import ROOT, BenchError, Shape, Target, machine
+from scripts.bench.fanout_common import ROOT, Shape, Target, machine
 from scripts.bench.fanout_report import Report, dataset_line, render
 from scripts.bench.fanout_scenarios import Run, celebrity, stream, warm_up
 from scripts.bench.fanout_seed import Dataset, build_timelines, seed_postgres
@@ -49,7 +50,7 @@ from scripts.bench.fanout_worker import WorkerConfig, running_worker
 from scripts.bench.progress import note
 from scripts.redis_cluster import redis_cluster
 
-RESULTS = Path(__file__).with_name("RESULTS-fanout.md")
+RESULTS = Path(__file__).with_name("results") / "fanout.md"
 # The 200 000-follower author would be throttled (FANOUT_THROTTLE_RATE, 50 000 writes/s)
 # under the default FANOUT_PUSH_MAX of 100 000. The bench measures how fast fan-out can
 # write, so it lifts the push tier to the throttle ceiling: that author is pushed.

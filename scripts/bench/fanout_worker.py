@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.bench.fanout_common import ROOT, BenchError, Target
+from scripts.bench import procs
+from scripts.bench.common import BenchError
+from scripts.bench.fanout_common import ROOT, Target
 from scripts.bench.progress import note
 
 READY_TIMEOUT = 60.0
@@ -94,16 +94,14 @@ class Worker:
         return {name: float(value) for name, value in _SAMPLE.findall(body)}
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if self._get("/readyz")[0] == 200:
-                    return
-            except (urllib.error.URLError, OSError):
-                pass  # not listening yet
-            time.sleep(0.2)
-        raise BenchError(f"worker not ready in {READY_TIMEOUT:.0f} s:\n{self.log_tail()}")
+        procs.wait_ready(
+            "fan-out worker",
+            lambda: procs.answers_ready(f"http://127.0.0.1:{self.port}/readyz"),
+            [self.proc],
+            timeout=READY_TIMEOUT,
+            interval=0.2,
+            log_tail=self.log_tail,
+        )
 
     def wait_assigned(self, topic: str, partitions: int) -> None:
         """Until the worker reports lag for every partition of `topic`: only then has it
@@ -118,28 +116,17 @@ class Worker:
         raise BenchError(f"worker not assigned {topic} in {READY_TIMEOUT:.0f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _stop(worker: Worker) -> None:
-    if worker.proc.poll() is not None:
-        return
-    worker.proc.send_signal(signal.SIGTERM)
-    try:
-        worker.proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        note("worker: no exit after SIGTERM; killing it")
-        worker.proc.kill()
-        worker.proc.wait(timeout=10)
+    procs.stop(
+        [worker.proc],
+        STOP_TIMEOUT,
+        on_kill=lambda _: note("worker: no exit after SIGTERM; killing it"),
+    )
 
 
 @contextmanager
 def running_worker(config: WorkerConfig, log_dir: Path) -> Iterator[Worker]:
-    port = _free_port()
+    port = procs.free_port()
     group = f"bench-fanout-{uuid.uuid4().hex[:8]}"
     log_path = log_dir / f"fanout-worker-{port}.log"
     with log_path.open("wb") as log_file:

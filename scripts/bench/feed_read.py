@@ -20,7 +20,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,8 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--client",
         choices=CLIENTS,
         default=default_client(),
-        help="load generator, for the feed runs and the /healthz ceiling alike (default: go "
-        "when `go` is on PATH, else python; go is several times cheaper per request)",
+        help="load generator, for the feed runs and the /healthz ceiling alike (only go: "
+        "scripts/bench/loadgen_go)",
     )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--second-page-share", type=float, default=0.1)
@@ -136,7 +135,7 @@ def feed_plan(args: argparse.Namespace, server: RunningServer, tokens: list[str]
     )
 
 
-def client_cost(args: argparse.Namespace, result: Result, spent: Counter[str]) -> str:
+def client_cost(args: argparse.Namespace, result: Result, spent: dict[str, float]) -> str:
     """The load generator's own CPU over the measured window, per request scheduled."""
     seconds = spent.get("loadgen", 0.0)
     per_request = 1000.0 * seconds / result.scheduled if result.scheduled else math.nan

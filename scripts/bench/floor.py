@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,11 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scripts.bench import common, tail
+from scripts.bench import common, procs, tail
 from scripts.bench.loadgen import Plan
 from scripts.bench.report import Row, summarize
 from scripts.bench.runner import build_go, run_load
-from scripts.bench.server_proc import answers_ready
 
 SOURCE = Path(__file__).resolve().parent / "floor_go"
 PORT = common.BENCH_PORT + 10
@@ -57,7 +55,7 @@ def sample_page(base_url: str, path: str, token: str) -> bytes:
 def running_floor(body: bytes, port: int = PORT) -> Iterator[Floor]:
     """The floor server answering `body` on 127.0.0.1:`port`, stopped on exit."""
     base_url = f"http://127.0.0.1:{port}"
-    if answers_ready(base_url):
+    if procs.answers_ready(base_url + "/readyz"):
         raise common.BenchError(f"something already answers on port {port}")
     binary = build_go(SOURCE, "floor")
     with tempfile.NamedTemporaryFile(prefix="bench-floor-", suffix=".json") as page:
@@ -69,26 +67,24 @@ def running_floor(body: bytes, port: int = PORT) -> Iterator[Floor]:
             stderr=subprocess.PIPE,
         ) as proc:
             try:
-                _wait_answering(proc, base_url)
+                procs.wait_ready(
+                    f"floor server on {base_url}",
+                    lambda: procs.answers_ready(base_url + "/readyz"),
+                    [proc],
+                    timeout=READY_TIMEOUT,
+                    interval=0.05,
+                    log_tail=lambda: _stderr_if_exited(proc),
+                )
                 yield Floor(proc.pid, base_url)
             finally:
-                proc.terminate()  # our own child, by pid
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                procs.stop([proc], 5.0)
 
 
-def _wait_answering(proc: subprocess.Popen[bytes], base_url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not answers_ready(base_url):
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise common.BenchError(f"floor server exited {proc.returncode}: {err}")
-        if time.monotonic() > deadline:
-            raise common.BenchError(f"floor server not answering on {base_url}")
-        time.sleep(0.05)
+def _stderr_if_exited(proc: subprocess.Popen[bytes]) -> str:
+    """What the floor server said; only once it has exited (reading sooner would block)."""
+    if proc.stderr is None or proc.poll() is None:
+        return ""
+    return proc.stderr.read().decode(errors="replace")
 
 
 def measure_floor(args: argparse.Namespace, plan: Plan, body: bytes) -> tuple[Row, list[str]]:

@@ -24,7 +24,9 @@ from typing import Any
 import hiredis
 
 from gateway.outgoing import ws_frame
-from scripts.bench.gateway_common import CpuWindow, free_port, note
+from scripts.bench import procs
+from scripts.bench.cpu import CpuWindow
+from scripts.bench.gateway_common import note
 from scripts.bench.gateway_publisher import Publisher, PublishPlan, Template, channel_prefix
 from scripts.bench.gateway_wsclient import LOST, RECEIVED, SLOTS
 
@@ -103,7 +105,7 @@ def send_ceiling(frame: bytes, sockets: int = 1000, seconds: float = 2.0) -> dic
     TCP connections (TCP_NODELAY, as aiohttp sets), for 1, 4 and 16 frames per send."""
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    port = free_port()
+    port = procs.free_port()
     drain = ctx.Process(target=_drain_main, args=(port, sockets, ready, stop))
     drain.start()
     conns: list[socket.socket] = []

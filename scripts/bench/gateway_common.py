@@ -13,13 +13,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -27,12 +26,12 @@ import orjson
 import redis
 
 # One BenchError for every bench module: the shared helpers (common, runner) raise it too.
+from scripts.bench import procs
 from scripts.bench.common import BenchError
-from scripts.bench.cpu import machine_ticks
+from scripts.bench.cpu import CpuWindow, cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # User ids far above anything the app or the other benchmarks create: pub/sub is global
 # across Redis db indexes, so our channels must never collide with someone else's.
@@ -44,20 +43,7 @@ def note(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- /proc ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (its threads included)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rss_kib(pid: int) -> int:
@@ -67,21 +53,11 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
-def machine_busy_seconds() -> float:
-    """CPU time spent by everything on the machine (all cores), steal included."""
-    return machine_ticks().busy / TICKS
-
-
 def machine_info() -> dict[str, str]:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "nproc": str(os.cpu_count()),
-        "cpu": model,
+        "cpu": cpu_model(),
         "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": os.uname().release,
         "python": sys.version.split()[0],
@@ -96,55 +72,6 @@ def write_calls(pid: int) -> int:
     except OSError:
         return 0
     return int(text.split("syscw:", 1)[1].split(None, 1)[0])
-
-
-@dataclass(slots=True)
-class CpuWindow:
-    """CPU used by named processes and by the whole machine between start() and stop():
-    on a shared 2-core machine a number means little without who else was running."""
-
-    pids: dict[str, list[int]]
-    wall: float = 0.0
-    used: dict[str, float] = field(default_factory=dict)
-    machine: float = 0.0
-    _t0: float = 0.0
-    _start: dict[int, float] = field(default_factory=dict)
-    _machine0: float = 0.0
-
-    def start(self) -> CpuWindow:
-        self._t0 = time.monotonic()
-        self._machine0 = machine_busy_seconds()
-        self._start = {pid: _cpu_or_zero(pid) for group in self.pids.values() for pid in group}
-        return self
-
-    def stop(self) -> CpuWindow:
-        self.wall = time.monotonic() - self._t0
-        self.machine = machine_busy_seconds() - self._machine0
-        self.used = {
-            name: sum(_cpu_or_zero(pid) - self._start.get(pid, 0.0) for pid in group)
-            for name, group in self.pids.items()
-        }
-        return self
-
-    def percent(self, name: str) -> float:
-        """Percent of one core."""
-        return 100.0 * self.used.get(name, 0.0) / max(self.wall, 1e-9)
-
-    def other_percent(self) -> float:
-        """Percent of one core used by processes that are not ours (other sessions' tests
-        and benchmarks, the shared Postgres...)."""
-        ours = sum(self.used.values())
-        return 100.0 * max(self.machine - ours, 0.0) / max(self.wall, 1e-9)
-
-    def machine_percent(self) -> float:
-        return 100.0 * self.machine / max(self.wall, 1e-9)
-
-
-def _cpu_or_zero(pid: int) -> float:
-    try:
-        return cpu_seconds(pid)
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def wait_quiet(ours: Sequence[int], below_percent: float, max_wait: float) -> float:
@@ -203,18 +130,13 @@ class Children:
         self._stop([(n, p) for n, p in self._procs if n != "redis"], grace)
         self._stop(last, grace)
 
-    def _stop(self, procs: list[tuple[str, subprocess.Popen[bytes]]], grace: float) -> None:
-        for _name, proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for name, proc in procs:
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                note(f"{name} (pid {proc.pid}) did not stop; killing it")
-                proc.kill()
-                proc.wait(timeout=5)
+    def _stop(self, named: list[tuple[str, subprocess.Popen[bytes]]], grace: float) -> None:
+        names = {proc.pid: name for name, proc in named}
+
+        def on_kill(proc: subprocess.Popen[bytes]) -> None:
+            note(f"{names[proc.pid]} (pid {proc.pid}) did not stop; killing it")
+
+        procs.stop([proc for _, proc in named], grace, on_kill)
 
 
 # -- the stack -----------------------------------------------------------------------------
@@ -228,22 +150,21 @@ def private_redis(children: Children) -> Iterator[str]:
     server = shutil.which("redis-server")
     if server is None:
         raise BenchError("redis-server not found (or pass --redis-url)")
-    port = free_port()
+    port = procs.free_port()
     home = tempfile.mkdtemp(prefix="gateway-bench-redis-")
     args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     args += ["no", "--maxclients", "10000", "--dir", home, "--protected-mode", "no"]
-    children.popen("redis", args, stdout=subprocess.DEVNULL)
+    proc = children.popen("redis", args, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/7"
-    deadline = time.monotonic() + 10
-    while True:
+
+    def pings() -> bool:
         try:
             with redis.Redis.from_url(url) as client:
-                client.ping()
-            break
+                return bool(client.ping())
         except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
-                raise BenchError("private redis-server did not start") from None
-            time.sleep(0.1)
+            return False
+
+    procs.wait_ready("private redis-server", pings, [proc], timeout=10)
     try:
         yield url
     finally:
@@ -293,27 +214,26 @@ def start_gateways(
     """Starts `count` gateway processes sharing env["GATEWAY_PORT"] and waits until each
     reports its stats key (it is then subscribed and serving). Their output goes to
     log_dir/gatewayN.log when given (summarised by log_summary), else to our stderr."""
-    procs = []
+    started = []
     for i in range(count):
         out = None if log_dir is None else (log_dir / f"gateway{i + 1}.log").open("ab")
         args = [PYTHON, "-m", "gateway"]
-        procs.append(
+        started.append(
             children.popen(f"gateway{i + 1}", args, cwd=root, env=env, stdout=out, stderr=out)
         )
         if out is not None:
             out.close()  # the child holds its own copy
-    deadline = time.monotonic() + 60
+    found: dict[str, str] = {}
     with redis.Redis.from_url(redis_url) as client:
-        while True:
-            found = {key.decode().rsplit(":", 1)[-1]: key.decode() for key in _stats_keys(client)}
-            if all(str(p.pid) in found for p in procs):
-                return [Gateway(p.pid, found[str(p.pid)]) for p in procs]
-            for proc in procs:
-                if proc.poll() is not None:
-                    raise BenchError(f"gateway pid {proc.pid} exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise BenchError("gateways did not report stats within 60 s")
-            time.sleep(0.2)
+
+        def all_reported() -> bool:
+            found.update((k.decode().rsplit(":", 1)[-1], k.decode()) for k in _stats_keys(client))
+            return all(str(p.pid) in found for p in started)
+
+        procs.wait_ready(
+            "gateways (stats reported)", all_reported, started, timeout=60, interval=0.2
+        )
+    return [Gateway(p.pid, found[str(p.pid)]) for p in started]
 
 
 def _stats_keys(client: redis.Redis) -> list[bytes]:

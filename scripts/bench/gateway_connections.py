@@ -5,8 +5,8 @@ CPU, connect rate.
     .venv/bin/python -m scripts.bench.gateway_connections [--connections 100000]
 
 Each process may hold at most 20 000 open files here, so the connections are spread
-over --gateways gateway processes and --clients client processes (--client go or
-python, see gateway_fleet), each client bound to its own loopback address (127.0.0.2,
+over --gateways gateway processes and --clients client processes (Go, see
+gateway_fleet), each client bound to its own loopback address (127.0.0.2,
 ...; each has its own ~28 000 ephemeral ports).
 Connections open at a bounded rate; then everything stays idle for --idle-seconds (at
 least two ping rounds: the gateway pings, clients answer like browsers), then one event
@@ -28,15 +28,15 @@ from typing import Any
 
 import orjson
 
+from scripts.bench import procs
+from scripts.bench.common import BenchError
+from scripts.bench.cpu import CpuWindow
 from scripts.bench.gateway_common import (
     ROOT,
     SECRET,
     USER_BASE,
-    BenchError,
     Children,
-    CpuWindow,
     Gateway,
-    free_port,
     gateway_env,
     gateway_stats,
     log_summary,
@@ -187,7 +187,7 @@ def broadcast(redis_url: str, fleet: Fleet, users: int, rate: float) -> PhaseRes
 def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
     with private_redis(children) as redis_url:
         rpid = redis_pid(redis_url)
-        port = free_port()
+        port = procs.free_port()
         env = gateway_env(redis_url, port, gateway_ping_seconds=args.ping_seconds)
         note(f"WebSocket clients: {CLIENTS[args.client]}")
         note(f"starting {args.gateways} gateway processes on port {port} (logs: {log_dir})")
@@ -296,7 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--client",
         choices=sorted(CLIENTS),
         default=default_client(),
-        help="WebSocket client implementation (default: go when `go` is on PATH)",
+        help="WebSocket client implementation (only go: scripts/bench/wsclient_go)",
     )
     p.add_argument("--connect-rate", type=float, default=1_500.0, help="new connections/s")
     p.add_argument("--concurrency", type=int, default=600, help="handshakes in flight, total")

@@ -1,4 +1,4 @@
-"""A fleet of benchmark client processes (gateway_wsclient, or its Go twin through
+"""A fleet of benchmark client processes (the Go client, scripts/bench/wsclient_go, through
 gateway_goclient): splits the planned connections over processes and loopback source
 addresses, starts them, shows their progress, merges what they received per phase and
 stops them (also on errors)."""
@@ -15,17 +15,16 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.gateway_common import BenchError, note, percentile
+from scripts.bench.common import BenchError
+from scripts.bench.gateway_common import note, percentile
 from scripts.bench.gateway_goclient import go_client_main, wsclient_binary
-from scripts.bench.gateway_wsclient import SLOTS, ClientPlan, client_main
+from scripts.bench.gateway_wsclient import SLOTS, ClientPlan
 
 CLIENTS = {
     "go": "Go (one thread, own epoll loop, scripts/bench/wsclient_go)",
-    "python": "Python (asyncio Protocols on uvloop, scripts/bench/gateway_wsclient.py)",
 }
 ENTRY_POINTS: dict[str, Callable[[ClientPlan, Any, Connection], None]] = {
     "go": go_client_main,
-    "python": client_main,
 }
 
 
@@ -87,7 +86,7 @@ def split_plans(
 
 
 class Fleet:
-    def __init__(self, plans: list[ClientPlan], client: str = "python") -> None:
+    def __init__(self, plans: list[ClientPlan], client: str = "go") -> None:
         self.plans = plans
         self.client = client
         self._entry = ENTRY_POINTS[client]

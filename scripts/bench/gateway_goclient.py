@@ -1,7 +1,7 @@
-"""The Go benchmark client (scripts/bench/wsclient_go) behind gateway_wsclient's contract:
-go_client_main is a drop-in for client_main. It starts the Go program, relays its
-counter lines into the shared SLOTS row and answers the control pipe's "report" and
-"stop" with what the Go program prints, in the Python client's shapes. It never holds
+"""The Go benchmark client (scripts/bench/wsclient_go) behind gateway_wsclient's contract
+(ClientPlan, SLOTS): go_client_main is a client process's entry point. It starts the Go
+program, relays its counter lines into the shared SLOTS row and answers the control
+pipe's "report" and "stop" with what the Go program prints, in the fleet's shapes. It never holds
 a connection itself: all sockets are in the Go process (one thread, own epoll loop).
 """
 
@@ -19,12 +19,12 @@ from typing import IO, Any
 
 import orjson
 
-from scripts.bench.gateway_common import BenchError
+from scripts.bench.common import BenchError
 from scripts.bench.gateway_wsclient import HANDSHAKE_TIMEOUT, RETRIES, SLOTS, ClientPlan
 from scripts.bench.runner import build_go
 
 SOURCE = Path(__file__).resolve().parent / "wsclient_go"
-TOKEN_TTL = 24 * 3600  # as gateway_wsclient's TokenSigner
+TOKEN_TTL = 24 * 3600  # a day: longer than any run
 # How often at most the Go client prints its counters (when they changed): the
 # publisher's closed loop bounds deliveries in flight by the received count.
 COUNTER_EVERY = 0.005
@@ -64,7 +64,7 @@ def go_plan(plan: ClientPlan) -> dict[str, Any]:
 
 
 def parse_report(raw: bytes) -> dict[str, Any]:
-    """The Go report line's JSON in the Python client's report shape (int keys, latency as
+    """The Go report line's JSON in the fleet's report shape (int keys, latency as
     array('q') bytes)."""
     data = orjson.loads(raw)
     phases = {}
@@ -116,14 +116,14 @@ def _relay_output(stdout: IO[bytes], counters: Any, row: int, control: Connectio
 
 
 def go_client_main(plan: ClientPlan, counters: Any, control: Connection) -> None:
-    """Entry point of a client process (multiprocessing, spawn), like client_main."""
+    """Entry point of a client process (multiprocessing, spawn)."""
     exe = wsclient_binary()  # normally built by the parent already: then only a stat
     proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(orjson.dumps(go_plan(plan)) + b"\n")
         proc.stdin.flush()
-        # The pipe is read in a thread (as gateway_wsclient does) so that this thread
+        # The pipe is read in a thread so that this thread
         # can keep relaying counters, which the publisher waits on.
         forwarder = threading.Thread(
             target=_forward_commands, args=(control, proc.stdin), name="commands", daemon=True

@@ -7,7 +7,7 @@ with tracemalloc) Python heap growth, grouped by package, with N idle connection
 Each run starts a private Redis and one gateway (`python -m gateway` from
 --gateway-root, wrapped by this file's --probe mode, which installs two signal
 handlers: SIGUSR1 starts tracemalloc, SIGUSR2 writes what is still allocated since then,
-by package). One client process (gateway_wsclient) opens the connections at a bounded
+by package). One client process (wsclient_go) opens the connections at a bounded
 rate and answers pings; the numbers are read after they have been idle for --settle
 seconds. The RSS run does not trace (tracemalloc's own bookkeeping would inflate RSS).
 """
@@ -29,14 +29,14 @@ from types import FrameType
 import orjson
 import redis
 
+from scripts.bench import procs
+from scripts.bench.common import BenchError
 from scripts.bench.gateway_common import (
     PYTHON,
     ROOT,
     SECRET,
     USER_BASE,
-    BenchError,
     Children,
-    free_port,
     gateway_env,
     loopback_sources,
     note,
@@ -110,7 +110,7 @@ def one_run(args: argparse.Namespace, trace: bool) -> dict[str, object]:
     out = Path(tempfile.mkdtemp(prefix="gateway-memory-")) / "heap.json"
     try:
         with private_redis(children) as redis_url:
-            port = free_port()
+            port = procs.free_port()
             env = gateway_env(redis_url, port, gateway_ping_seconds=args.ping_seconds)
             env["GATEWAY_MEMORY_OUT"] = str(out)
             env["PYTHONPATH"] = str(args.gateway_root)

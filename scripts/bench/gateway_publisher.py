@@ -62,7 +62,7 @@ class Template:
 
     @classmethod
     def build(cls, text_chars: int) -> Template:
-        post = {
+        post: dict[str, object] = {
             "id": "@ID@",
             "author": {"id": "9000000000", "handle": "bench", "display_name": "Bench"},
             "text": "x" * text_chars,

@@ -5,8 +5,8 @@ at most, and the post-to-client latency at 50% and 90% of that rate.
 
 Set-up (everything on loopback, bounded in time, stopped at the end or on Ctrl-C): a
 private Redis, one `python -m gateway` on a free port, client processes holding the
-WebSocket connections (--client go: scripts/bench/wsclient_go, ~2-2.5x less CPU, the
-default when `go` is installed; python: gateway_wsclient), one publisher process
+WebSocket connections (scripts/bench/wsclient_go, ~2-2.5x less CPU than the Python
+client it replaced), one publisher process
 (gateway_publisher).
 Two ways to load it:
 - fanin: one connection per user, one PUBLISH per delivered message (a follower getting
@@ -33,16 +33,15 @@ from typing import Any
 
 import orjson
 
-from scripts.bench import gateway_ceiling, tail
+from scripts.bench import gateway_ceiling, procs, tail
+from scripts.bench.common import BenchError
+from scripts.bench.cpu import CpuWindow
 from scripts.bench.gateway_common import (
     ROOT,
     SECRET,
     USER_BASE,
-    BenchError,
     Children,
-    CpuWindow,
     Gateway,
-    free_port,
     gateway_env,
     gateway_stats,
     log_summary,
@@ -331,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--client",
         choices=sorted(CLIENTS),
         default=default_client(),
-        help="WebSocket client implementation (default: go when `go` is on PATH)",
+        help="WebSocket client implementation (only go: scripts/bench/wsclient_go)",
     )
     p.add_argument("--fanin-users", type=int, default=10_000)
     p.add_argument("--fanout-users", type=int, default=100)
@@ -385,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                     redis_url, rpid, USER_BASE, args.fanin_users, args.text_chars
                 )
                 results["ceiling"] = asdict(ceiling)
-            port = free_port()
+            port = procs.free_port()
             env = gateway_env(
                 redis_url, port, gateway_max_connections_per_user=args.fanout_per_user + 10
             )

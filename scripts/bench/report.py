@@ -6,10 +6,10 @@ import math
 import os
 import platform
 import subprocess
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.bench.cpu import cpu_model
 from scripts.bench.loadgen import Result
 
 CPU_COLUMNS = ("server", "postgres", "redis", "loadgen", "other")
@@ -39,7 +39,7 @@ class Row:
     cpu: dict[str, float]  # group -> percent of one core over the window
 
 
-def summarize(label: str, result: Result, cpu_seconds: Counter[str]) -> Row:
+def summarize(label: str, result: Result, cpu_seconds: dict[str, float]) -> Row:
     every = sorted(x for values in result.latencies.values() for x in values)
     page2 = sorted(result.latencies.get("page2", []))
     answered = len(every)
@@ -98,12 +98,7 @@ def revision(root: Path) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     return (
-        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )

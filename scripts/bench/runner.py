@@ -1,18 +1,15 @@
 """Runs one load plan in a separate process and accounts the CPU each process group used
 over its measured window. The load generator never shares a process with the server.
 
-Two load generators take the same Plan and give the same Result: the Python one
-(scripts/bench/loadgen.py: aiohttp on uvloop) and a Go one (scripts/bench/loadgen_go:
-one thread running its own epoll loop), several times cheaper per request, which
-matters because the client shares the cores with the system under test. The Go one is
-built from source at run time into a git-ignored directory and rebuilt when its source
-changes.
+The load generator is Go (scripts/bench/loadgen_go: one thread running its own epoll
+loop), several times cheaper per request than the aiohttp one it replaced, which matters
+because the client shares the cores with the system under test. It is built from source
+at run time into a git-ignored directory and rebuilt when its source changes.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -25,18 +22,16 @@ from typing import Any
 import orjson
 
 from scripts.bench import common, cpu
-from scripts.bench.loadgen import PROGRESS_EVERY, Plan, Result, run_in_process
+from scripts.bench.loadgen import PROGRESS_EVERY, Plan, Result
 
-CLIENTS = ("python", "go")
-CLIENT_NAMES = {
-    "python": "Python (aiohttp on uvloop, scripts/bench/loadgen.py)",
-    "go": "Go (one thread, own epoll loop, scripts/bench/loadgen_go)",
-}
+# One load generator; `--client go` is still accepted, so recorded commands still run.
+CLIENTS = ("go",)
+CLIENT_NAMES = {"go": "Go (one thread, own epoll loop, scripts/bench/loadgen_go)"}
 GO_SOURCE = Path(__file__).resolve().parent / "loadgen_go"
 GO_BINARY = Path(__file__).resolve().parents[2] / ".stack" / "bench-bin" / "loadgen"
 GO_BUILD_TIMEOUT = 300.0
 # The Go client sends what is due at most once per tick (unless a response wakes it
-# first), like the Python client's 1 ms loop: at 2 000 req/s this halves its timer
+# first): at 2 000 req/s this halves its timer
 # wake-ups (0.06 instead of 0.09 ms of CPU per request) for at most 1 ms of dispatch lag,
 # which is part of the latency and reported. 0 sends each request at its own time.
 GO_TICK = 0.001
@@ -45,8 +40,8 @@ WINDOW_END = "@window end"
 
 
 def default_client() -> str:
-    """Go when a Go toolchain is on PATH (to build the client), else Python."""
-    return "go" if shutil.which("go") else "python"
+    """The only client left: Go (the Python ones were its duplicates)."""
+    return "go"
 
 
 def go_binary() -> Path:
@@ -65,7 +60,7 @@ def build_go(source: Path, name: str) -> Path:
         return binary
     go = shutil.which("go")
     if go is None:
-        raise common.BenchError(f"{name} needs `go` on PATH to build it (or --client python)")
+        raise common.BenchError(f"{name} needs `go` on PATH to build it")
     binary.parent.mkdir(parents=True, exist_ok=True)
     partial = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
     env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod", CGO_ENABLED="0")
@@ -91,36 +86,10 @@ def build_go(source: Path, name: str) -> Path:
 
 def run_load(
     args: argparse.Namespace, plan: Plan, server_pids: tuple[int, ...]
-) -> tuple[Result, Counter[str]]:
-    """Run one plan in a separate process with the client `args.client` selects (Python
-    if unset); CPU per group over its measured window."""
-    if getattr(args, "client", "python") == "go":
-        return _run_go(args, plan, server_pids)
-    cpu.wait_quiet(args.quiet_below, args.quiet_wait)
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=run_in_process, args=(plan, sender), name="loadgen")
-    proc.start()
-    sender.close()
-    named = {pid: "server" for pid in server_pids} | {proc.pid or 0: "loadgen"}
-    before = cpu.Snapshot({}, 0)
-    spent: Counter[str] = Counter()
-    try:
-        while True:
-            kind, value = receiver.recv()
-            if (kind, value) == ("window", "start"):
-                before = cpu.snapshot(args.db, args.redis_port)
-            elif (kind, value) == ("window", "end"):
-                spent = cpu.usage(before, cpu.snapshot(args.db, args.redis_port), named)
-            elif kind == "result":
-                return value, spent
-    except EOFError:
-        raise common.BenchError(f"load generator died (exit code {proc.exitcode})") from None
-    except BaseException:
-        proc.terminate()  # our own child: stopping early, its load is no longer wanted
-        raise
-    finally:
-        proc.join(30)
+) -> tuple[Result, dict[str, float]]:
+    """Run one plan in a separate process (the Go load generator); CPU per group over its
+    measured window."""
+    return _run_go(args, plan, server_pids)
 
 
 def go_plan(plan: Plan) -> dict[str, Any]:
@@ -147,7 +116,7 @@ def go_plan(plan: Plan) -> dict[str, Any]:
 
 def _run_go(
     args: argparse.Namespace, plan: Plan, server_pids: tuple[int, ...]
-) -> tuple[Result, Counter[str]]:
+) -> tuple[Result, dict[str, float]]:
     exe = go_binary()  # before waiting for quiet: a build is busy work
     with tempfile.TemporaryDirectory(prefix="bench-loadgen-") as tmp:
         plan_path, out_path = Path(tmp) / "plan.json", Path(tmp) / "result.json"
@@ -159,15 +128,15 @@ def _run_go(
             proc = subprocess.Popen([exe, str(plan_path)], stdout=out, stderr=subprocess.PIPE)
         named = {pid: "server" for pid in server_pids} | {proc.pid: "loadgen"}
         before = cpu.Snapshot({}, 0)
-        spent: Counter[str] = Counter()
+        spent: dict[str, float] = {}
         try:
             assert proc.stderr is not None
             for raw in proc.stderr:
                 line = raw.decode(errors="replace").rstrip("\n")
                 if line == WINDOW_START:
-                    before = cpu.snapshot(args.db, args.redis_port)
+                    before = cpu.snapshot(args.db, (args.redis_port,))
                 elif line == WINDOW_END:
-                    spent = cpu.usage(before, cpu.snapshot(args.db, args.redis_port), named)
+                    spent = cpu.usage(before, cpu.snapshot(args.db, (args.redis_port,)), named)
                 else:
                     sys.stderr.write(line + "\n")
                     sys.stderr.flush()

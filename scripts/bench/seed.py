@@ -1,5 +1,7 @@
 """Seeds the benchmark database (default `feed_bench`, never the dev `feed`) and builds
-every user's Redis home timeline the way fan-out would, in a Redis db of its own.
+every user's Redis home timeline the way fan-out would, in a Redis db of its own. Also the
+one way a benchmark creates its database and bulk-loads rows (`ensure_database`,
+`copy_chunked`; the fan-out dataset in fanout_seed.py uses them).
 
     .venv/bin/python -m scripts.bench.seed [--reset] [--users 10000] [--posts 100000]
 
@@ -55,6 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def ensure_database(base_url: str, name: str, reset: bool) -> None:
+    """Create bench database `name` on `base_url`'s server if missing (dropped first with
+    `reset`); refuses the dev and system databases."""
     if not _DB_NAME.match(name):
         raise common.BenchError(f"database name {name!r} must match {_DB_NAME.pattern}")
     common.database_url(base_url, name)  # refuses the dev database names
@@ -74,7 +78,8 @@ async def ensure_database(base_url: str, name: str, reset: bool) -> None:
 async def copy_chunked(
     conn: asyncpg.Connection, table: str, columns: list[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    progress = Progress(f"copy {table}", len(rows), " rows")
+    """COPY `rows` into `table` in chunks, with progress on stderr."""
+    progress = Progress(f"seed: copy {table}", len(rows), " rows")
     for start in range(0, len(rows), COPY_CHUNK):
         chunk = rows[start : start + COPY_CHUNK]
         await conn.copy_records_to_table(table, records=chunk, columns=columns)

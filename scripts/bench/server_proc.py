@@ -9,14 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.bench import common
+from scripts.bench import common, procs
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
@@ -64,45 +62,17 @@ class RunningServer:
     log_path: Path
 
 
-def answers_ready(base_url: str) -> bool:
-    """Whether an HTTP server on `base_url` answers /readyz with 200."""
-    try:
-        with urllib.request.urlopen(base_url + "/readyz", timeout=2) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+def _wait_ready(children: list[subprocess.Popen[bytes]], base_url: str, log_path: Path) -> None:
+    def ready() -> bool:
+        return procs.answers_ready(base_url + "/readyz")
 
+    def log_tail() -> str:
+        return f"(log: {log_path})\n" + log_path.read_text(errors="replace")[-2000:]
 
-def _wait_ready(procs: list[subprocess.Popen[bytes]], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        _check_alive(procs, log_path)
-        if answers_ready(base_url):
-            if len(procs) > 1:  # give the others time to bind, or to fail binding
-                time.sleep(2.0)
-                _check_alive(procs, log_path)
-            return
-        time.sleep(0.2)
-    raise common.BenchError(f"server not ready after {READY_TIMEOUT:.0f} s (log: {log_path})")
-
-
-def _check_alive(procs: list[subprocess.Popen[bytes]], log_path: Path) -> None:
-    for proc in procs:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise common.BenchError(f"server exited with {proc.returncode}:\n{tail}")
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    running = [p for p in procs if p.poll() is None]
-    for proc in running:
-        proc.terminate()  # SIGTERM to our own children, by pid
-    for proc in running:
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+    procs.wait_ready("server", ready, children, timeout=READY_TIMEOUT, log_tail=log_tail)
+    if len(children) > 1:  # give the others time to bind, or to fail binding
+        time.sleep(2.0)
+        procs.wait_ready("server", ready, children, timeout=0, log_tail=log_tail)
 
 
 @contextmanager
@@ -112,9 +82,9 @@ def running_server(config: ServerConfig) -> Iterator[RunningServer]:
     )
     log_path = Path(log_file.name)
     base_url = f"http://127.0.0.1:{config.port}"
-    if answers_ready(base_url):
+    if procs.answers_ready(base_url + "/readyz"):
         raise common.BenchError(f"something already answers on port {config.port}")
-    procs = [
+    children = [
         subprocess.Popen(
             [sys.executable, "-m", config.module],
             cwd=config.root,
@@ -125,8 +95,8 @@ def running_server(config: ServerConfig) -> Iterator[RunningServer]:
         for _ in range(config.processes)
     ]
     try:
-        _wait_ready(procs, base_url, log_path)
-        yield RunningServer(tuple(p.pid for p in procs), base_url, log_path)
+        _wait_ready(children, base_url, log_path)
+        yield RunningServer(tuple(p.pid for p in children), base_url, log_path)
     finally:
-        _stop(procs)
+        procs.stop(children, STOP_TIMEOUT)
         log_file.close()

@@ -351,7 +351,7 @@ func (c *client) due(entry int) time.Duration {
 }
 
 // startDue starts the entries whose time has come, as long as there is room in flight
-// (like the Python client, a late entry then starts as soon as a place frees up).
+// (a late entry then starts as soon as a place frees up).
 func (c *client) startDue(now time.Duration) {
 	for !c.stopping && c.next < c.total && len(c.attempts) < c.plan.Concurrency &&
 		c.due(c.next) <= now {
@@ -526,7 +526,7 @@ func (c *client) epollWait(d time.Duration) (int, error) {
 }
 
 // connected finishes a non-blocking connect and sends the upgrade request; the upgrade
-// gets a handshake_timeout of its own, as in the Python client.
+// gets a handshake_timeout of its own.
 func (c *client) connected(slot int) {
 	s := &c.conns[slot]
 	a := s.att

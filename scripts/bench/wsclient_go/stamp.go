@@ -12,7 +12,7 @@ import (
 // stamp finds data.t and data.p (integers) in a message shaped like a live post event,
 // {"type": ..., "data": {..., "t": <ns sent>, "p": <phase>}}, by walking the JSON just
 // enough: other values are skipped, never decoded. ok is false when the message has no
-// such stamp (the Python client then skips it too) or is not valid JSON as far as read.
+// such stamp (the message is then skipped) or is not valid JSON as far as read.
 // Keys are compared as written: orjson (the publisher, the gateway) never escapes ASCII.
 func stamp(msg []byte) (t, p int64, ok bool) {
 	i := skipSpace(msg, 0)
