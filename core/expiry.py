@@ -6,7 +6,7 @@ benchmark's warm-up) would otherwise expire in the same second one TTL later. Ev
 would then miss at once and go to Postgres, and the misses would fill the keys in a
 burst again, one TTL on. Measured on the feed at 2 000 reads/s: every user's following
 set expired together an hour after the fill, and p99 went to 3.8 s for 18 s while the
-server refilled them (scripts/bench/RESULTS-feed.md, session 9). With lifetimes spread
+server refilled them (scripts/bench/results/feed.md, session 9). With lifetimes spread
 over the last SPREAD of the TTL, the same refills come a few per second.
 """
 
