@@ -56,16 +56,19 @@ class Page:
 
 
 async def build(client: aioredis.Redis, user_id: int, post_ids: list[int], cap: int) -> None:
-    """Replace the timeline with `post_ids` (newest first). The sentinel marks it complete
-    only when Postgres had no more than `cap` posts (callers pass up to cap + 1 ids)."""
-    key = keys.timeline(user_id)
+    """Fill a missing timeline with `post_ids` (newest first). The sentinel marks it
+    complete only when Postgres had no more than `cap` posts (callers pass up to cap + 1
+    ids).
+
+    Merged into whatever the key holds by then, never replacing it: between the caller's
+    read of Postgres and this write, a concurrent build of the same timeline may have
+    finished and fan-out may have written newer posts into it; replacing would drop them.
+    (Posts fan-out skipped because the timeline did not exist yet are the caller's to
+    add once it does: see server/feed.py, HomeFeed._rebuild.)"""
     mapping = {keys.timeline_member(p): 0 for p in post_ids[:cap]}
     if len(post_ids) <= cap:
         mapping[SENTINEL] = 0
-    pipe = client.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.zadd(key, mapping)
-    await pipe.execute()
+    await client.zadd(keys.timeline(user_id), mapping)
 
 
 async def drop(client: aioredis.Redis, user_id: int) -> None:

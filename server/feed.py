@@ -59,6 +59,10 @@ CELEB_POSTS_DEPTH = 200  # recent posts held per celebrity-tier author; older: P
 CELEB_INLINE_MAX = 32
 REDIS_READ_TIMEOUT = 2.0  # seconds a page's Redis call may take before Postgres serves it
 
+# A rebuild's second read of the newest posts (HomeFeed._rebuild): a post committed
+# while the timeline was being built is among them unless the followed accounts posted
+# more than this many times in those milliseconds.
+REBUILD_CATCH_UP = 100
 FOLLOWED_POSTS = """
 SELECT id FROM posts
  WHERE author_id = ANY(SELECT followee_id FROM follows WHERE follower_id = $1
@@ -356,10 +360,28 @@ class HomeFeed:
         return fetch
 
     async def _rebuild(self, user_id: int, celebs: list[int]) -> None:
+        """Builds the missing timeline from Postgres, then reads Postgres once more: a
+        post committed after the first read and fanned out before the timeline existed
+        was skipped by fan-out (it writes only into timelines that exist), and would be
+        missing from this timeline for as long as it lives. Posts committed after the
+        build are fan-out's to add. Ids are taken before commit, so a late post is not
+        always the newest: the second read takes the newest REBUILD_CATCH_UP again."""
         cap = self._c.settings.timeline_cap
         rows = await self._c.db.fetch(FOLLOWED_POSTS, user_id, MAX_ID, cap + 1, celebs)
-        await timelines.build(self._c.redis, user_id, [r["id"] for r in rows], cap)
-        log.info("rebuilt timeline of user %d from Postgres (%d posts)", user_id, len(rows))
+        built = [r["id"] for r in rows]
+        await timelines.build(self._c.redis, user_id, built, cap)
+        again = await self._c.db.fetch(FOLLOWED_POSTS, user_id, MAX_ID, REBUILD_CATCH_UP, celebs)
+        floor = min(built[:cap], default=0) if len(built) > cap else 0
+        late = sorted(set(r["id"] for r in again) - set(built), reverse=True)
+        late = [p for p in late if p > floor]  # older than the timeline: Postgres has it
+        if late:
+            await timelines.add_posts(self._c.redis, user_id, late, cap)
+        log.info(
+            "rebuilt timeline of user %d from Postgres (%d posts, %d committed meanwhile)",
+            user_id,
+            len(rows),
+            len(late),
+        )
 
     async def _merge(
         self,

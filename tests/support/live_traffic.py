@@ -309,12 +309,18 @@ class Traffic:
             f"{len(self.posted)} posts; closes {dict(closes)}, failed connects {failed}: {problems}"
         )
         feeds = await self.feeds()
-        wrong = [
-            u.handle
+        wanted = Counter(self.posted)
+        wrong = {
+            u.handle: {
+                "missing": sorted(wanted - Counter(feed)),
+                "extra": sorted(Counter(feed) - wanted),
+            }
             for u, feed in zip(self.users, feeds, strict=True)
-            if Counter(feed) != Counter(self.posted)
-        ]
-        assert not wrong, f"{len(wrong)} feeds do not hold each post once: {wrong[:5]}"
+            if Counter(feed) != wanted
+        }
+        assert not wrong, (
+            f"{len(wrong)} feeds do not hold each post once, e.g. {dict(list(wrong.items())[:3])}"
+        )
 
 
 @contextlib.asynccontextmanager
