@@ -33,8 +33,22 @@ async def test_a_timeline_built_from_all_posts_is_complete(
     await timelines.build(redis_client, user, [30, 20, 10], CAP)
     assert await timelines.page(redis_client, user, None, 10) == timelines.Page([30, 20, 10], True)
     # Empty history is a built timeline too: the sentinel alone.
+    await timelines.drop(redis_client, user)
     await timelines.build(redis_client, user, [], CAP)
     assert await timelines.page(redis_client, user, None, 10) == timelines.Page([], True)
+
+
+async def test_a_build_merges_with_what_the_timeline_got_meanwhile(
+    redis_client: aioredis.Redis, user: int
+) -> None:
+    """Between a build's read of Postgres and its write, a concurrent build may have
+    finished and fan-out written a newer post into it: the write keeps them."""
+    await timelines.build(redis_client, user, [20, 10], CAP)
+    await timelines.add_posts(redis_client, user, [40], CAP)  # fan-out, meanwhile
+    await timelines.build(redis_client, user, [30, 20, 10], CAP)  # the slower build
+    assert await timelines.page(redis_client, user, None, 10) == timelines.Page(
+        [40, 30, 20, 10], True
+    )
 
 
 async def test_past_the_cap_history_continues_in_postgres(
