@@ -1,4 +1,5 @@
-"""Prepares shared infrastructure before services start: schema migrations and Kafka topics.
+"""Prepares shared infrastructure before services start: schema migrations, Kafka topics
+and the object store's media bucket.
 
 python -m core.bootstrap     # idempotent; run by `make run` and `make test`
 """
@@ -12,6 +13,7 @@ import asyncpg
 
 from core.clients import DependencyUnavailable, create_admin, ensure_topics
 from core.migrate import MigrationError, migrate
+from core.object_store import ObjectStore, ObjectStoreError
 from core.settings import Settings, SettingsError, mask_url
 from core.topics import Topics
 
@@ -44,6 +46,17 @@ async def _bootstrap(settings: Settings) -> None:
         f"bootstrap: topics created: {', '.join(created)}"
         if created
         else "bootstrap: Kafka topics exist",
+        flush=True,
+    )
+    try:
+        async with ObjectStore.open(settings) as store:
+            made = await store.ensure_bucket()
+    except ObjectStoreError as exc:
+        raise DependencyUnavailable(
+            f"object store at {settings.s3_endpoint}, bucket {settings.s3_bucket}: {exc}"
+        ) from None
+    print(
+        f"bootstrap: bucket {settings.s3_bucket} {'created' if made else 'exists'}",
         flush=True,
     )
 

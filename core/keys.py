@@ -122,3 +122,26 @@ def user_channel(user_id: int) -> str:
 
 def author_channel(author_id: int) -> str:
     return f"a:{author_id}"
+
+
+# The ranked feed's feature store and page snapshots (ranking/store.py).
+def ranking_affinity(user_id: int) -> str:
+    """ZSET author id -> the user's likes, replies and reposts of that author, each
+    weighted by 2^(its time / the half-life): decayed by one multiplication at read time."""
+    return f"rk:aff:{{{user_id}}}"
+
+
+def ranking_engagers(post_id: int) -> str:
+    """ZSET user id -> ms: who liked or reposted the post lately (social proof), capped."""
+    return f"rk:eng:{post_id}"
+
+
+def ranking_seen(user_id: int) -> str:
+    """ZSET timeline member -> ms: posts the user was shown on ranked pages, capped."""
+    return f"rk:seen:{{{user_id}}}"
+
+
+def ranking_snapshot(user_id: int, token: int) -> str:
+    """The ranked list a first ranked page made (ids and reasons), with a TTL; the later
+    pages of that feed page through it (their cursor carries the token)."""
+    return f"rk:snap:{{{user_id}}}:{token}"

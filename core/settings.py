@@ -17,6 +17,7 @@ from typing import Any
 DEFAULT_DATABASE_URL = "postgresql://feed:feed@127.0.0.1:55432/feed"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/0"
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:59092"
+DEFAULT_S3_ENDPOINT = "http://127.0.0.1:59000"
 DEV_SECRET = "dev-only-secret-change-me"  # noqa: S105 - documented development default
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -100,6 +101,23 @@ class Settings:
     # WebSocketResponse serves every connection (gateway/handlers.py), same protocol.
     gateway_native_websocket: bool = True
 
+    # The ranked feed (GET /v1/feed?algorithm=ranked, ranking/). RANKING_MODEL_PATH: the
+    # model file, reloaded when it changes; empty: the shipped ranking/model.json; a path
+    # with no file: every ranked request is served chronologically (and says so).
+    ranking_model_path: str = ""
+    # A first ranked page not ready within this budget (ms) is served chronologically.
+    ranking_budget_ms: int = 50
+    # Candidates re-ranked: the newest this many posts of the home feed, no older than
+    # RANKING_WINDOW_HOURS.
+    ranking_candidates: int = 300
+    ranking_window_hours: int = 72
+    # How long the ranked list a first page made stays in Redis for its later pages.
+    ranking_snapshot_seconds: int = 1800
+    # After this many ranker failures in a row (errors, over budget), ranked requests are
+    # served chronologically without trying for RANKING_BREAKER_SECONDS.
+    ranking_breaker_failures: int = 5
+    ranking_breaker_seconds: float = 30.0
+
     # Push (push/). APNs token auth: the .p8 key as PEM text or a file path.
     apns_key: str = _secret("")
     apns_key_file: str = ""
@@ -128,6 +146,26 @@ class Settings:
     push_offset_reset: str = "earliest"
     # Web Push endpoints must be https on a public address; loopback only for tests.
     push_allow_loopback: bool = False
+
+    # Media (issue 25): images uploaded by the client straight to an S3-compatible store
+    # through pre-signed PUTs (AWS S3, MinIO, R2, ...; locally scripts/stack.py's s3proxy).
+    s3_endpoint: str = DEFAULT_S3_ENDPOINT
+    s3_bucket: str = "feed-media"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = _secret("feed-local")
+    s3_secret_key: str = _secret("feed-local-secret")
+    # Public base URL of the bucket's objects (a CDN in production); empty: the store's
+    # own path-style URL, S3_ENDPOINT/S3_BUCKET.
+    media_public_url: str = ""
+    # Refused at POST /v1/media: larger declared sizes; more uploads per user per hour;
+    # a user whose stored media (every upload not failed) would pass MEDIA_QUOTA_BYTES.
+    media_max_bytes: int = 8 * 1024 * 1024
+    media_uploads_per_hour: int = 60
+    media_quota_bytes: int = 1024 * 1024 * 1024
+    # Refused when processing: images with more pixels than this (decompression bombs).
+    media_max_pixels: int = 16_000_000
+    # How long a pre-signed upload URL stays valid.
+    media_upload_ttl_seconds: int = 900
 
     def __repr__(self) -> str:
         parts = []
@@ -182,6 +220,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
+        self._validate_ranking()
+        self._validate_media()
         if self.feed_held_posts < 0:
             raise SettingsError("FEED_HELD_POSTS must not be negative")
         if self.timeline_trim_slack < 0:
@@ -191,6 +231,34 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be earliest or latest")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+
+    def _validate_media(self) -> None:
+        for name in (
+            "media_max_bytes",
+            "media_uploads_per_hour",
+            "media_quota_bytes",
+            "media_max_pixels",
+            "media_upload_ttl_seconds",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive")
+        if not self.s3_endpoint.startswith(("http://", "https://")):
+            raise SettingsError("S3_ENDPOINT must be an http:// or https:// URL")
+        # SigV4 pre-signed URLs are valid for at most 7 days.
+        if self.media_upload_ttl_seconds > 7 * 86_400:
+            raise SettingsError("MEDIA_UPLOAD_TTL_SECONDS must be at most 604800 (7 days)")
+
+    def _validate_ranking(self) -> None:
+        for name in (
+            "ranking_budget_ms",
+            "ranking_candidates",
+            "ranking_window_hours",
+            "ranking_snapshot_seconds",
+            "ranking_breaker_failures",
+            "ranking_breaker_seconds",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive")
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -29,6 +29,7 @@ from core.topics import Topics
 from fanout.followers import Followers, all_follower_batches, follower_batches, followers_of_many
 from fanout.metrics import FanoutMetrics
 from fanout.timelines import TimelineWriter
+from ranking.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Handlers:
         self.d = deps
         self._tiers: dict[int, tuple[float, Tier, int]] = {}
         self._withdrawn: set[int] = set()
+        self._features = FeatureStore(deps.redis)  # the ranked feed's signals
 
     async def handle(self, event: events.Event) -> None:
         self.d.metrics.events.labels(event.TYPE).inc()
@@ -390,6 +392,10 @@ class Handlers:
         )
         if row is None:
             return  # already notified (replay) or a user vanished
+        # Once per engagement, like the notification: a replay adds no affinity twice.
+        await self._features.record_engagement(
+            event.kind, event.actor_id, event.recipient_id, event.post_id
+        )
         notification = notification_view(
             notification_id=row["id"],
             kind=event.kind,

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Local development stack: PostgreSQL, Redis and Apache Kafka as our own processes.
+"""Local development stack: PostgreSQL, Redis, Apache Kafka and an S3-compatible object
+store (s3proxy) as our own processes.
 
 Usage:
-    python3 scripts/stack.py start|stop|restart|status|env [postgres|redis|kafka ...]
+    python3 scripts/stack.py start|stop|restart|status|env [postgres|redis|kafka|s3 ...]
 
-No service names means all three (started in the order postgres, redis, kafka and
+No service names means all four (started in the order postgres, redis, kafka, s3 and
 stopped in reverse order).  Data, logs and pid files live under the project-local,
 git-ignored directory ``.stack/`` (project root = parent of ``scripts/``).
 
@@ -18,7 +19,8 @@ Commands:
     stop     stop local services (and kill any stray process running from .stack)
     restart  stop, then start
     status   one line per service; exit 0 if all are up, 3 otherwise
-    env      print ``export DATABASE_URL=... REDIS_URL=... KAFKA_BOOTSTRAP=...``
+    env      print ``export DATABASE_URL=... REDIS_URL=... KAFKA_BOOTSTRAP=...`` and the
+             object store's S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY
 
 Settings (environment variables, all optional):
     STACK_DIR                    data directory (default: <project>/.stack)
@@ -27,6 +29,7 @@ Settings (environment variables, all optional):
     STACK_KAFKA_PORT             Kafka broker (PLAINTEXT) port (default: 59092)
     STACK_KAFKA_CONTROLLER_PORT  Kafka KRaft controller port (default: 59093)
     STACK_KAFKA_HEAP             Kafka JVM max heap, -Xmx value (default: 768m)
+    STACK_S3_PORT                S3-compatible object store (s3proxy) port (default: 59000)
     STACK_START_TIMEOUT          seconds to wait for each service to be ready (default: 90)
     STACK_REDIS_PERSIST          yes (default): Redis keeps its data in an append-only file
                                  (fsync every second), so a restart is not a cold start;
@@ -36,6 +39,9 @@ Settings (environment variables, all optional):
                                  nothing is started or stopped, it is only checked/reported
     REDIS_URL                    if set, Redis is external (redis:// or rediss://)
     KAFKA_BOOTSTRAP              if set, Kafka is external (host:port[,host:port...])
+    S3_ENDPOINT                  if set, the object store is external (http(s)://host[:port]);
+                                 S3_BUCKET, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY go with it,
+                                 and its bucket is created by `python -m core.bootstrap`
 
 Everything local binds to 127.0.0.1, and run as root, ``start`` adds the local ports to
 the kernel's reserved ports (net.ipv4.ip_local_reserved_ports), so that no outgoing
@@ -43,8 +49,11 @@ connection is ever given one of them.  The local endpoints are:
     postgresql://feed:feed@127.0.0.1:<STACK_PG_PORT>/feed
     redis://127.0.0.1:<STACK_REDIS_PORT>/0
     127.0.0.1:<STACK_KAFKA_PORT>
+    http://127.0.0.1:<STACK_S3_PORT>  (bucket feed-media, key feed-local / feed-local-secret)
 
-Kafka jars come from Maven Central only, via ``mvn`` and scripts/kafka/pom.xml.
+Kafka jars come from Maven Central only, via ``mvn`` and scripts/kafka/pom.xml; the object
+store's (s3proxy with its filesystem backend: objects are files under .stack/s3/data/)
+likewise via scripts/s3/pom.xml.
 """
 
 from __future__ import annotations
@@ -77,9 +86,17 @@ SCRIPTS_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = SCRIPTS_DIR.parent
 KAFKA_POM = SCRIPTS_DIR / "kafka" / "pom.xml"
 KAFKA_LOG4J = SCRIPTS_DIR / "kafka" / "log4j.properties"
+S3_POM = SCRIPTS_DIR / "s3" / "pom.xml"
+S3_LOGBACK = SCRIPTS_DIR / "s3" / "logback.xml"
+# The local object store's fixed bucket and development credentials (not secrets: the
+# store listens on loopback only; production sets S3_* to its own).
+S3_BUCKET = "feed-media"
+S3_REGION = "us-east-1"
+S3_ACCESS_KEY = "feed-local"
+S3_SECRET_KEY = "feed-local-secret"  # noqa: S105 - documented development default
 
 HOST = "127.0.0.1"
-SERVICE_ORDER = ("postgres", "redis", "kafka")
+SERVICE_ORDER = ("postgres", "redis", "kafka", "s3")
 POLL_INTERVAL = 0.2
 STOP_GRACE_SECONDS = 30.0
 EXTERNAL_WAIT_SECONDS = 5.0
@@ -178,6 +195,7 @@ class Settings:
     kafka_heap: str
     start_timeout: float
     redis_persist: bool = True
+    s3_port: int = 59000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -194,6 +212,7 @@ class Settings:
             kafka_heap=os.environ.get("STACK_KAFKA_HEAP", "").strip() or "768m",
             start_timeout=env_timeout(),
             redis_persist=env_flag("STACK_REDIS_PERSIST", default=True),
+            s3_port=env_int("STACK_S3_PORT", 59000),
         )
         settings.check_ports_distinct()
         heap_megabytes(settings.kafka_heap)  # validate early, before anything starts
@@ -205,6 +224,7 @@ class Settings:
             "STACK_REDIS_PORT": self.redis_port,
             "STACK_KAFKA_PORT": self.kafka_port,
             "STACK_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "STACK_S3_PORT": self.s3_port,
         }
         seen: dict[int, str] = {}
         for name, port in ports.items():
@@ -726,7 +746,7 @@ class ExternalService(Service):
 
 
 class LocalService(Service):
-    """Shared logic for the three services we run ourselves."""
+    """Shared logic for the services we run ourselves."""
 
     port: int
     port_setting: str
@@ -1360,6 +1380,47 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def ensure_maven_jars(name: str, pom: Path, libs: Path, size: str) -> None:
+    """Copy `pom`'s runtime jars from Maven Central into `libs` via mvn, once per pom version."""
+    if not pom.exists():
+        raise StackError(f"{name}: {pom} is missing")
+    stamp = libs / ".pom.sha256"
+    want = sha256_file(pom)
+    if stamp.exists() and stamp.read_text().strip() == want and any(libs.glob("*.jar")):
+        return
+    mvn = require_binary("mvn", "maven", auto_install=False)
+    say(f"{name}: fetching jars from Maven Central (first run, {size})...")
+    staging = libs.parent / "libs.tmp"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
+    result = run(cmd, what="mvn", cwd=pom.parent, timeout=900, check=False)
+    jars = list(staging.glob("*.jar")) if staging.exists() else []
+    if result.returncode != 0 or not jars:
+        tail = "\n".join(
+            "    " + line for line in result.stdout.strip().splitlines()[-LOG_TAIL_LINES:]
+        )
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StackError(
+            f"{name}: mvn could not fetch the jars (exit {result.returncode}); mvn said:\n{tail}"
+        )
+    # Swap in the complete set at once: a half-copied libs/ would give
+    # confusing ClassNotFoundErrors, and stale jars from an older pom could clash.
+    (staging / ".pom.sha256").write_text(want + "\n")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    say(f"{name}: {len(jars)} jars in {libs}")
+
+
 def new_cluster_id() -> str:
     """22-char URL-safe base64 of a random UUID, like `kafka-storage random-uuid`."""
     while True:
@@ -1405,43 +1466,7 @@ class Kafka(LocalService):
     # -- jars
     def ensure_jars(self) -> None:
         """Copy the broker jars from Maven Central via mvn, once per pom.xml version."""
-        if not KAFKA_POM.exists():
-            raise StackError(f"kafka: {KAFKA_POM} is missing")
-        stamp = self.libs / ".pom.sha256"
-        want = sha256_file(KAFKA_POM)
-        if stamp.exists() and stamp.read_text().strip() == want and any(self.libs.glob("*.jar")):
-            return
-        mvn = require_binary("mvn", "maven", auto_install=False)
-        say("kafka: fetching jars from Maven Central (first run, ~46 MB)...")
-        staging = self.home / "libs.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(KAFKA_POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ]
-        result = run(cmd, what="mvn", cwd=KAFKA_POM.parent, timeout=900, check=False)
-        jars = list(staging.glob("*.jar")) if staging.exists() else []
-        if result.returncode != 0 or not jars:
-            tail = "\n".join(
-                "    " + line for line in result.stdout.strip().splitlines()[-LOG_TAIL_LINES:]
-            )
-            shutil.rmtree(staging, ignore_errors=True)
-            raise StackError(
-                f"kafka: mvn could not fetch the Kafka jars (exit {result.returncode}); "
-                f"mvn said:\n{tail}"
-            )
-        # Swap in the complete set at once: a half-copied libs/ would give
-        # confusing ClassNotFoundErrors, and stale jars from an older pom could clash.
-        (staging / ".pom.sha256").write_text(want + "\n")
-        shutil.rmtree(self.libs, ignore_errors=True)
-        staging.rename(self.libs)
-        say(f"kafka: {len(jars)} jars in {self.libs}")
+        ensure_maven_jars("kafka", KAFKA_POM, self.libs, "~46 MB")
 
     # -- configuration & storage
     def write_properties(self) -> None:
@@ -1559,12 +1584,144 @@ class Kafka(LocalService):
         self.pidfile.unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- S3 (s3proxy)
+
+
+def probe_http(sock: socket.socket) -> bool:
+    """Any HTTP answer: an S3 endpoint refuses an unsigned request, but it answers."""
+    sock.sendall(b"HEAD / HTTP/1.0\r\nHost: s3\r\n\r\n")
+    return sock.recv(5) == b"HTTP/"
+
+
+def s3_env_lines(endpoint: str, values: dict[str, str]) -> str:
+    lines = [f"export S3_ENDPOINT={shlex.quote(endpoint)}"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+class ExternalS3(ExternalService):
+    """S3_ENDPOINT names a store we do not own: print what the user set, nothing else."""
+
+    def env_line(self) -> str:
+        names = ("S3_BUCKET", "S3_REGION", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+        values = {name: os.environ[name] for name in names if os.environ.get(name)}
+        return s3_env_lines(self.value, values)
+
+
+class S3(LocalService):
+    """s3proxy (a real S3 API server: SigV4, pre-signed URLs, CORS) over jclouds'
+    filesystem backend. The bucket is a directory under data/, created here."""
+
+    name = "s3"
+    port_setting = "STACK_S3_PORT"
+    env_var = "S3_ENDPOINT"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.port = settings.s3_port
+        self.libs = self.home / "libs"
+        self.data = self.home / "data"
+        self.props = self.home / "s3proxy.properties"
+        self.log = self.home / "s3proxy.log"
+        self.pidfile = self.home / "s3proxy.pid"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def pid(self) -> int | None:
+        pid = read_pidfile(self.pidfile)
+        return pid if pid and "org.gaul.s3proxy.Main" in proc_cmdline(pid) else None
+
+    def write_properties(self) -> None:
+        properties = {
+            "s3proxy.endpoint": self.url(),
+            "s3proxy.authorization": "aws-v2-or-v4",
+            "s3proxy.identity": S3_ACCESS_KEY,
+            "s3proxy.credential": S3_SECRET_KEY,
+            # The browser PUTs to pre-signed URLs from the web client's origin.
+            "s3proxy.cors-allow-all": "true",
+            "jclouds.provider": "filesystem",
+            "jclouds.filesystem.basedir": str(self.data),
+            "jclouds.region": S3_REGION,
+        }
+        lines = ["# Written by scripts/stack.py on every start; edit the script, not this file."]
+        lines += [f"{key}={value}" for key, value in properties.items()]
+        self.props.write_text("\n".join(lines) + "\n")
+
+    def launch(self) -> None:
+        java = require_binary("java", "openjdk-17-jre-headless", auto_install=False)
+        self.home.mkdir(parents=True, exist_ok=True)
+        ensure_maven_jars("s3", S3_POM, self.libs, "~40 MB")
+        self.write_properties()
+        (self.data / S3_BUCKET).mkdir(parents=True, exist_ok=True)  # the bucket
+        if self.log.exists():
+            self.log.replace(self.home / "s3proxy.log.prev")
+        cmd = [
+            java,
+            "-Xmx256m",
+            "-Djava.awt.headless=true",
+            f"-Dlogback.configurationFile={S3_LOGBACK}",
+            "-cp",
+            f"{self.libs}/*",
+            "org.gaul.s3proxy.Main",
+            "--properties",
+            str(self.props),
+        ]
+        say(f"starting s3 (s3proxy) on {HOST}:{self.port} (log: {self.log})")
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+
+    def is_ready(self) -> bool:
+        return endpoint_answers(Endpoint(HOST, self.port), probe_http)
+
+    def alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return pid_alive(self.pid())
+
+    def wait_ready(self) -> None:
+        wait_until(
+            self.is_ready,
+            alive=self.alive,
+            timeout=self.settings.start_timeout,
+            name="s3",
+            log=self.log,
+        )
+
+    def shutdown(self, pid: int) -> None:
+        terminate([pid])
+        self.pidfile.unlink(missing_ok=True)
+
+    def env_line(self) -> str:
+        values = {
+            "S3_BUCKET": S3_BUCKET,
+            "S3_REGION": S3_REGION,
+            "S3_ACCESS_KEY": S3_ACCESS_KEY,
+            "S3_SECRET_KEY": S3_SECRET_KEY,
+        }
+        return s3_env_lines(self.url(), values)
+
+
 # --------------------------------------------------------------------------- wiring & CLI
 
 
 def build_service(name: str, settings: Settings) -> Service:
-    local = {"postgres": Postgres, "redis": Redis, "kafka": Kafka}[name](settings)
-    variable = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "kafka": "KAFKA_BOOTSTRAP"}[name]
+    local = {"postgres": Postgres, "redis": Redis, "kafka": Kafka, "s3": S3}[name](settings)
+    variable = {
+        "postgres": "DATABASE_URL",
+        "redis": "REDIS_URL",
+        "kafka": "KAFKA_BOOTSTRAP",
+        "s3": "S3_ENDPOINT",
+    }[name]
     # A URL naming our own local server (e.g. exported by `stack.py env`) is not external.
     if os.environ.get(variable, "").strip() in ("", local.url()):
         return local
@@ -1589,6 +1746,11 @@ def build_service(name: str, settings: Settings) -> Service:
         return ExternalService(
             name, "KAFKA_BOOTSTRAP", value, ParsedUrl(endpoints, value), probe_kafka
         )
+    if name == "s3" and os.environ.get("S3_ENDPOINT", "").strip():
+        value = os.environ["S3_ENDPOINT"].strip()
+        tls = value.lower().startswith("https:")
+        parsed = parse_url(value, ("http", "https"), 443 if tls else 80, "S3_ENDPOINT")
+        return ExternalS3(name, "S3_ENDPOINT", value, parsed, probe_http, tls=tls)
     return local
 
 

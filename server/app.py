@@ -33,11 +33,12 @@ from server.context import CTX, ServerContext
 from server.errors import ApiError
 from server.feed import FEED, Celebrities, HomeFeed
 from server.front import FrontRunner
-from server.handlers import devices, feed, ops, posts, users
+from server.handlers import devices, feed, media, ops, posts, users
 from server.metrics import METRICS, ServerMetrics
 from server.middleware import api_middleware
 from server.openapi import openapi
 from server.outbox import Outbox, OutboxRelay
+from server.ranked import RANKED, RankedFeed
 from server.stats import SERVER_STATS, ServerStats, stats_ctx
 from web import STATIC_DIR
 
@@ -94,6 +95,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     celebs = Celebrities(c.db, TierPolicy(settings, c.redis))
     app[FEED] = HomeFeed(c, celebs, metrics.timeline_reads, metrics.feed_pages_general)
+    app[RANKED] = RankedFeed(c, app[FEED], metrics)
     relay = OutboxRelay(settings.database_url, c.kafka, c.outbox, metrics.outbox_published)
     app[OUTBOX_RELAY] = relay
     # The relay restarts in place: its rows wait in Postgres, and a relay that merely
@@ -129,6 +131,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/devices", devices.list_devices)
     r.add_delete("/v1/devices/{id}", devices.delete_device)
     r.add_get("/v1/push/vapid-public-key", devices.vapid_public_key)
+    r.add_post("/v1/media", media.create_media)
+    r.add_get("/v1/media/{id}", media.get_media)
+    r.add_patch("/v1/media/{id}", media.patch_media)
     r.add_get("/v1/openapi.json", openapi)
     r.add_get("/v1/ops/stats", ops.stats)
 
@@ -145,7 +150,14 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = ServerMetrics.create(app[OPS].registry)
     app[SERVER_STATS] = ServerStats()
     app.cleanup_ctx.extend(
-        [postgres_ctx(), redis_ctx(critical=False), kafka_link_ctx(), server_ctx, stats_ctx]
+        [
+            postgres_ctx(),
+            redis_ctx(critical=False),
+            kafka_link_ctx(),
+            server_ctx,
+            media.media_ctx,
+            stats_ctx,
+        ]
     )
     add_ops_routes(app)
     add_routes(app)

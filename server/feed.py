@@ -280,6 +280,12 @@ class HomeFeed:
             sources = [self._postgres_source(user_id, [])]
             return await self._merge(user_id, sources, before, limit, redis=False)
 
+    async def visible(self, user_id: int, ids: list[int]) -> list[tuple[int, bytes]]:
+        """These posts hydrated (id, JSON) in the given order, minus deleted ones and
+        authors no longer followed (the ranked feed's later pages, server/ranked.py)."""
+        found = dict(await self._visible(user_id, ids))
+        return [(i, found[i]) for i in ids if i in found]
+
     async def newer(self, user_id: int, since: int, limit: int) -> FeedPage:
         """Posts newer than `since`, newest first (the newest `limit` when there are more)."""
         page = await self.page(user_id, None, limit)

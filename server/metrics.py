@@ -23,6 +23,8 @@ class ServerMetrics:
     timeline_reads: Counter
     feed_pages_general: Counter
     outbox_published: Counter
+    ranked_pages: Counter
+    ranker_seconds: Histogram
     _series: dict[tuple[str, str, int], Series] = field(default_factory=dict)
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -70,6 +72,21 @@ class ServerMetrics:
             ),
             outbox_published=Counter(
                 "feed_outbox_published", "Outbox events published to Kafka", registry=registry
+            ),
+            ranked_pages=Counter(
+                "feed_ranked_requests",
+                "Feed pages asked for with algorithm=ranked, by the algorithm that served "
+                "them and why: ranked (ok, snapshot: a later page), or chronological "
+                "(no_model, error, budget, breaker_open, no_candidates)",
+                ["algorithm", "cause"],
+                registry=registry,
+            ),
+            ranker_seconds=Histogram(
+                "feed_ranker_seconds",
+                "Time to rank a first ranked page (candidates, features, scoring), "
+                "including attempts that ran over the budget or failed",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
             ),
         )
 

@@ -13,7 +13,8 @@ import orjson
 from aiohttp import web
 
 from server.handlers.devices import APNS_TOKEN, FCM_TOKEN, MAX_DEVICES
-from server.handlers.feed import MAX_QUERY
+from server.handlers.feed import ALGORITHMS, MAX_QUERY
+from server.handlers.media import CONTENT_TYPES, MAX_ALT_TEXT
 from server.handlers.posts import MAX_MEDIA, RATE_LIMIT_POSTS
 from server.validation import (
     BODY_SECONDS,
@@ -39,6 +40,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     400: {
         "invalid_json": "the body is empty, not JSON or UTF-8, or not as `Content-Encoding` says",
         "invalid_host": "the `Host` header is not a host[:port] to derive the stream URL from",
+        "invalid_algorithm": "`algorithm` is neither `chronological` nor `ranked`",
     },
     401: {
         "unauthorized": "no `Authorization` header (`WWW-Authenticate: Bearer`)",
@@ -52,14 +54,19 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "post_not_found": "no such post, or it was deleted",
         "user_not_found": "no such user",
         "device_not_found": "no such device of yours",
+        "media_not_found": "no such media of yours, nor attached to a post you can see",
     },
     405: {"method_not_allowed": "the path exists but not with this method (see `Allow`)"},
     409: {
         "handle_taken": "the handle is taken (handles are unique case-insensitively)",
         "too_many_devices": f"at most {MAX_DEVICES} push devices per user; delete one first",
+        "media_quota_exceeded": "your media would pass your storage quota (`MEDIA_QUOTA_BYTES`)",
     },
     408: {"body_timeout": f"the body did not arrive within {BODY_SECONDS:g} s (connection closed)"},
-    413: {"body_too_large": "the body is larger than 16 KiB"},
+    413: {
+        "body_too_large": "the body is larger than 16 KiB",
+        "media_too_large": "the declared upload `size` is over the limit (`MEDIA_MAX_BYTES`)",
+    },
     422: {
         "invalid_body": "the body is JSON but not an object",
         "unknown_field": "the body has a field this operation does not accept",
@@ -76,8 +83,17 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "post_not_found": "`reply_to` or `repost_of` names a post that does not exist",
         "self_follow": "you cannot follow (or unfollow) yourself",
         "endpoint_refused": "a Web Push endpoint must be https on a public address",
+        "unsupported_content_type": "`content_type` is not one of " + ", ".join(CONTENT_TYPES),
+        "media_not_found": "a `media_ids` entry is not media of yours",
+        "media_not_ready": "a `media_ids` entry is still processing; wait until `ready`",
+        "media_failed": "a `media_ids` entry failed processing (see its `reason`)",
+        "media_attached": "a `media_ids` entry is attached to another post already",
+        "duplicate_media": "`media_ids` names the same media twice",
     },
-    429: {"rate_limited": f"more than {RATE_LIMIT_POSTS} posts in 3 hours; see `Retry-After`"},
+    429: {
+        "rate_limited": f"more than {RATE_LIMIT_POSTS} posts in 3 hours, or more uploads "
+        "per hour than `MEDIA_UPLOADS_PER_HOUR`; see `Retry-After`"
+    },
 }
 
 STATUS_TEXT = {
@@ -154,6 +170,16 @@ OPS_WORST: Json = {
     "without recent samples.",
 }
 
+POST_PROPERTIES: Json = {
+    "id": ref("Id"),
+    "author": ref("Author"),
+    "text": {"type": "string", "minLength": 1, "maxLength": POST_MAX_CHARS},
+    "created_at": ref("Timestamp"),
+    "reply_to": nullable("Id"),
+    "repost_of": nullable("Id"),
+    "media_ids": {"type": "array", "items": ref("Id"), "maxItems": MAX_MEDIA},
+    "counts": ref("PostCounts"),
+}
 SCHEMAS: Json = {
     "Id": {
         "type": "string",
@@ -193,16 +219,7 @@ SCHEMAS: Json = {
         {"likes": count("likes"), "reposts": count("reposts"), "replies": count("replies")}
     ),
     "Post": obj(
-        {
-            "id": ref("Id"),
-            "author": ref("Author"),
-            "text": {"type": "string", "minLength": 1, "maxLength": POST_MAX_CHARS},
-            "created_at": ref("Timestamp"),
-            "reply_to": nullable("Id"),
-            "repost_of": nullable("Id"),
-            "media_ids": {"type": "array", "items": ref("Id"), "maxItems": MAX_MEDIA},
-            "counts": ref("PostCounts"),
-        },
+        POST_PROPERTIES,
         examples=[
             {
                 "id": EXAMPLE_ID,
@@ -217,6 +234,38 @@ SCHEMAS: Json = {
         ],
     ),
     "PostPage": page_of("Post", "posts"),
+    "FeedPost": obj(
+        {
+            **POST_PROPERTIES,
+            "reason": {
+                "type": "string",
+                "minLength": 1,
+                "description": 'Why a ranked page shows it, for example "liked by @ana and '
+                '3 others you follow" or "you often like posts by @bo". Only on ranked '
+                "pages.",
+            },
+        },
+        optional=("reason",),
+    ),
+    "FeedPage": obj(
+        {
+            "posts": {"type": "array", "items": ref("FeedPost")},
+            "next_cursor": {
+                "anyOf": [ref("Cursor"), {"type": "null"}],
+                "description": "Pass as `cursor` (with the same `algorithm`) for the next "
+                "page; null on the last page.",
+            },
+            "has_more": {"type": "boolean"},
+            "algorithm": {
+                "enum": ["chronological", "ranked"],
+                "description": "Which order served this page; present when the request "
+                "named an `algorithm`. `ranked` asked but `chronological` here: the "
+                "ranker was unavailable, slow or had no model, and this is the "
+                "chronological page (its cursor continues chronologically).",
+            },
+        },
+        optional=("algorithm",),
+    ),
     "PostDelta": obj(
         {
             "posts": {"type": "array", "items": ref("Post")},
@@ -449,6 +498,81 @@ SCHEMAS: Json = {
     ),
     "DeviceRegistered": obj({"device": ref("Device")}),
     "DeviceList": obj({"devices": {"type": "array", "items": ref("Device")}}),
+    "NewMedia": obj(
+        {
+            "content_type": {"enum": list(CONTENT_TYPES)},
+            "size": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The exact byte length that will be uploaded; over "
+                "`MEDIA_MAX_BYTES` (8 MiB by default): 413 `media_too_large`.",
+            },
+        },
+        examples=[{"content_type": "image/jpeg", "size": 245_760}],
+    ),
+    "MediaUpload": obj(
+        {
+            "media_id": ref("Id"),
+            "upload": obj(
+                {
+                    "url": {"type": "string", "format": "uri"},
+                    "method": {"const": "PUT"},
+                    "headers": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "Send exactly these (`Content-Type`, "
+                        "`Content-Length`): they are signed.",
+                    },
+                }
+            ),
+            "expires_at": ref("Timestamp"),
+        }
+    ),
+    "Media": obj(
+        {
+            "id": ref("Id"),
+            "type": {"const": "image"},
+            "status": {"enum": ["processing", "ready", "failed"]},
+            "reason": {
+                "type": "string",
+                "description": "Why processing failed: a stable code, a colon, and words "
+                "(`upload_missing`, `not_an_image`, `type_mismatch`, `too_many_pixels`, "
+                "`undecodable`, `upload_mismatch`, `too_large`). Only when `failed`.",
+            },
+            "content_type": {"enum": list(CONTENT_TYPES)},
+            "size": {"type": "integer", "minimum": 1, "description": "Declared upload size."},
+            "url": {
+                "type": ["string", "null"],
+                "description": "The re-encoded image (no metadata) once `ready`, under "
+                "`MEDIA_PUBLIC_URL`.",
+            },
+            "preview_url": {
+                "type": ["string", "null"],
+                "description": "At most 640 px wide, once `ready`.",
+            },
+            "width": {"type": ["integer", "null"], "minimum": 1},
+            "height": {"type": ["integer", "null"], "minimum": 1},
+            "blurhash": {
+                "type": ["string", "null"],
+                "description": "A placeholder to show "
+                "while the image loads (blurha.sh), once `ready`.",
+            },
+            "alt_text": {"type": "string", "maxLength": MAX_ALT_TEXT},
+            "post_id": {**nullable("Id"), "description": "The post it is attached to."},
+            "created_at": ref("Timestamp"),
+        },
+        optional=("reason",),
+    ),
+    "MediaPatch": obj(
+        {
+            "alt_text": {
+                "type": "string",
+                "maxLength": MAX_ALT_TEXT,
+                "description": f"Up to {MAX_ALT_TEXT} characters after NFC normalisation "
+                "and trimming; newlines allowed, other control characters not.",
+            }
+        }
+    ),
     "VapidKey": obj(
         {
             "public_key": {
@@ -602,6 +726,7 @@ PARAMETERS: Json = {
     "UserId": path("user_id", ref("Id"), "A user id; not an id at all: 404 `not_found`."),
     "Handle": path("handle", {"type": "string"}, "A handle, any case."),
     "DeviceId": path("id", ref("Id"), "A device id; not an id at all: 404 `not_found`."),
+    "MediaId": path("id", ref("Id"), "A media id; not an id at all: 404 `not_found`."),
 }
 
 
@@ -635,7 +760,7 @@ def error_response(status: int, codes: tuple[str, ...], headers: Json | None = N
 RETRY_AFTER: Json = {
     "Retry-After": {
         "required": True,
-        "description": "Seconds until a post is accepted again.",
+        "description": "Seconds until a post (or an upload) is accepted again.",
         "schema": {"type": "integer", "minimum": 1},
     }
 }
@@ -649,6 +774,8 @@ WWW_AUTHENTICATE: Json = {
 
 Code = str | tuple[int, str]  # a code, or (status, code) where the code has two statuses
 POST_MISSING = (404, "post_not_found")
+MEDIA_MISSING = (404, "media_not_found")
+ATTACHED_MEDIA_MISSING = (422, "media_not_found")
 REFERENCED_POST_MISSING = (422, "post_not_found")
 
 
@@ -726,6 +853,11 @@ IDEMPOTENCY_HEADER: Json = {
     "description": "1-128 printable ASCII characters. A retry with the same key within "
     "24 hours returns the first result (201) and posts nothing.",
 }
+ALGORITHM = query(
+    "algorithm",
+    {"enum": list(ALGORITHMS), "default": "chronological"},
+    "`chronological` (the default) or `ranked`. Anything else: 400 `invalid_algorithm`.",
+)
 SINCE = query("since", ref("Id"), "A post id, usually the newest shown.", required=True)
 DELTA_LIMIT = query(
     "limit",
@@ -740,7 +872,17 @@ SEARCH_Q = query(
     required=True,
 )
 SIGN_UP_ERRORS = (*BODY, "invalid_field", "invalid_handle", "invalid_password")
-NEW_POST_ERRORS = (*BODY, "invalid_field", "empty_text", REFERENCED_POST_MISSING)
+NEW_POST_ERRORS = (
+    *BODY,
+    "invalid_field",
+    "empty_text",
+    REFERENCED_POST_MISSING,
+    ATTACHED_MEDIA_MISSING,
+    "media_not_ready",
+    "media_failed",
+    "media_attached",
+    "duplicate_media",
+)
 TEXT_ERRORS = ("invalid_characters", "too_long")
 
 OPS_STATS: Json = {
@@ -884,10 +1026,17 @@ PATHS: Json = {
     "/v1/feed": {
         "get": op(
             "feed",
-            "Home timeline, newest first",
-            ok(200, "PostPage", "A page of the home timeline (own posts included)."),
-            PAGE,
-            params=PAGED,
+            "Home timeline, newest first or ranked",
+            ok(200, "FeedPage", "A page of the home timeline (own posts included)."),
+            (*PAGE, "invalid_algorithm"),
+            params=(*PAGED, ALGORITHM),
+            description="`algorithm=ranked` re-ranks the newest few hundred posts of the "
+            "home timeline with a learned model: the first page snapshots the ranked list "
+            "for later pages (their cursor pages through it: no duplicate, no gap; "
+            "deleted posts and unfollowed authors are left out), each post carries a "
+            "`reason`, and a new first page ranks again. Ranking never fails a request: "
+            "without it the chronological page is served, marked `algorithm: "
+            "chronological`.",
         )
     },
     "/v1/feed/delta": {
@@ -935,6 +1084,48 @@ PATHS: Json = {
             ("not_found", "device_not_found"),
             params=(param("DeviceId"),),
         )
+    },
+    "/v1/media": {
+        "post": op(
+            "media",
+            "Start an image upload (a pre-signed PUT straight to the object store)",
+            ok(201, "MediaUpload", "PUT the bytes to `upload.url` with `upload.headers`."),
+            (
+                *BODY,
+                "invalid_field",
+                "unsupported_content_type",
+                "media_too_large",
+                "media_quota_exceeded",
+                "rate_limited",
+            ),
+            body="NewMedia",
+            description="The URL's signature covers `Content-Type` and `Content-Length`: "
+            "the store refuses any other type or size, and any PUT after `expires_at`. Once "
+            "the bytes are there, processing (off the request path) checks they are the "
+            "image they claim to be, refuses decompression bombs and images over "
+            "`MEDIA_MAX_PIXELS`, strips every metadata (EXIF, GPS), and stores the image "
+            "and a 640 px wide preview: poll `GET /v1/media/{id}` until `status` is "
+            "`ready` (or `failed`, with a `reason`).",
+        )
+    },
+    "/v1/media/{id}": {
+        "get": op(
+            "media",
+            "An upload's status, sizes and URLs",
+            ok(200, "Media", "The media."),
+            ("not_found", MEDIA_MISSING),
+            params=(param("MediaId"),),
+            description="The owner sees their media in every state; anyone signed in sees "
+            "media attached to a post that is not deleted.",
+        ),
+        "patch": op(
+            "media",
+            "Set the alt text of my media",
+            ok(200, "Media", "The media, with its alt text."),
+            (*BODY, "invalid_field", "invalid_characters", "too_long", "not_found", MEDIA_MISSING),
+            params=(param("MediaId"),),
+            body="MediaPatch",
+        ),
     },
     "/v1/push/vapid-public-key": {
         "get": op(
@@ -1044,6 +1235,7 @@ DOCUMENT: Json = {
         {"name": "users", "description": "Profiles and the social graph."},
         {"name": "posts", "description": "Writing, reading, deleting and liking posts."},
         {"name": "feed", "description": "Home timeline, search and notifications."},
+        {"name": "media", "description": "Images for posts, uploaded to the object store."},
         {
             "name": "push",
             "description": "Push devices (APNs, FCM, Web Push) for offline users.",

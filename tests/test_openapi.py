@@ -31,6 +31,7 @@ from server.handlers.posts import RATE_LIMIT_POSTS
 from server.openapi import DOCUMENT_BYTES, ERROR_CODES
 from tests.support.api import User, follow, new_handle, post, sign_up
 from tests.support.api_server import serve_api
+from tests.support.media import png, processed, put
 
 Client = TestClient[web.Request, web.Application]
 
@@ -285,12 +286,23 @@ async def test_success_responses_match_the_document(
     await follow(api, cy, bob)
     await follow(api, bob, ada)
 
+    # Media: uploaded through the pre-signed URL, processed, described, then attached.
+    image = png()
+    _, started = await c.call(
+        "POST", "/v1/media", bob, json={"content_type": "image/png", "size": len(image)}
+    )
+    assert (await put(started, image))[0] == 200
+    media_id = started["media_id"]
+    assert (await processed(api, bob, media_id))["status"] == "ready"
+    await c.call("GET", "/v1/media/{id}", bob, path={"id": media_id})
+    await c.call("PATCH", "/v1/media/{id}", bob, path={"id": media_id}, json={"alt_text": "dark"})
+
     first = await post(api, bob, f"first {word} @{ada.handle}")
     _, created = await c.call(
         "POST",
         "/v1/posts",
         bob,
-        json={"text": f"  second {word}  ", "media_ids": [1, "2"]},
+        json={"text": f"  second {word}  ", "media_ids": [int(media_id)]},
         headers={"Idempotency-Key": "openapi-retry-1"},
     )
     retry = await c.call(
@@ -312,7 +324,7 @@ async def test_success_responses_match_the_document(
     await c.call("DELETE", "/v1/posts/{id}/like", ada, path=one_post)
     await c.call("POST", "/v1/posts/{id}/like", cy, path=one_post)
     _, read = await c.call("GET", "/v1/posts/{id}", ada, path={"id": created["post_id"]})
-    assert read["media_ids"] == ["1", "2"]
+    assert read["media_ids"] == [media_id]
     _, read = await c.call("GET", "/v1/posts/{id}", ada, path=one_post)
     assert read["counts"] == {"likes": 1, "reposts": 1, "replies": 2}
     assert await c.call("DELETE", "/v1/posts/{id}", ada, path={"id": doomed}) == (204, None)
@@ -332,6 +344,8 @@ async def test_success_responses_match_the_document(
     _, feed = await c.call("GET", "/v1/feed", ada, params={"limit": "2"})
     assert feed["has_more"] and feed["next_cursor"]
     await c.call("GET", "/v1/feed", ada, params={"cursor": feed["next_cursor"]})
+    _, ranked = await c.call("GET", "/v1/feed", ada, params={"algorithm": "ranked"})
+    assert ranked["algorithm"] in ("ranked", "chronological")
     _, delta = await c.call("GET", "/v1/feed/delta", ada, params={"since": first, "limit": "200"})
     assert delta["posts"] and all(int(p["id"]) > int(first) for p in delta["posts"])
 
@@ -522,6 +536,7 @@ async def test_error_responses_match_the_document(
     )
     await c.expect(422, "invalid_field", "GET", "/v1/feed", me, params={"limit": "101"})
     await c.expect(422, "invalid_cursor", "GET", "/v1/feed", me, params={"cursor": "bm9wZQ"})
+    await c.expect(400, "invalid_algorithm", "GET", "/v1/feed", me, params={"algorithm": "x"})
     await c.expect(422, "invalid_field", "GET", "/v1/notifications", me, params={"limit": "0"})
     await c.expect(422, "missing_field", "GET", "/v1/feed/delta", me)
     await c.expect(
@@ -567,6 +582,55 @@ async def test_error_responses_match_the_document(
         me,
         json={"kind": "apns", "token": "cd" * 32},
     )
+
+    # Media: refused uploads, unknown media, and media a post cannot take.
+    png_of = {"content_type": "image/png", "size": 100}
+    await c.expect(
+        422,
+        "unsupported_content_type",
+        "POST",
+        "/v1/media",
+        me,
+        json={**png_of, "content_type": "x"},
+    )
+    await c.expect(413, "media_too_large", "POST", "/v1/media", me, json={**png_of, "size": 10**9})
+    await c.expect(404, "media_not_found", "GET", "/v1/media/{id}", me, path={"id": "1"})
+    await c.expect(
+        404,
+        "media_not_found",
+        "PATCH",
+        "/v1/media/{id}",
+        me,
+        path={"id": "1"},
+        json={"alt_text": "a"},
+    )
+    _, pending = await c.call("POST", "/v1/media", me, json=png_of)
+    waiting = pending["media_id"]
+    failed, attached = ids.next_id(), ids.next_id()
+    await db.executemany(
+        "INSERT INTO media (id, owner_id, content_type, size, status, reason, upload_key, "
+        "upload_expires_at, image_key, width, height, post_id) "
+        "VALUES ($1, $2, 'image/png', 100, $3, $4, 'k', now(), 'k', 1, 1, $5)",
+        [
+            (failed, int(me.id), "failed", "not_an_image: test", None),
+            (attached, int(me.id), "ready", None, int(theirs)),
+        ],
+    )
+    for code, media_ids in [
+        ("media_not_ready", [waiting]),
+        ("duplicate_media", [waiting, waiting]),
+        ("media_not_found", ["1"]),
+        ("media_failed", [str(failed)]),
+        ("media_attached", [str(attached)]),
+    ]:
+        await c.expect(
+            422, code, "POST", "/v1/posts", me, json={"text": "a", "media_ids": media_ids}
+        )
+    # Ready media count toward the quota (a row the worker will not touch meanwhile).
+    await db.execute(
+        "UPDATE media SET size = $1 WHERE id = $2", settings.media_quota_bytes, attached
+    )
+    await c.expect(409, "media_quota_exceeded", "POST", "/v1/media", me, json=png_of)
 
     # Rate limit: the posts of the last 3 hours, as earlier requests would have left them.
     await db.executemany(

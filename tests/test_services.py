@@ -19,6 +19,7 @@ EXPECTED_CHECKS = {
         "task:kafka-link",
         "task:id-lease",
         "task:outbox-relay",
+        "task:media-worker",
         "task:stats",
     },
     "gateway": {

@@ -15,19 +15,19 @@ def test_status_reports_every_service_running() -> None:
     result = stack("status")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    for name in ("postgres", "redis", "kafka"):
+    for name in ("postgres", "redis", "kafka", "s3"):
         assert any(line.startswith(name) and "running" in line for line in lines), lines
 
 
 def test_start_is_idempotent_and_quick_when_running() -> None:
     result = stack("start")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("already running") == 3
+    assert result.stdout.count("already running") == 4
 
 
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STACK_DIR", str(tmp_path / "stack"))
-    for name in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP"):
+    for name in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP", "S3_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -115,3 +115,25 @@ def test_redis_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
             assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
         finally:
             client.close()
+
+
+def test_env_names_the_object_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("S3_ENDPOINT", raising=False)
+    lines = stack("env", "s3").stdout.splitlines()
+    names = {line.split("=", 1)[0].removeprefix("export ") for line in lines}
+    assert names == {"S3_ENDPOINT", "S3_BUCKET", "S3_REGION", "S3_ACCESS_KEY", "S3_SECRET_KEY"}
+
+
+def test_external_object_store_is_used_not_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    isolated(monkeypatch, tmp_path)
+    running = stack("env", "s3").stdout
+    endpoint = next(line.split("=", 1)[1] for line in running.splitlines() if "S3_ENDPOINT" in line)
+    monkeypatch.setenv("S3_ENDPOINT", endpoint.strip("'\"").replace("127.0.0.1", "localhost"))
+    monkeypatch.setenv("S3_BUCKET", "elsewhere")
+    result = stack("start", "s3")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "stack" / "s3").exists(), "started a local object store anyway"
+    assert "external" in result.stdout
+    assert "export S3_BUCKET=elsewhere" in stack("env", "s3").stdout

@@ -8,33 +8,64 @@ from aiohttp import web
 from core.notification_view import notification_view
 from server import validation as v
 from server.context import ctx, user_id
-from server.errors import invalid
+from server.errors import ApiError, invalid
 from server.feed import FEED, FeedPage
 from server.handlers.posts import post_list
+from server.ranked import CURSOR_KIND, RANKED
 from server.service_json import json, json_bytes
 
 MAX_QUERY = 200
+ALGORITHMS = ("chronological", "ranked")
 
 
-def page_body(page: FeedPage, cursor: bool) -> bytes:
+def page_body(page: FeedPage, cursor: bool, algorithm: str | None = None) -> bytes:
     """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped.
-    Also written by server/front.py, which answers most GET /v1/feed requests."""
+    Also written by server/front.py, which answers most GET /v1/feed requests.
+    `algorithm`: said in the body when the request named one."""
     tail: dict[str, object] = {"has_more": page.has_more}
     if cursor:
         next_cursor = page.next_cursor
         tail["next_cursor"] = v.encode_cursor("feed", next_cursor) if next_cursor else None
+    if algorithm is not None:
+        tail["algorithm"] = algorithm
     return b'{"posts":[' + b",".join(page.posts) + b"]," + orjson.dumps(tail)[1:]
 
 
-def _page_response(page: FeedPage, cursor: bool) -> web.Response:
-    return json_bytes(page_body(page, cursor))
+def _page_response(page: FeedPage, cursor: bool, algorithm: str | None = None) -> web.Response:
+    return json_bytes(page_body(page, cursor, algorithm))
 
 
 async def home(request: web.Request) -> web.Response:
+    algorithm = request.query.get("algorithm")
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise ApiError(
+            400,
+            "invalid_algorithm",
+            "algorithm must be one of: " + ", ".join(ALGORITHMS),
+            field="algorithm",
+        )
     limit = v.limit(request)
-    before = v.decode_cursor(request, "feed")
-    page = await request.app[FEED].page(user_id(request), before[0] if before else None, limit)
-    return _page_response(page, cursor=True)
+    me = user_id(request)
+    raw = request.query.get("cursor")
+    if algorithm == "ranked" and not (raw and _is_feed_cursor(raw)):
+        # A chronological page's cursor (a fallback's) continues chronologically.
+        ranked = v.cursor_value(raw, CURSOR_KIND, 2)
+        body = await request.app[RANKED].page(me, ranked, limit)
+        if body is not None:
+            return json_bytes(body)
+        algorithm = "chronological"
+        raw = None  # the ranked list's position means nothing chronologically
+    before = v.cursor_value(raw, "feed")
+    page = await request.app[FEED].page(me, before[0] if before else None, limit)
+    return _page_response(page, cursor=True, algorithm="chronological" if algorithm else None)
+
+
+def _is_feed_cursor(raw: str) -> bool:
+    try:
+        v.cursor_value(raw, "feed")
+    except ApiError:
+        return False
+    return True
 
 
 async def delta(request: web.Request) -> web.Response:

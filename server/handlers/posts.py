@@ -58,6 +58,7 @@ async def create_post(request: web.Request) -> web.Response:
         await _check_rate(conn, author)
         parent_author = await _live_author(conn, reply_to, "reply_to")
         original_author = await _live_author(conn, repost_of, "repost_of")
+        await _check_media(conn, author, media_ids)
         post_id = c.ids.next_id()
         created = await conn.fetchval(
             "INSERT INTO posts (id, author_id, text, reply_to, repost_of, media_ids) "
@@ -70,6 +71,12 @@ async def create_post(request: web.Request) -> web.Response:
             media_ids,
         )
         await conn.execute("UPDATE users SET post_count = post_count + 1 WHERE id = $1", author)
+        if media_ids:
+            await conn.execute(
+                "UPDATE media SET post_id = $1, purge_after = NULL WHERE id = ANY($2::bigint[])",
+                post_id,
+                media_ids,
+            )
         await _record_engagements(
             conn, c, post_id, author, text, reply_to, parent_author, repost_of, original_author
         )
@@ -128,6 +135,33 @@ async def _check_rate(conn: Conn, author: int) -> None:
             f"at most {RATE_LIMIT_POSTS} posts per 3 hours; retry in {retry} s",
             headers={"Retry-After": str(retry)},
         )
+
+
+async def _check_media(conn: Conn, author: int, media_ids: list[int]) -> None:
+    """Each media id is the author's own, processed (ready) and on no other post. Locked
+    (FOR UPDATE) so two posts cannot take the same image at once."""
+    if not media_ids:
+        return
+    if len(set(media_ids)) != len(media_ids):
+        raise invalid("media_ids", "media_ids lists the same media twice", "duplicate_media")
+    rows = await conn.fetch(
+        "SELECT id, owner_id, status, post_id FROM media WHERE id = ANY($1::bigint[]) "
+        "AND (purge_after IS NULL OR purge_after > now()) FOR UPDATE",
+        media_ids,
+    )
+    found = {row["id"]: row for row in rows}
+    for media_id in media_ids:
+        row = found.get(media_id)
+        if row is None or row["owner_id"] != author:
+            raise invalid("media_ids", f"media {media_id} is not one of yours", "media_not_found")
+        if row["status"] == "processing":
+            raise invalid("media_ids", f"media {media_id} is still processing", "media_not_ready")
+        if row["status"] == "failed":
+            raise invalid("media_ids", f"media {media_id} failed processing", "media_failed")
+        if row["post_id"] is not None:
+            raise invalid(
+                "media_ids", f"media {media_id} is attached to another post", "media_attached"
+            )
 
 
 async def _live_author(conn: Conn, post_id: int | None, field: str) -> int | None:
@@ -221,6 +255,8 @@ async def delete_post(request: web.Request) -> web.Response:
         if row["author_id"] != me:
             raise ApiError(403, "not_author", "only the author can delete a post")
         await conn.execute("UPDATE posts SET deleted_at = now() WHERE id = $1", post_id)
+        # Its images go too: the media worker deletes them from the object store.
+        await conn.execute("UPDATE media SET purge_after = now() WHERE post_id = $1", post_id)
         await conn.execute("UPDATE users SET post_count = post_count - 1 WHERE id = $1", me)
         if row["reply_to"] is not None:
             await conn.execute(
