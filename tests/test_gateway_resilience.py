@@ -248,8 +248,10 @@ async def test_post_to_socket_latency_is_reported_and_exported(
     user = await sign_up(api)
     ws = await gw.ws_connect("/v1/stream", params={"access_token": user.token})
     await until_live(gw, int(user.id))
-    for _ in range(3):
-        post_id = min_id_for_ms(int(time.time() * 1000))  # a post created just now
+    for sequence in range(3):
+        # A post created just now; distinct ids even within one millisecond (a
+        # connection never sends the same post twice).
+        post_id = min_id_for_ms(int(time.time() * 1000)) + sequence
         await redis_client.publish(
             keys.user_channel(int(user.id)), events.live_post({"id": str(post_id)})
         )
