@@ -1430,21 +1430,66 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-class Kafka(LocalService):
+class JvmService(LocalService):
+    """A service we run as a JVM child of our own (Kafka, s3proxy): jars under libs/,
+    data under data/, one log per start (the previous one kept as .prev), a pidfile."""
+
+    def __init__(self, settings: Settings, log_name: str, pid_name: str) -> None:
+        super().__init__(settings)
+        self.libs = self.home / "libs"
+        self.data = self.home / "data"
+        self.log = self.home / log_name
+        self.pidfile = self.home / pid_name
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, cmd: list[str], what: str) -> None:
+        # Fresh log per start: readiness may be read from the log, so an old run's lines
+        # must not count. Keep the previous run's log for debugging.
+        if self.log.exists():
+            self.log.replace(self.log.with_name(self.log.name + ".prev"))
+        say(f"starting {what} on {HOST}:{self.port} (log: {self.log})")
+        with open(self.log, "ab") as log:
+            # start_new_session: the server must outlive this script and must not
+            # receive the Ctrl-C meant for it.
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+
+    def alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None  # reaps it, so a dead child is not a zombie
+        return pid_alive(self.pid())
+
+    def wait_ready(self) -> None:
+        wait_until(
+            self.is_ready,
+            alive=self.alive,
+            timeout=self.settings.start_timeout,
+            name=self.name,
+            log=self.log,
+        )
+
+    def shutdown(self, pid: int) -> None:
+        terminate([pid])
+        self.pidfile.unlink(missing_ok=True)
+
+
+class Kafka(JvmService):
     name = "kafka"
     port_setting = "STACK_KAFKA_PORT"
     env_var = "KAFKA_BOOTSTRAP"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+        super().__init__(settings, "kafka.log", "kafka.pid")
         self.port = settings.kafka_port
         self.controller_port = settings.kafka_controller_port
-        self.libs = self.home / "libs"
-        self.data = self.home / "data"
         self.props = self.home / "server.properties"
-        self.log = self.home / "kafka.log"
-        self.pidfile = self.home / "kafka.pid"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def url(self) -> str:
         return f"{HOST}:{self.port}"
@@ -1532,25 +1577,9 @@ class Kafka(LocalService):
         self.ensure_jars()
         self.write_properties()
         self.format_storage()
-        # Fresh log per start: readiness is "the started line is in the log", so an
-        # old run's line must not count. Keep the previous run's log for debugging.
-        if self.log.exists():
-            self.log.replace(self.home / "kafka.log.prev")
         java, *rest = self.java_base()
         cmd = [java, *self.jvm_heap_flags(), *rest, "kafka.Kafka", str(self.props)]
-        say(f"starting kafka on {HOST}:{self.port} (log: {self.log})")
-        with open(self.log, "ab") as log:
-            # start_new_session: the broker must outlive this script and must not
-            # receive the Ctrl-C meant for it.
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
+        self.spawn(cmd, "kafka")  # ready once the started line is in this start's log
 
     def log_says_started(self) -> bool:
         # The line comes within the first few hundred lines; only read the head so
@@ -1564,24 +1593,6 @@ class Kafka(LocalService):
 
     def is_ready(self) -> bool:
         return port_answers(HOST, self.port) and self.log_says_started()
-
-    def alive(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None  # reaps it, so a dead child is not a zombie
-        return pid_alive(self.pid())
-
-    def wait_ready(self) -> None:
-        wait_until(
-            self.is_ready,
-            alive=self.alive,
-            timeout=self.settings.start_timeout,
-            name="kafka",
-            log=self.log,
-        )
-
-    def shutdown(self, pid: int) -> None:
-        terminate([pid])
-        self.pidfile.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- S3 (s3proxy)
@@ -1608,7 +1619,7 @@ class ExternalS3(ExternalService):
         return s3_env_lines(self.value, values)
 
 
-class S3(LocalService):
+class S3(JvmService):
     """s3proxy (a real S3 API server: SigV4, pre-signed URLs, CORS) over jclouds'
     filesystem backend. The bucket is a directory under data/, created here."""
 
@@ -1617,14 +1628,9 @@ class S3(LocalService):
     env_var = "S3_ENDPOINT"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+        super().__init__(settings, "s3proxy.log", "s3proxy.pid")
         self.port = settings.s3_port
-        self.libs = self.home / "libs"
-        self.data = self.home / "data"
         self.props = self.home / "s3proxy.properties"
-        self.log = self.home / "s3proxy.log"
-        self.pidfile = self.home / "s3proxy.pid"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
@@ -1655,8 +1661,6 @@ class S3(LocalService):
         ensure_maven_jars("s3", S3_POM, self.libs, "~40 MB")
         self.write_properties()
         (self.data / S3_BUCKET).mkdir(parents=True, exist_ok=True)  # the bucket
-        if self.log.exists():
-            self.log.replace(self.home / "s3proxy.log.prev")
         cmd = [
             java,
             "-Xmx256m",
@@ -1668,38 +1672,10 @@ class S3(LocalService):
             "--properties",
             str(self.props),
         ]
-        say(f"starting s3 (s3proxy) on {HOST}:{self.port} (log: {self.log})")
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
+        self.spawn(cmd, "s3 (s3proxy)")
 
     def is_ready(self) -> bool:
         return endpoint_answers(Endpoint(HOST, self.port), probe_http)
-
-    def alive(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return pid_alive(self.pid())
-
-    def wait_ready(self) -> None:
-        wait_until(
-            self.is_ready,
-            alive=self.alive,
-            timeout=self.settings.start_timeout,
-            name="s3",
-            log=self.log,
-        )
-
-    def shutdown(self, pid: int) -> None:
-        terminate([pid])
-        self.pidfile.unlink(missing_ok=True)
 
     def env_line(self) -> str:
         values = {
