@@ -54,9 +54,10 @@ def _not_found(exc: ClientError) -> bool:
 
 
 class ObjectStore:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, public_acl: str | None = None) -> None:
         self._client = client
         self.bucket = bucket
+        self._public_acl = public_acl  # given to objects put with public=True
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -83,7 +84,7 @@ class ObjectStore:
             aws_secret_access_key=settings.s3_secret_key,
             config=config,
         ) as client:
-            yield cls(client, settings.s3_bucket)
+            yield cls(client, settings.s3_bucket, public_read_acl(settings))
 
     async def presign_put(
         self, key: str, content_type: str, size: int, expires_in: int
@@ -130,7 +131,9 @@ class ObjectStore:
             raise ObjectStoreError(f"GET {key}: {exc}", retriable=True) from exc
         return data
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str, *, public: bool = False) -> None:
+        """Store an object; `public`: readers fetch it by its public URL (public_url)."""
+        extra = {"ACL": self._public_acl} if public and self._public_acl else {}
         try:
             await self._client.put_object(
                 Bucket=self.bucket,
@@ -138,6 +141,7 @@ class ObjectStore:
                 Body=data,
                 ContentType=content_type,
                 CacheControl="public, max-age=31536000, immutable",
+                **extra,
             )
         except (ClientError, BotoCoreError) as exc:
             raise ObjectStoreError(f"PUT {key}: {exc}", retriable=True) from exc
@@ -165,9 +169,23 @@ class ObjectStore:
         return True
 
 
-def public_url(settings: Settings, key: str) -> str:
-    """Where readers fetch an object: MEDIA_PUBLIC_URL (a CDN), else the store itself."""
+def media_base_url(settings: Settings) -> str:
+    """The base, ending in "/", under which readers fetch stored objects: MEDIA_PUBLIC_URL
+    (a CDN), else the store itself (S3_ENDPOINT/S3_BUCKET, path style)."""
     base = settings.media_public_url.rstrip("/")
     if not base:
         base = f"{settings.s3_endpoint.rstrip('/')}/{settings.s3_bucket}"
-    return f"{base}/{key}"
+    return base + "/"
+
+
+def public_url(settings: Settings, key: str) -> str:
+    return media_base_url(settings) + key
+
+
+def public_read_acl(settings: Settings) -> str | None:
+    """The canned ACL for what readers fetch. Without MEDIA_PUBLIC_URL they fetch from
+    the store itself, anonymously, so each object is made public-read (the local
+    s3proxy, MinIO, most S3 APIs); with a CDN in front the bucket stays private and the
+    CDN reads with its own grant (AWS buckets with ACLs disabled must use this, or a
+    bucket policy plus MEDIA_PUBLIC_URL set to the bucket's own URL)."""
+    return None if settings.media_public_url else "public-read"

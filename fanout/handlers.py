@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from core import events, keys, post_cache
 from core.ids import IdGenerator, id_timestamp_ms
 from core.notification_view import notification_view
+from core.object_store import media_base_url
 from core.postview import fetch_rows, full_post
 from core.settings import Settings
 from core.tiers import Tier, TierPolicy
@@ -61,6 +62,10 @@ class Deps:
     ids: IdGenerator
     policy: TierPolicy
     metrics: FanoutMetrics
+
+    @property
+    def media_base(self) -> str:
+        return media_base_url(self.settings)
 
 
 class Throttle:
@@ -184,7 +189,9 @@ class Handlers:
             d.settings.fanout_batch_size,
         )
         group = [e for e in group if e.author_id in followers]
-        posts = {r["id"]: r for r in await fetch_rows(d.db, [e.post_id for e in group])}
+        posts = {
+            r["id"]: r for r in await fetch_rows(d.db, [e.post_id for e in group], d.media_base)
+        }
         live = [e for e in group if e.post_id in posts and posts[e.post_id]["deleted_at"] is None]
         payloads = [events.live_post(full_post(posts[e.post_id])) for e in live]
         results = await d.writer.add_many(
@@ -221,7 +228,7 @@ class Handlers:
         return {e.post_id for e in group}
 
     async def post_created(self, event: events.PostCreated) -> None:
-        rows = await fetch_rows(self.d.db, [event.post_id])
+        rows = await fetch_rows(self.d.db, [event.post_id], self.d.media_base)
         if not rows or rows[0]["deleted_at"] is not None:
             return  # deleted before we got to it: nothing to deliver
         started = time.monotonic()

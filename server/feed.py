@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from core import keys, timelines
 from core.clients import gate_of
 from core.lean_redis import LeanRedis
+from core.object_store import media_base_url
 from core.recent import Recent
 from core.redis_address import RedisAddress
 from core.redis_gate import RedisUnavailable
@@ -249,7 +250,12 @@ class HomeFeed:
         )
         # Post bodies held without expiry: a body never changes (core/post_cache.py), and
         # a deleted post is told by its counters, which every page still reads from Redis.
-        self._hydrator = Hydrator(c.db, c.redis, Recent[int, bytes](c.settings.feed_held_posts))
+        self._hydrator = Hydrator(
+            c.db,
+            c.redis,
+            media_base_url(c.settings),
+            Recent[int, bytes](c.settings.feed_held_posts),
+        )
         self._following = FollowingCache(c.db, c.redis)
 
     async def close(self) -> None:

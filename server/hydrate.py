@@ -82,10 +82,15 @@ READ_VISIBLE_SCRIPT = LeanScript(READ_VISIBLE)
 
 class Hydrator:
     def __init__(
-        self, db: asyncpg.Pool, redis_client: aioredis.Redis, held: Recent[int, bytes] | None = None
+        self,
+        db: asyncpg.Pool,
+        redis_client: aioredis.Redis,
+        media_base: str,
+        held: Recent[int, bytes] | None = None,
     ) -> None:
         self._db = db
         self._redis = redis_client
+        self._media_base = media_base  # core/object_store.media_base_url
         self._held: Recent[int, bytes] = Recent(0) if held is None else held
 
     async def posts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -100,7 +105,7 @@ class Hydrator:
 
     async def from_postgres(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """As posts(), without asking Redis (a caller that just found it unavailable)."""
-        rows = await fetch_rows(self._db, ids)
+        rows = await fetch_rows(self._db, ids, self._media_base)
         return {
             r["id"]: {**post_body(r), "counts": counts(r)} for r in rows if r["deleted_at"] is None
         }
@@ -223,7 +228,7 @@ class Hydrator:
     async def _fill(self, ids: list[int]) -> dict[int, tuple[bytes, bytes]]:
         """The body and counters of the live posts among `ids`, read from Postgres and
         cached (a deleted post's tombstones, too)."""
-        rows = await fetch_rows(self._db, ids)
+        rows = await fetch_rows(self._db, ids, self._media_base)
         pipe = self._redis.pipeline(transaction=False)
         filled: dict[int, tuple[bytes, bytes]] = {}
         for row in rows:

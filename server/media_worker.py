@@ -160,8 +160,10 @@ class MediaWorker:
         base = f"media/{row['owner_id']}/{row['id']}"
         image_key = f"{base}/image.{result.image.extension}"
         preview_key = f"{base}/preview.{result.preview.extension}"
-        await self._store.put(image_key, result.image.data, result.image.content_type)
-        await self._store.put(preview_key, result.preview.data, result.preview.content_type)
+        await self._store.put(image_key, result.image.data, result.image.content_type, public=True)
+        await self._store.put(
+            preview_key, result.preview.data, result.preview.content_type, public=True
+        )
         await conn.execute(
             "UPDATE media SET status = 'ready', image_key = $2, preview_key = $3, width = $4, "
             "height = $5, blurhash = $6, processed_at = now() WHERE id = $1",

@@ -209,13 +209,23 @@ async def patch_media(request: web.Request) -> web.Response:
     raw = v.string(body, "alt_text")
     assert raw is not None
     alt = v.clean_text(raw, "alt_text", MAX_ALT_TEXT, allow_newlines=True)
-    row = await ctx(request).db.fetchrow(
+    # Attached media are part of an immutable post, whose body (alt text included) is
+    # cached for a day and held in servers' memory: alt text is set before posting.
+    db = ctx(request).db
+    owner = user_id(request)
+    row = await db.fetchrow(
         "UPDATE media m SET alt_text = $3 WHERE id = $1 AND owner_id = $2 "
-        f"RETURNING {MEDIA_COLUMNS}",
+        f"AND post_id IS NULL RETURNING {MEDIA_COLUMNS}",
         media_id,
-        user_id(request),
+        owner,
         alt,
     )
     if row is None:
+        if await db.fetchval(
+            "SELECT 1 FROM media WHERE id = $1 AND owner_id = $2", media_id, owner
+        ):
+            raise ApiError(
+                409, "media_attached", "alt text is set before the media is attached to a post"
+            )
         raise not_found("media")
     return json(media_json(row, request))

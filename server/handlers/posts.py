@@ -14,6 +14,7 @@ from aiohttp import web
 
 from core import events, timelines, topics
 from core.ids import id_timestamp_ms, min_id_for_ms
+from core.object_store import media_base_url
 from server import validation as v
 from server.context import Conn, ServerContext, ctx, user_id
 from server.errors import ApiError, invalid, not_found
@@ -235,7 +236,7 @@ async def _read_your_writes(c: ServerContext, author: int, post_id: int) -> None
 async def get_post(request: web.Request) -> web.Response:
     post_id = v.path_id(request)
     c = ctx(request)
-    posts = await Hydrator(c.db, c.redis).posts([post_id])
+    posts = await Hydrator(c.db, c.redis, media_base_url(c.settings)).posts([post_id])
     if post_id not in posts:
         raise not_found("post")
     return json(posts[post_id])
@@ -346,7 +347,7 @@ async def post_list(c: ServerContext, ids: list[int], limit: int, kind: str) -> 
     """A page of posts in the given order; `ids` holds up to limit + 1 (the +1 says more)."""
     has_more = len(ids) > limit
     page = ids[:limit]
-    posts = await Hydrator(c.db, c.redis).posts(page)
+    posts = await Hydrator(c.db, c.redis, media_base_url(c.settings)).posts(page)
     return {
         "posts": [posts[i] for i in page if i in posts],
         "next_cursor": v.encode_cursor(kind, page[-1]) if has_more else None,
