@@ -117,6 +117,10 @@ class Settings:
     # served chronologically without trying for RANKING_BREAKER_SECONDS.
     ranking_breaker_failures: int = 5
     ranking_breaker_seconds: float = 30.0
+    # Impressions of ranked first pages kept in Postgres for `python -m ranking.train
+    # --from-database` (ranking/impressions.py): false logs none; older ones are deleted.
+    ranking_log_impressions: bool = True
+    ranking_impressions_days: int = 30
 
     # Push (push/). APNs token auth: the .p8 key as PEM text or a file path.
     apns_key: str = _secret("")
@@ -256,6 +260,7 @@ class Settings:
             "ranking_snapshot_seconds",
             "ranking_breaker_failures",
             "ranking_breaker_seconds",
+            "ranking_impressions_days",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")

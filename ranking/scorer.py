@@ -43,6 +43,17 @@ class Ranked:
     id: int
     score: float
     reason: Reason
+    features: list[float]  # what the model scored (logged as an impression when shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """A ranked post as a page shows it: its JSON and its reason in words."""
+
+    id: int
+    body: bytes
+    reason: str
+    features: list[float]
 
 
 def signals(c: Candidate, f: ReaderFeatures, followees: set[int], now_ms: int) -> Signals:
@@ -71,7 +82,8 @@ def rank(
 ) -> list[Ranked]:
     now_ms = int((time.time() if now is None else now) * 1000)
     sigs = [signals(c, features, followees, now_ms) for c in candidates]
-    scores = model.score([vector(s) for s in sigs])
+    vectors = [vector(s) for s in sigs]
+    scores = model.score(vectors)
     order = sorted(
         range(len(candidates)),
         key=lambda i: (sigs[i].seen, -scores[i], -candidates[i].id),
@@ -81,8 +93,11 @@ def rank(
         c.id: _reason(reader, c, s, features, followees)
         for c, s in zip(candidates, sigs, strict=True)
     }
-    by_id = {c.id: scores[i] for i, c in enumerate(candidates)}
-    return [Ranked(c.id, by_id[c.id], reasons[c.id]) for c in diversify(kept)]
+    index = {c.id: i for i, c in enumerate(candidates)}
+    return [
+        Ranked(c.id, scores[index[c.id]], reasons[c.id], vectors[index[c.id]])
+        for c in diversify(kept)
+    ]
 
 
 def _once_per_original(ordered: list[Candidate]) -> list[Candidate]:

@@ -1,35 +1,47 @@
 """`python -m ranking.train`: fit the ranked feed's model and write its file.
 
 Impressions (what a reader was shown, labelled by whether they engaged within a day) come
-from the seeded simulation of ranking/simulate.py; the first three quarters of its hours
-train, the last quarter is held out. A logistic regression (L2, Newton's method: exact and
-deterministic) is fitted on standardised features. Printed: held-out AUC of the
-impressions, and NDCG@20 of the held-out sessions ordered by the model beside the same
-sessions in chronological order. Same seed, same bytes in the model file.
+from the seeded simulation of ranking/simulate.py (the shipped model), or with
+`--from-database` from the ranked pages real readers were shown (ranking/impressions.py);
+the older three quarters train, the newest quarter is held out. A logistic regression
+(L2, Newton's method: exact and deterministic) is fitted on standardised features.
+Printed: held-out AUC of the impressions, and NDCG@20 of the held-out sessions ordered
+by the model beside the same sessions in chronological order. Same seed, same bytes in
+the model file.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import datetime as dt
 import hashlib
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 from numpy.typing import NDArray
 
+from core.settings import Settings
 from ranking.features import FEATURES
+from ranking.impressions import load_sessions
 from ranking.model import SHIPPED_MODEL, Model
 from ranking.simulate import Config, Session, simulate
 
 Array = NDArray[np.float64]
+MIN_SESSIONS = 20
 TRAIN_FRACTION = 0.75
 L2 = 1e-2
 NEWTON_STEPS = 25
 K = 20
+
+
+class TrainingError(Exception):
+    """Not enough data to fit a model that means anything."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,15 +100,23 @@ def ndcg(labels_in_order: list[int], k: int = K) -> float | None:
 
 
 def train(config: Config) -> Result:
+    """Fit on the seeded simulation: its first TRAIN_FRACTION of hours train."""
     sessions = simulate(config)
     cut = config.hours * TRAIN_FRACTION
-    train_sessions = [s for s in sessions if s.hour <= cut]
+    train_on = [s for s in sessions if s.hour <= cut]
     held_out = [s for s in sessions if s.hour > cut]
-    x, y = _impressions(train_sessions)
+    return fit_sessions(train_on, held_out, f"lr-sim{config.seed}")
+
+
+def fit_sessions(train_on: list[Session], held_out: list[Session], origin: str) -> Result:
+    """The model fitted on `train_on`'s impressions, with its metrics on `held_out`."""
+    x, y = _impressions(train_on)
+    if len(set(y.tolist())) < 2:
+        raise TrainingError("the training impressions need both engaged and ignored ones")
     mean, scale, weights, bias = fit(x, y)
     digest = hashlib.sha256(np.concatenate([mean, scale, weights, [bias]]).tobytes())
     model = Model(
-        version=f"lr-sim{config.seed}-{digest.hexdigest()[:12]}",
+        version=f"{origin}-{digest.hexdigest()[:12]}",
         features=list(FEATURES),
         mean=[round(float(v), 12) for v in mean],
         scale=[round(float(v), 12) for v in scale],
@@ -117,11 +137,29 @@ def train(config: Config) -> Result:
             chronological.append(by_time)
     metrics = {
         "auc": round(held_auc, 6),
-        "ndcg20": round(float(np.mean(ranked)), 6),
-        "ndcg20_chronological": round(float(np.mean(chronological)), 6),
+        "ndcg20": round(float(np.mean(ranked)), 6) if ranked else math.nan,
+        "ndcg20_chronological": round(float(np.mean(chronological)), 6) if ranked else math.nan,
     }
     model = dataclasses.replace(model, metrics=metrics)
     return Result(model, held_auc, metrics["ndcg20"], metrics["ndcg20_chronological"], len(y))
+
+
+async def train_from_database(database_url: str, days: int) -> Result:
+    """Fit on the logged impressions of the last `days` (ranking/impressions.py): the
+    oldest TRAIN_FRACTION of ranked pages train, the newest are held out."""
+    now = dt.datetime.now(dt.UTC)
+    conn = await asyncpg.connect(database_url)
+    try:
+        sessions = await load_sessions(conn, now - dt.timedelta(days=days), now)
+    finally:
+        await conn.close()
+    if len(sessions) < MIN_SESSIONS:
+        raise TrainingError(
+            f"{len(sessions)} ranked pages with final labels (a day old) in the last {days} "
+            f"days; at least {MIN_SESSIONS} are needed"
+        )
+    cut = int(len(sessions) * TRAIN_FRACTION)
+    return fit_sessions(sessions[:cut], sessions[cut:], "lr-db")
 
 
 def _impressions(sessions: list[Session]) -> tuple[Array, Array]:
@@ -139,8 +177,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=defaults.users)
     parser.add_argument("--hours", type=int, default=defaults.hours)
     parser.add_argument("--out", type=Path, default=SHIPPED_MODEL, help="the model file")
+    parser.add_argument(
+        "--from-database",
+        action="store_true",
+        help="fit on the impressions logged in DATABASE_URL instead of the simulation",
+    )
+    parser.add_argument(
+        "--days", type=int, default=30, help="with --from-database: how far back to read"
+    )
     args = parser.parse_args(argv)
-    result = train(Config(seed=args.seed, users=args.users, hours=args.hours))
+    try:
+        if args.from_database:
+            url = Settings.from_env().database_url
+            result = asyncio.run(train_from_database(url, args.days))
+        else:
+            result = train(Config(seed=args.seed, users=args.users, hours=args.hours))
+    except TrainingError as exc:
+        print(f"ranking.train: {exc}", file=sys.stderr)
+        return 2
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_bytes(result.model.dumps() + b"\n")
     tmp.replace(args.out)  # atomic: a server reloading it never reads half a file

@@ -101,7 +101,11 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     # The relay restarts in place: its rows wait in Postgres, and a relay that merely
     # waits for another server's lock is running, not down. Its own loop retries what
     # it expects (Postgres, Kafka away); anything else ends it and is restarted here.
-    async with app[SUPERVISOR].running(lease.child(), Child("outbox-relay", relay.run)):
+    children = [lease.child(), Child("outbox-relay", relay.run)]
+    impressions = app[RANKED].impressions
+    if impressions is not None:
+        children.append(Child("ranking-impressions", impressions.run))
+    async with app[SUPERVISOR].running(*children):
         yield
     await app[FEED].close()
     await lease.release()

@@ -24,8 +24,10 @@ from aiohttp import web
 from core import keys
 from core.ids import id_timestamp_ms
 from core.settings import Settings
+from core.stats import LatencyWindow
 from ranking import scorer
 from ranking.breaker import Breaker
+from ranking.impressions import Impression, ImpressionLog
 from ranking.model import SHIPPED_MODEL, Model, ModelHolder
 from ranking.store import FeatureStore
 from server import validation as v
@@ -53,6 +55,12 @@ class RankedFeed:
         self._candidates = s.ranking_candidates
         self._window_ms = s.ranking_window_hours * 3_600_000
         self._ttl = s.ranking_snapshot_seconds
+        # Written by a supervised task of the API server (server/app.py).
+        self.impressions = (
+            ImpressionLog(c.db, s.ranking_impressions_days) if s.ranking_log_impressions else None
+        )
+        # Recent ranking times for the ops dashboard's p50/p99 (server/stats.py).
+        self.latency = LatencyWindow()
 
     async def page(self, user: int, cursor: tuple[int, ...] | None, limit: int) -> bytes | None:
         """A ranked page's body, or None: serve the chronological page instead."""
@@ -82,7 +90,7 @@ class RankedFeed:
             return None
         started = time.perf_counter()
         cause = "error"
-        ranked: list[tuple[int, bytes, str]] | None = None
+        ranked: list[scorer.Shown] | None = None
         try:
             async with asyncio.timeout(self._budget):
                 ranked = await self._rank(model, user)
@@ -93,6 +101,7 @@ class RankedFeed:
             log.warning("ranking the feed of %d failed: %r", user, exc)
         elapsed = time.perf_counter() - started
         self._metrics.ranker_seconds.observe(elapsed)
+        self.latency.add(elapsed * 1000)
         if cause == "ok" and elapsed > self._budget:
             cause = "budget"  # scoring itself (no await) ran past the deadline
         if cause != "ok":
@@ -104,21 +113,28 @@ class RankedFeed:
             self._fallback("no_candidates")
             return None
         token = secrets.randbits(48)
-        snapshot = orjson.dumps([[post_id, reason] for post_id, _, reason in ranked])
+        snapshot = orjson.dumps([[r.id, r.reason] for r in ranked])
+        shown = ranked[:limit]
         try:
             await self._c.redis.set(keys.ranking_snapshot(user, token), snapshot, ex=self._ttl)
-            shown = ranked[:limit]
-            await self.store.log_impressions(user, [post_id for post_id, _, _ in shown])
+            await self.store.log_impressions(user, [r.id for r in shown])
         except Exception as exc:  # noqa: BLE001 - ranking never fails a feed page
             log.warning("ranked snapshot of %d not stored: %r", user, exc)
             self._fallback("error")
             return None
+        if self.impressions is not None:
+            self.impressions.add(
+                [
+                    Impression(user, r.id, token, position, model.version, r.features)
+                    for position, r in enumerate(shown)
+                ]
+            )
         self._metrics.ranked_pages.labels("ranked", "ok").inc()
         more = len(ranked) > limit
-        return _body([(body, reason) for _, body, reason in shown], token, limit, more)
+        return _body([(r.body, r.reason) for r in shown], token, limit, more)
 
-    async def _rank(self, model: Model, user: int) -> list[tuple[int, bytes, str]]:
-        """(id, JSON, reason) of every candidate, best first."""
+    async def _rank(self, model: Model, user: int) -> list[scorer.Shown]:
+        """Every candidate, best first."""
         page = await self._feed.page(user, None, self._candidates)
         now = time.time()
         oldest = int(now * 1000) - self._window_ms
@@ -148,7 +164,12 @@ class RankedFeed:
             handles = {r["id"]: r["handle"] for r in rows}
         by_id = {c.id: c for c in candidates}
         return [
-            (r.id, bodies[r.id], scorer.reason_text(r.reason, by_id[r.id].handle, handles))
+            scorer.Shown(
+                r.id,
+                bodies[r.id],
+                scorer.reason_text(r.reason, by_id[r.id].handle, handles),
+                r.features,
+            )
             for r in ranked
         ]
 
