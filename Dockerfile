@@ -12,6 +12,7 @@ COPY gateway gateway
 COPY fanout fanout
 COPY push push
 COPY web web
+COPY ranking ranking
 ENV PATH="/app/.venv/bin:$PATH"
 USER nobody
 CMD ["python", "-m", "server"]

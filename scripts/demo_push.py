@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 API = f"http://127.0.0.1:{os.environ.get('SERVER_PORT', '8080')}"
-# What `python -m push.standins` wrote; STANDINS_ENV points elsewhere (a second demo).
+# What `python -m standins` wrote; STANDINS_ENV points elsewhere (a second demo).
 STANDINS_ENV = Path(os.environ.get("STANDINS_ENV", ROOT / ".stack" / "standins" / "standins.env"))
 WAIT_SECONDS = 30
 

@@ -11,7 +11,7 @@ the gateways (they resume clients by asking the API server), then fan-out and pu
 service that fails its first start stops everything (a port in use, a bad setting: a
 restart would not help); after that, every exit is a restart (scripts/supervise/).
 
-Demo mode (--demo) starts `python -m push.standins` first (fake APNs and Web Push services
+Demo mode (--demo) starts `python -m standins` first (fake APNs and Web Push services
 that speak the real protocols, decrypt and record what they get) and points the push
 worker at them, so `scripts/demo_push.py` can show pushes happening end to end.
 
@@ -97,7 +97,7 @@ def steps(env: dict[str, str], demo: bool) -> list[list[Service]]:
 def standins_service() -> Service:
     return Service(
         "standins",
-        "push.standins",
+        "standins",
         STANDINS_PORTS["control"],
         COLORS[4],
         args=(

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.settings import Settings
-from push.standins.fcm import registration_token
+from standins.fcm import registration_token
 from server.handlers.devices import MAX_DEVICES
 from tests.support.api import error_of, sign_up
 from tests.support.api_server import serve_api

@@ -26,9 +26,9 @@ from gateway.app import create_app as create_gateway
 from gateway.handlers import NODE
 from push.dispatcher import Dispatcher
 from push.metrics import PushMetrics
-from push.standins.apns import ApnsAnswer, ApnsStandin
-from push.standins.tls import LocalCA
-from push.standins.webpush import WebPushAnswer, WebPushStandin
+from standins.apns import ApnsAnswer, ApnsStandin
+from standins.tls import LocalCA
+from standins.webpush import WebPushAnswer, WebPushStandin
 from tests.support import standins
 from tests.support.api import User, follow, post, sign_up
 from tests.support.live import ws_json

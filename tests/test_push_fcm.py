@@ -19,17 +19,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from core.settings import SettingsError
 from push.providers import Outcome
 from push.providers.fcm import FcmMessage, FcmSender
-from push.standins.__main__ import control_app
-from push.standins.apns import ApnsStandin
-from push.standins.fcm import (
+from standins.__main__ import control_app
+from standins.apns import ApnsStandin
+from standins.fcm import (
     GOOGLE_OAUTH_AUDIENCE,
     JWT_BEARER,
     FcmAnswer,
     FcmStandin,
     registration_token,
 )
-from push.standins.tls import LocalCA
-from push.standins.webpush import WebPushStandin
+from standins.tls import LocalCA
+from standins.webpush import WebPushStandin
 from tests.support import standins as support
 from tests.support.standins import push_settings, silent_server
 

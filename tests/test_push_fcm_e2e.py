@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from core import keys
 from core.settings import Settings
 from gateway.app import create_app as create_gateway
-from push.standins.fcm import FcmAnswer, FcmReceived, FcmStandin, registration_token
-from push.standins.tls import LocalCA
+from standins.fcm import FcmAnswer, FcmReceived, FcmStandin, registration_token
+from standins.tls import LocalCA
 from tests.support import standins
 from tests.support.api import User, follow, post, sign_up
 from tests.support.live import ws_json

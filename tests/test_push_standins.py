@@ -30,9 +30,9 @@ from core.settings import SettingsError
 from push.providers import Outcome, parse_retry_after
 from push.providers.apns import ApnsPush, ApnsSender
 from push.providers.webpush import WebPushMessage, WebPushSender
-from push.standins.apns import ApnsAnswer, ApnsStandin
-from push.standins.tls import LocalCA
-from push.standins.webpush import WebPushAnswer, WebPushStandin
+from standins.apns import ApnsAnswer, ApnsStandin
+from standins.tls import LocalCA
+from standins.webpush import WebPushAnswer, WebPushStandin
 from tests.support import standins as support
 from tests.support.standins import h2_post, push_settings, silent_server
 

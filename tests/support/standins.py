@@ -25,10 +25,10 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 
 from core.settings import Settings
-from push.standins.apns import ApnsStandin
-from push.standins.fcm import FcmStandin
-from push.standins.tls import LocalCA
-from push.standins.webpush import WebPushStandin
+from standins.apns import ApnsStandin
+from standins.fcm import FcmStandin
+from standins.tls import LocalCA
+from standins.webpush import WebPushStandin
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def push_settings(
     fcm: FcmStandin | None = None,
     **changes: Any,
 ) -> Settings:
-    """Settings pointing the push adapters at the stand-ins (as `python -m push.standins`
+    """Settings pointing the push adapters at the stand-ins (as `python -m standins`
     prints them for the push worker)."""
     settings = Settings(
         push_ca_file=str(ca.ca_file), push_allow_loopback=True, push_timeout_seconds=5.0

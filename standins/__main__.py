@@ -1,6 +1,6 @@
 """Run the stand-ins in one process (the demo mode of the run command):
 
-    python -m push.standins --dir .stack/standins [--control-port 8090]
+    python -m standins --dir .stack/standins [--control-port 8090]
         [--apns-port N] [--webpush-port N] [--fcm-port N] [--host 127.0.0.1]
         [--topic com.example.feed] [--fcm-project feed-standin]
 
@@ -35,10 +35,10 @@ from typing import Any
 
 from aiohttp import web
 
-from push.standins.apns import ApnsAnswer, ApnsStandin
-from push.standins.fcm import FcmAnswer, FcmStandin, registration_token
-from push.standins.tls import LocalCA
-from push.standins.webpush import WebPushAnswer, WebPushStandin
+from standins.apns import ApnsAnswer, ApnsStandin
+from standins.fcm import FcmAnswer, FcmStandin, registration_token
+from standins.tls import LocalCA
+from standins.webpush import WebPushAnswer, WebPushStandin
 
 MAX_ANSWERS = 1000  # per script call: a demo control API, not a load generator
 
@@ -191,7 +191,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m push.standins", description=__doc__.split("\n\n")[0]
+        prog="python -m standins", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--dir", required=True, type=Path, help="where the CA and keys go")
     parser.add_argument("--host", default="127.0.0.1")

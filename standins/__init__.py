@@ -1,5 +1,5 @@
 """Local stand-ins for Apple's, Google's and the browsers' push services, speaking the
-real protocols, for tests and the demo (`python -m push.standins --dir <dir>`).
+real protocols, for tests and the demo (`python -m standins --dir <dir>`).
 
 - apns.py: HTTP/2 over TLS with a provider JWT (ES256), Apple's headers and reasons.
 - fcm.py: HTTPS, Google's OAuth 2.0 jwt-bearer grant (RS256 service-account assertion)

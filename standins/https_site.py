@@ -9,7 +9,7 @@ from typing import Self
 
 from aiohttp import web
 
-from push.standins.tls import LocalCA
+from standins.tls import LocalCA
 
 MAX_BODY = 64 * 1024
 

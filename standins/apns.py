@@ -38,8 +38,8 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
-from push.standins import Inbox
-from push.standins.tls import LocalCA
+from standins import Inbox
+from standins.tls import LocalCA
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_COLLAPSE_ID_BYTES = 64

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import jwt as vapid_jwt
 
-from push.standins import Inbox
-from push.standins.https_site import HttpsSite
-from push.standins.tls import LocalCA
+from standins import Inbox
+from standins.https_site import HttpsSite
+from standins.tls import LocalCA
 
 MAX_BODY_BYTES = 4096
 MAX_VAPID_LIFETIME = 24 * 3600

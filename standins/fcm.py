@@ -28,9 +28,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from push.standins import Inbox
-from push.standins.https_site import HttpsSite
-from push.standins.tls import LocalCA
+from standins import Inbox
+from standins.https_site import HttpsSite
+from standins.tls import LocalCA
 
 # What google-auth (and every Google client) puts in `aud`, whichever token_uri it posts to.
 GOOGLE_OAUTH_AUDIENCE = "https://oauth2.googleapis.com/token"
