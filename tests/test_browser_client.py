@@ -5,32 +5,31 @@ compose counter and the server's error messages. Screenshots go to artifacts/.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, WebSocketRoute, expect
+from playwright.async_api import Browser, WebSocketRoute, expect
 
 from core.auth import TokenSigner
 from core.settings import Settings
 from tests.support.api import User, new_handle
 from tests.support.browser import (
     Api,
+    client_system,
     expect_live,
     feed_post,
     feed_texts,
+    opened,
     screenshot,
     sign_in,
     sign_up,
 )
-from tests.support.env import free_port
-from tests.support.system import System, chromium, running_system
+from tests.support.system import System, chromium
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -41,17 +40,8 @@ expect.set_options(timeout=15_000)
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def system(settings: Settings) -> AsyncIterator[System]:
-    """The server tells the page where the gateway is (PUBLIC_STREAM_URL), and the gateway
-    accepts live connections from the page's origin only, as in production."""
-    gateway_port = free_port()
-    configured = dataclasses.replace(settings, public_stream_url=f"http://127.0.0.1:{gateway_port}")
-    async with running_system(configured, services=("server",)) as system:
-        system.settings = dataclasses.replace(
-            system.settings, gateway_allowed_origins=system.api_url
-        )
-        system.start("gateway", port=gateway_port)
-        system.start("fanout")
-        yield system
+    async with client_system(settings) as running:
+        yield running
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -64,27 +54,6 @@ async def browser() -> AsyncIterator[Browser]:
 async def api(system: System) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(session, system.api_url)
-
-
-@asynccontextmanager
-async def opened(
-    browser: Browser, system: System, *, init_script: str = "", **options: object
-) -> AsyncIterator[tuple[BrowserContext, Page]]:
-    """A fresh browser context (its own localStorage) on the client's page; fails the
-    test on any uncaught script error."""
-    context = await browser.new_context(**options)  # type: ignore[arg-type]
-    if init_script:
-        await context.add_init_script(init_script)
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(system.api_url + "/")
-    await expect(page.locator("body")).to_have_attribute("data-ready", "true")
-    try:
-        yield context, page
-    finally:
-        await context.close()
-    assert errors == []
 
 
 async def test_follow_post_and_like_live_between_two_browsers(

@@ -3,14 +3,19 @@ API client for the other side of a conversation and screenshot saving."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 
+from core.settings import Settings
 from tests.support.api import User, new_handle
-from tests.support.system import ARTIFACTS, publish_screenshot
+from tests.support.env import free_port
+from tests.support.system import ARTIFACTS, System, publish_screenshot, running_system
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 PASSWORD = "correct horse battery"
@@ -94,3 +99,40 @@ async def screenshot(page: Page, name: str, *, for_readme: bool = False) -> Path
     if for_readme:
         publish_screenshot(path, "client.png")
     return path
+
+
+@asynccontextmanager
+async def client_system(settings: Settings) -> AsyncIterator[System]:
+    """Server, gateway and fan-out for the web client, as in production: the server tells
+    the page where the gateway is (PUBLIC_STREAM_URL), and the gateway accepts live
+    connections from the page's origin only."""
+    gateway_port = free_port()
+    configured = dataclasses.replace(settings, public_stream_url=f"http://127.0.0.1:{gateway_port}")
+    async with running_system(configured, services=("server",)) as system:
+        system.settings = dataclasses.replace(
+            system.settings, gateway_allowed_origins=system.api_url
+        )
+        system.start("gateway", port=gateway_port)
+        system.start("fanout")
+        yield system
+
+
+@asynccontextmanager
+async def opened(
+    browser: Browser, system: System, *, init_script: str = "", **options: object
+) -> AsyncIterator[tuple[BrowserContext, Page]]:
+    """A fresh browser context (its own localStorage) on the client's page; fails the
+    test on any uncaught script error."""
+    context = await browser.new_context(**options)  # type: ignore[arg-type]
+    if init_script:
+        await context.add_init_script(init_script)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(system.api_url + "/")
+    await expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    try:
+        yield context, page
+    finally:
+        await context.close()
+    assert errors == []

@@ -75,10 +75,24 @@ export function client(token) {
   const call = (method, path, options = {}) => request(method, path, { ...options, token });
   const enc = encodeURIComponent;
   return {
-    feed: (cursor) => call("GET", "/v1/feed", { query: { cursor, limit: 20 } }),
+    // The chronological feed is the server's default: asked for without `algorithm`, so
+    // its request stays on the server's fast path (server/feed_request.py).
+    feed: (cursor, algorithm) =>
+      call("GET", "/v1/feed", {
+        query: { cursor, limit: 20, algorithm: algorithm === "ranked" ? "ranked" : undefined },
+      }),
     post: (id) => call("GET", `/v1/posts/${enc(id)}`),
-    createPost: (text, idempotencyKey) =>
-      call("POST", "/v1/posts", { body: { text, idempotency_key: idempotencyKey } }),
+    createPost: (text, idempotencyKey, mediaIds = []) =>
+      call("POST", "/v1/posts", {
+        body: mediaIds.length
+          ? { text, idempotency_key: idempotencyKey, media_ids: mediaIds }
+          : { text, idempotency_key: idempotencyKey },
+      }),
+    createMedia: (contentType, size) =>
+      call("POST", "/v1/media", { body: { content_type: contentType, size } }),
+    media: (id) => call("GET", `/v1/media/${enc(id)}`),
+    setAltText: (id, altText) =>
+      call("PATCH", `/v1/media/${enc(id)}`, { body: { alt_text: altText } }),
     deletePost: (id) => call("DELETE", `/v1/posts/${enc(id)}`),
     like: (id) => call("POST", `/v1/posts/${enc(id)}/like`),
     unlike: (id) => call("DELETE", `/v1/posts/${enc(id)}/like`),

@@ -2,6 +2,7 @@
 // URL hash, and the glue between the API, the live stream and the lists in the page.
 
 import { ApiError, client, clientConfig, session, signIn, signUp } from "./api.js";
+import { Attachments, MAX_ATTACHMENTS, bindViewer } from "./media.js";
 import { NotificationList, PostList, newerThan, notificationText } from "./posts.js";
 import { enablePush, forgetDevice } from "./push.js";
 import { LiveStream } from "./stream.js";
@@ -10,6 +11,7 @@ import { POST_MAX_CHARS, checkPost, validHandle } from "./text.js";
 const $ = (id) => document.getElementById(id);
 const LIKES_KEY = "feed.likes.";
 const MAX_REMEMBERED_LIKES = 2000;
+const ALGORITHM_KEY = "feed.algorithm."; // + user id: the tab this person last chose
 
 const app = {
   me: null, // {user_id, handle, token}
@@ -17,6 +19,7 @@ const app = {
   stream: null,
   streamUrl: null,
   since: null, // newest post id the feed or the stream gave us: where a resume starts
+  algorithm: "chronological", // the home feed's tab: "ranked" (For you) or "chronological"
   likes: new Set(),
   view: null,
   unread: 0,
@@ -155,11 +158,15 @@ function noteSince(id) {
   if (id && newerThan(id, app.since)) app.since = id;
 }
 
+// A ranked page keeps the server's order (each page after the last); a chronological one
+// is ordered by id. A ranked first page is not newest first: its newest id is searched.
 const feedPager = new Pager(
-  (cursor) => app.api.feed(cursor),
+  (cursor) => app.api.feed(cursor, app.algorithm),
   (page, first) => {
-    for (const post of page.posts) feed.add(post);
-    if (first && page.posts.length) noteSince(page.posts[0].id);
+    const ranked = app.algorithm === "ranked";
+    for (const post of page.posts) feed.add(post, ranked ? "end" : "by-id");
+    if (first) for (const post of page.posts) noteSince(post.id);
+    if (first) showFallback(ranked && page.algorithm === "chronological");
     show($("feed-empty"), feed.size === 0);
     show($("feed-end"), !feedPager.hasMore && feed.size > 0);
     requestAnimationFrame(loadMoreIfNearEnd);
@@ -186,6 +193,54 @@ async function reloadFeed({ clear }) {
 
 let feedStale = false;
 
+// A ranked request the server answered chronologically (no model, ranking too slow or
+// failing): said quietly, the feed is still the feed.
+function showFallback(fellBack) {
+  const note = $("feed-note");
+  note.textContent = fellBack
+    ? "Showing the latest posts from people you follow: “For you” is not available right now."
+    : "";
+  show(note, fellBack);
+}
+
+function loadAlgorithm() {
+  const saved = localStorage.getItem(ALGORITHM_KEY + app.me.user_id);
+  app.algorithm = saved === "ranked" ? "ranked" : "chronological";
+  renderTabs();
+}
+
+function renderTabs() {
+  for (const tab of document.querySelectorAll("#home-view [role=tab]")) {
+    const selected = tab.dataset.algorithm === app.algorithm;
+    tab.setAttribute("aria-selected", String(selected));
+    tab.tabIndex = selected ? 0 : -1; // one tab stop; arrows move between the tabs
+  }
+}
+
+async function chooseAlgorithm(algorithm) {
+  if (!app.me || algorithm === app.algorithm) return;
+  app.algorithm = algorithm;
+  localStorage.setItem(ALGORITHM_KEY + app.me.user_id, algorithm);
+  renderTabs();
+  showFallback(false);
+  await reloadFeed({ clear: true });
+}
+
+function onTabKey(event) {
+  if (event.key !== "ArrowLeft" && event.key !== "ArrowRight") return;
+  const tabs = [...document.querySelectorAll("#home-view [role=tab]")];
+  const at = tabs.indexOf(event.target);
+  const next = tabs[(at + (event.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+  next.focus();
+  chooseAlgorithm(next.dataset.algorithm);
+}
+
+// Where a post that was not on any page goes: by id in the chronological feed; at the top
+// of a ranked one (what arrives live is the newest, whatever its rank would be).
+function liveAdd(post) {
+  return feed.add(post, app.algorithm === "ranked" ? "top" : "by-id");
+}
+
 // -- the live stream ----------------------------------------------------------------
 
 const STATE_TEXT = { connecting: "Connecting", live: "Live", reconnecting: "Reconnecting", offline: "Offline" };
@@ -201,7 +256,7 @@ function onStreamState(state, detail, transport = "") {
 function onStreamEvent(event) {
   if (event.type === "post" && event.data) {
     noteSince(event.id);
-    if (feed.add(event.data)) {
+    if (liveAdd(event.data)) {
       show($("feed-empty"), false);
       announce("", event.data.author.handle);
     }
@@ -294,17 +349,49 @@ async function deletePost(id) {
   if (done) everyList((list) => list.remove(id));
 }
 
+let viewImage = null; // (url, alt): the dialog's opener, bound at start
+
 function onListClick(event) {
   const button = event.target.closest("button[data-action]");
   if (!button) return;
   const id = button.closest("li[data-id]").dataset.id;
   if (button.dataset.action === "like") toggleLike(id, button);
   else if (button.dataset.action === "delete") deletePost(id);
+  else if (button.dataset.action === "view-media") viewImage(button.dataset.full, button.dataset.alt);
 }
 
 // -- compose ------------------------------------------------------------------------
 
-let composeKey = null; // the same key while the same text is retried
+let composeKey = null; // the same key while the same text and images are retried
+
+const attachments = new Attachments({
+  list: $("attachments"),
+  api: () => app.api,
+  onChange: () => {
+    composeKey = null;
+    updateCounter();
+  },
+});
+
+function attachFiles(files) {
+  $("compose-error").textContent = attachments.add(files); // what was left out, and why
+}
+
+// Pasting an image (a screenshot, a copied picture) attaches it.
+function onPaste(event) {
+  const files = [...(event.clipboardData ? event.clipboardData.files : [])];
+  if (files.length === 0) return;
+  event.preventDefault();
+  attachFiles(files);
+}
+
+// The post button waits for every image to be ready; a failed one must be removed.
+function mediaProblem() {
+  const media = attachments.state();
+  if (media.failed) return "Remove the image that could not be attached.";
+  if (media.pending) return media.pending === 1 ? "Waiting for the image…" : "Waiting for the images…";
+  return "";
+}
 
 function updateCounter() {
   const raw = $("compose-text").value;
@@ -314,32 +401,42 @@ function updateCounter() {
   counter.dataset.remaining = String(check.remaining);
   counter.classList.toggle("over", check.remaining < 0);
   counter.classList.toggle("near", check.remaining >= 0 && check.remaining <= 20);
-  $("compose-problem").textContent = raw.trim() === "" ? "" : check.problem;
-  $("compose-submit").disabled = !check.ok;
-  return check;
+  const media = attachments.state();
+  const waiting = media.pending > 0 || media.failed > 0;
+  const textProblem = raw.trim() === "" ? "" : check.problem;
+  const problem = $("compose-problem");
+  problem.textContent = textProblem || mediaProblem();
+  problem.classList.toggle("waiting", !textProblem && !media.failed && media.pending > 0);
+  $("compose-submit").disabled = !check.ok || waiting;
+  $("attach").disabled = media.count >= MAX_ATTACHMENTS;
+  return { ...check, ok: check.ok && !waiting };
 }
 
 async function submitPost(event) {
   event.preventDefault();
   const check = updateCounter();
   if (!check.ok) {
-    $("compose-problem").textContent = check.problem;
+    $("compose-problem").textContent = check.problem || mediaProblem();
     return;
   }
   composeKey = composeKey || idempotencyKey();
   $("compose-submit").disabled = true;
-  const created = await guarded($("compose-error"), () => app.api.createPost(check.text, composeKey));
+  const created = await guarded($("compose-error"), async () => {
+    await attachments.saveAltTexts();
+    return app.api.createPost(check.text, composeKey, attachments.ids());
+  });
   if (!created) {
     updateCounter();
     return;
   }
-  composeKey = null;
   $("compose-text").value = "";
+  attachments.clear();
+  composeKey = null;
   updateCounter();
   announce("Posted.");
   // The author's own post is not streamed back to them: read it and show it now.
   const post = await guarded(null, () => app.api.post(created.post_id));
-  if (post && feed.add(post)) show($("feed-empty"), false);
+  if (post && liveAdd(post)) show($("feed-empty"), false);
 }
 
 // -- profile --------------------------------------------------------------------------
@@ -480,6 +577,7 @@ async function enter(me) {
   app.api = client(me.token);
   app.since = null;
   loadLikes();
+  loadAlgorithm();
   document.body.dataset.signedIn = "true";
   $("me-link").href = `#/u/${encodeURIComponent(me.handle)}`;
   $("me-link").textContent = "Profile";
@@ -501,6 +599,8 @@ function signOut(message) {
   session.clear();
   if (api && me) forgetDevice(api, me.user_id).catch(() => {});
   for (const list of lists) list.clear();
+  attachments.clear();
+  showFallback(false);
   notes.items.clear();
   $("notes").replaceChildren();
   for (const pager of [feedPager, notesPager, profilePager, searchPager]) pager.reset();
@@ -586,6 +686,17 @@ function bind() {
   $("compose-text").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("compose").requestSubmit();
   });
+  $("compose-text").addEventListener("paste", onPaste);
+  $("attach").addEventListener("click", () => $("compose-files").click());
+  $("compose-files").addEventListener("change", (event) => {
+    attachFiles([...event.target.files]);
+    event.target.value = ""; // the same file can be chosen again after a removal
+  });
+  for (const tab of document.querySelectorAll("#home-view [role=tab]")) {
+    tab.addEventListener("click", () => chooseAlgorithm(tab.dataset.algorithm));
+    tab.addEventListener("keydown", onTabKey);
+  }
+  viewImage = bindViewer($("viewer"));
   $("follow").addEventListener("click", toggleFollow);
   $("search").addEventListener("submit", submitSearch);
   $("push-enable").addEventListener("click", onEnablePush);

@@ -1,6 +1,9 @@
 // Lists of posts and notifications in the page: one element per id (a post that arrives
 // twice, from the feed and the stream, is shown once), kept newest first by id. Text is
-// always set as text, never parsed as HTML.
+// always set as text, never parsed as HTML. A post's images are a grid of previews, each
+// on its blurhash until the preview has loaded.
+
+import { decode as decodeBlurhash } from "./vendor/blurhash.js";
 
 const MENTION = /(@[A-Za-z0-9_]{1,15})(?![A-Za-z0-9_])/g;
 
@@ -71,6 +74,75 @@ function likeButton(post, liked) {
   return button;
 }
 
+const BLUR_SIZE = 32; // the placeholder is tiny, and stretched by CSS: it is a blur
+
+// The blurhash painted on a small canvas under the image; null when there is none or it
+// does not decode (the tile's background colour stands in).
+function blurCanvas(media) {
+  if (!media.blurhash || !media.width || !media.height) return null;
+  const height = Math.max(1, Math.round((BLUR_SIZE * media.height) / media.width));
+  let pixels;
+  try {
+    pixels = decodeBlurhash(media.blurhash, BLUR_SIZE, Math.min(height, BLUR_SIZE * 4));
+  } catch {
+    return null;
+  }
+  const canvas = el("canvas", { class: "blur", "aria-hidden": "true" });
+  canvas.width = BLUR_SIZE;
+  canvas.height = pixels.length / 4 / BLUR_SIZE;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(canvas.width, canvas.height);
+  image.data.set(pixels);
+  context.putImageData(image, 0, 0);
+  return canvas;
+}
+
+function mediaTile(media, index, count) {
+  const img = document.createElement("img");
+  // Before src: an image given a src while detached would start loading at once.
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.alt = media.alt_text || "";
+  if (media.width && media.height) {
+    img.width = media.width;
+    img.height = media.height;
+  }
+  img.src = media.preview_url || media.url;
+  const tile = el(
+    "button",
+    {
+      type: "button",
+      class: "tile",
+      "data-action": "view-media",
+      "data-full": media.url || media.preview_url,
+      "data-alt": media.alt_text || "",
+      // Without alt text the button still needs a name.
+      "aria-label": media.alt_text
+        ? `View image: ${media.alt_text}`
+        : `View image ${index + 1} of ${count}`,
+    },
+    blurCanvas(media),
+    img,
+  );
+  // The image fades in over its blurhash once it has loaded (a cached one at once).
+  if (img.complete && img.naturalWidth) tile.classList.add("loaded");
+  else img.addEventListener("load", () => tile.classList.add("loaded"), { once: true });
+  if (count === 1 && media.width && media.height) {
+    tile.style.aspectRatio = `${media.width} / ${media.height}`;
+  }
+  return tile;
+}
+
+export function mediaGrid(media) {
+  if (!Array.isArray(media) || media.length === 0) return null;
+  const shown = media.slice(0, 4);
+  return el(
+    "div",
+    { class: `media-grid n${shown.length}` },
+    ...shown.map((m, i) => mediaTile(m, i, shown.length)),
+  );
+}
+
 export function renderPost(post, { liked, mine }) {
   const label = `post-${post.id}`;
   const article = el(
@@ -83,7 +155,10 @@ export function renderPost(post, { liked, mine }) {
       el("span", { class: "sep", "aria-hidden": "true", text: " · " }),
       timeEl(post.created_at),
     ),
+    // Why a ranked feed put this post here: quiet, under the author line.
+    post.reason ? el("p", { class: "reason", text: post.reason }) : null,
     richText(post.text),
+    mediaGrid(post.media),
     el(
       "footer",
       {},
@@ -123,8 +198,9 @@ export class PostList {
     return best;
   }
 
-  // Adds a post where its id belongs; returns false when it was already there.
-  add(post) {
+  // Adds a post where its id belongs, or, for a ranked feed, at the `top` (live posts) or
+  // the `end` (the next ranked page, in the server's order); false when already there.
+  add(post, where = "by-id") {
     const existing = this.items.get(post.id);
     if (existing) {
       this.setCounts(post.id, post.counts);
@@ -136,10 +212,13 @@ export class PostList {
     });
     this.items.set(post.id, { post, li });
     let before = null;
-    for (const child of this.ol.children) {
-      if (newerThan(post.id, child.dataset.id)) {
-        before = child;
-        break;
+    if (where === "top") before = this.ol.firstElementChild;
+    else if (where === "by-id") {
+      for (const child of this.ol.children) {
+        if (newerThan(post.id, child.dataset.id)) {
+          before = child;
+          break;
+        }
       }
     }
     this.ol.insertBefore(li, before);
