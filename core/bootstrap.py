@@ -38,7 +38,11 @@ async def _bootstrap(settings: Settings) -> None:
     admin = await create_admin(settings)
     try:
         created = await ensure_topics(
-            admin, Topics.for_settings(settings).all(), settings.kafka_partitions
+            admin,
+            Topics.for_settings(settings).all(),
+            settings.kafka_partitions,
+            settings.kafka_replication_factor,
+            settings.kafka_min_insync_replicas,
         )
     finally:
         await admin.close()

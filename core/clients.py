@@ -353,7 +353,11 @@ def kafka_common(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap_servers": settings.kafka_bootstrap,
         "request_timeout_ms": 15_000,
-        "metadata_max_age_ms": 60_000,
+        # aiokafka keeps sending to a dead broker (NodeNotReadyError, forever) until its
+        # next periodic metadata refresh tells it the partitions' new leaders: this bounds
+        # the stall after a broker dies (tests/test_kafka_replicated.py) for one small
+        # request per client every 5 s. Known upstream: aio-libs/aiokafka#642, #1133.
+        "metadata_max_age_ms": 5_000,
         "connections_max_idle_ms": 9 * 60_000,
     }
 
@@ -424,16 +428,29 @@ async def create_admin(settings: Settings) -> AIOKafkaAdminClient:
 
 
 async def ensure_topics(
-    admin: AIOKafkaAdminClient, names: tuple[str, ...] | list[str], partitions: int
+    admin: AIOKafkaAdminClient,
+    names: tuple[str, ...] | list[str],
+    partitions: int,
+    replication: int = 1,
+    min_insync: int = 1,
 ) -> list[str]:
-    """Create missing topics (replication 1: the local stack is a single broker).
-    Returns the topics this call created."""
+    """Create missing topics (KAFKA_REPLICATION_FACTOR, KAFKA_MIN_INSYNC_REPLICAS; the
+    local stack is a single broker: 1 and 1). Returns the topics this call created."""
     existing = set(await admin.list_topics())
     missing = [name for name in names if name not in existing]
     created: list[str] = []
     if missing:
+        config = {"min.insync.replicas": str(min_insync)}
         response = await admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing]
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=replication,
+                    topic_configs=config,
+                )
+                for name in missing
+            ]
         )
         for topic, code, *detail in response.topic_errors:
             if code == 0:

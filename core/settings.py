@@ -46,6 +46,11 @@ class Settings:
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     kafka_topic_prefix: str = ""
     kafka_partitions: int = 6
+    # Topics created by core.bootstrap: copies of each partition, and how many must have
+    # a write before Kafka acknowledges it (producers use acks=all). The local stack is
+    # one broker (1/1); a replicated cluster runs 3/2, so one broker may die unnoticed.
+    kafka_replication_factor: int = 1
+    kafka_min_insync_replicas: int = 1
 
     host: str = "127.0.0.1"
     server_port: int = 8080
@@ -204,12 +209,15 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{name.upper()} must be a TCP port (0-65535), got {port}")
-        if self.fanout_push_max > self.fanout_throttle_max:
-            raise SettingsError("FANOUT_PUSH_MAX must not exceed FANOUT_THROTTLE_MAX")
+        for small, large in NOT_ABOVE:
+            if getattr(self, small) > getattr(self, large):
+                raise SettingsError(f"{small.upper()} must not exceed {large.upper()}")
         if len(self.secret_key) < 16:
             raise SettingsError("SECRET_KEY must be at least 16 characters")
         positive = (
             "kafka_partitions",
+            "kafka_replication_factor",
+            "kafka_min_insync_replicas",
             "fanout_batch_size",
             "fanout_throttle_rate",
             "timeline_cap",
@@ -233,8 +241,6 @@ class Settings:
         for name in ("fanout_offset_reset", "push_offset_reset"):
             if getattr(self, name) not in ("earliest", "latest"):
                 raise SettingsError(f"{name.upper()} must be earliest or latest")
-        if self.db_pool_min > self.db_pool_max:
-            raise SettingsError("DB_POOL_MIN must not exceed DB_POOL_MAX")
 
     def _validate_media(self) -> None:
         for name in (
@@ -264,6 +270,15 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
+
+
+# Pairs of settings where the first may not exceed the second.
+NOT_ABOVE = (
+    ("fanout_push_max", "fanout_throttle_max"),
+    ("db_pool_min", "db_pool_max"),
+    # More in-sync replicas than copies: no write could ever be acknowledged.
+    ("kafka_min_insync_replicas", "kafka_replication_factor"),
+)
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -34,6 +34,11 @@ def test_settings_are_frozen() -> None:
         ({"SERVER_PORT": "eighty"}, "SERVER_PORT must be an integer, got 'eighty'"),
         ({"SERVER_PORT": "70000"}, "SERVER_PORT must be a TCP port"),
         ({"FANOUT_PUSH_MAX": "10", "FANOUT_THROTTLE_MAX": "5"}, "FANOUT_PUSH_MAX must not exceed"),
+        ({"DB_POOL_MIN": "30", "DB_POOL_MAX": "20"}, "DB_POOL_MIN must not exceed"),
+        (
+            {"KAFKA_REPLICATION_FACTOR": "3", "KAFKA_MIN_INSYNC_REPLICAS": "4"},
+            "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR",
+        ),
         ({"SECRET_KEY": "short"}, "SECRET_KEY must be at least 16"),
         ({"TIMELINE_CAP": "0"}, "TIMELINE_CAP must be positive"),
         ({"TIMELINE_TRIM_SLACK": "-1"}, "TIMELINE_TRIM_SLACK must not be negative"),
