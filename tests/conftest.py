@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from core.clients import build_redis, create_admin, ensure_topics
 from core.migrate import migrate
 from core.settings import Settings
 from core.topics import Topics
+from tests.support.api import Client, MakeClient
 from tests.support.env import base_settings, isolated_settings, new_run_id
 
 
@@ -74,12 +73,7 @@ def settings(run_id: str) -> Iterator[Settings]:
 
 
 @pytest.fixture
-async def api(
-    settings: Settings,
-    aiohttp_client: Callable[
-        [web.Application], Awaitable[TestClient[web.Request, web.Application]]
-    ],
-) -> TestClient[web.Request, web.Application]:
+async def api(settings: Settings, aiohttp_client: MakeClient) -> Client:
     """The real API server app on the test stack, with an HTTP client for it."""
     from tests.support.api_server import serve_api
 

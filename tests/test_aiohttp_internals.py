@@ -10,7 +10,7 @@ import inspect
 import re
 import tomllib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -132,7 +132,7 @@ async def test_a_runner_builds_its_server_through_the_hook_and_shuts_it_down_by_
     assert list(params(web.AppRunner._make_server)) == ["self"]
     runner = Hooked(web.Application())
     await runner.setup()
-    assert runner.server is recorders[0]
+    assert cast(object, runner.server) is recorders[0]  # the Recorder, typed as web.Server
     await runner.cleanup()
     assert recorders[0].calls == ["pre_shutdown", "shutdown"]
     # FeedFront offers both with web.Server's signatures.

@@ -8,7 +8,6 @@ import base64
 import dataclasses
 import os
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.settings import Settings
-from standins.fcm import registration_token
 from server.handlers.devices import MAX_DEVICES
-from tests.support.api import error_of, sign_up
+from standins.fcm import registration_token
+from tests.support.api import MakeClient, error_of, sign_up
 from tests.support.api_server import serve_api
 
 Client = TestClient[web.Request, web.Application]
@@ -134,7 +133,7 @@ async def test_devices_need_a_valid_token(api: Client) -> None:
 
 
 async def test_the_vapid_key_is_public_a_p256_point_and_stable(
-    api: Client, settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
+    api: Client, settings: Settings, aiohttp_client: MakeClient
 ) -> None:
     me = await sign_up(api)
     key = (await (await api.get("/v1/push/vapid-public-key")).json())["public_key"]
@@ -235,7 +234,7 @@ async def test_hostile_endpoints_are_refused_at_registration(api: Client, endpoi
 
 
 async def test_loopback_endpoints_only_when_the_setting_allows_them(
-    settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
+    settings: Settings, aiohttp_client: MakeClient
 ) -> None:
     relaxed = await aiohttp_client(
         serve_api(dataclasses.replace(settings, push_allow_loopback=True))

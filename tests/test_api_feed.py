@@ -14,16 +14,17 @@ from aiohttp.test_utils import TestClient
 from core import keys
 from core.lean_redis import LeanRedis
 from core.redis_address import RedisAddress
+from core.replica import ReplicaReads
 from core.settings import Settings
 from server import feed as feed_module
 from server import timeline_store as store
 from server.following import FollowingCache
 from server.hydrate import with_counts
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
+from tests.support.redis_typed import members
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 async def feed_ids(
@@ -107,7 +108,7 @@ async def test_celebrity_posts_are_merged_at_read_time_not_stored(
     ids = await whole_feed(api, reader, 2)
     assert ids == sorted([*star_posts, friend_post], key=int, reverse=True)
     stored = await redis_client.zrange(keys.timeline(int(reader.id)), 0, -1)
-    stored_ids = {str(keys.post_id_from_member(m)) for m in stored}
+    stored_ids = {str(keys.post_id_from_member(m)) for m in members(stored)}
     assert friend_post in stored_ids, (friend_post, stored_ids)
     assert not stored_ids & set(star_posts), (star_posts, stored_ids)
 
@@ -142,11 +143,12 @@ async def test_missing_timeline_is_rebuilt_from_postgres(
 
 
 class PostsDuringFirstRead:
-    """The server's Postgres pool, but a post is made (and committed) right after the
-    rebuild's first read of the followed posts: the moment where fan-out, finding no
-    timeline yet, skips the post. A fault injected into the sequence, not a fake."""
+    """The server's reads (the replica's when there is one, core/replica.py), but a post
+    is made (and committed) right after the rebuild's first read of the followed posts:
+    the moment where fan-out, finding no timeline yet, skips the post. A fault injected
+    into the sequence, not a fake."""
 
-    def __init__(self, pool: asyncpg.Pool, make_post: Callable[[], Awaitable[str]]) -> None:
+    def __init__(self, pool: ReplicaReads, make_post: Callable[[], Awaitable[str]]) -> None:
         self._pool = pool
         self._make_post = make_post
         self.made: list[str] = []
@@ -171,10 +173,10 @@ async def test_a_post_committed_while_a_timeline_is_rebuilt_is_in_it(
     reader, author = await sign_up(api), await sign_up(api)
     await follow(api, reader, author)
     before = [await post(api, author, f"before {i}") for i in range(3)]
-    home = api.server.app[feed_module.FEED]
+    home = api.app[feed_module.FEED]
     context = home._c
-    racing = PostsDuringFirstRead(context.db, lambda: post(api, author, "during the rebuild"))
-    home._c = dataclasses.replace(context, db=racing)  # type: ignore[arg-type]
+    racing = PostsDuringFirstRead(context.reads, lambda: post(api, author, "during the rebuild"))
+    home._c = dataclasses.replace(context, reads=racing)  # type: ignore[arg-type]
     try:
         await redis_client.delete(keys.timeline(int(reader.id)))
         await feed_ids(api, reader)  # rebuilds; the post is committed meanwhile

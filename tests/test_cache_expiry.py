@@ -1,21 +1,15 @@
 """Cache keys filled together must not expire together (core/expiry.py): a following set
 or a post's counters filled by a read gets a lifetime of its own, within its bound."""
 
-from collections.abc import Awaitable, Callable
-
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from core import keys
 from core.expiry import SPREAD, spread
 from core.post_cache import COUNTER_TTL, POST_TTL
 from core.settings import Settings
 from server.following import FOLLOWING_TTL
-from tests.support.api import follow, post, sign_up
+from tests.support.api import MakeClient, follow, post, sign_up
 from tests.support.api_server import serve_api
-
-MakeClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
 def test_a_spread_lifetime_stays_within_its_bound_and_varies() -> None:
@@ -41,13 +35,13 @@ async def test_keys_filled_by_one_read_expire_at_different_times(
     await redis_client.delete(
         *(keys.post_counters(p) for p in posts),
         *(keys.post_cache(p) for p in posts),
-        *(keys.following(r.id) for r in readers),
+        *(keys.following(int(r.id)) for r in readers),
     )
     for reader in readers:
         resp = await api.get("/v1/feed", params={"limit": "20"}, headers=reader.auth)
         assert resp.status == 200, await resp.text()
 
-    following = [await redis_client.ttl(keys.following(r.id)) for r in readers]
+    following = [await redis_client.ttl(keys.following(int(r.id))) for r in readers]
     counters = [await redis_client.ttl(keys.post_counters(p)) for p in posts]
     bodies = [await redis_client.ttl(keys.post_cache(p)) for p in posts]
     for ttls, bound in ((following, FOLLOWING_TTL), (counters, COUNTER_TTL), (bodies, POST_TTL)):

@@ -4,7 +4,7 @@ Postgres, Redis and Kafka in between."""
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -22,12 +22,12 @@ from core.topics import Topics
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from fanout.timelines import TimelineWriter
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
+from tests.support.redis_typed import close_pubsub, members
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture
@@ -51,8 +51,8 @@ async def system(
 
 async def timeline(redis_client: aioredis.Redis, user: User | int) -> list[str]:
     uid = int(user.id) if isinstance(user, User) else user
-    members = await redis_client.zrange(keys.timeline(uid), 0, -1)
-    return [str(keys.post_id_from_member(m)) for m in members if keys.post_id_from_member(m)]
+    reply = await redis_client.zrange(keys.timeline(uid), 0, -1)
+    return [str(keys.post_id_from_member(m)) for m in members(reply) if keys.post_id_from_member(m)]
 
 
 async def go_online(redis_client: aioredis.Redis, user_id: int) -> None:
@@ -145,7 +145,7 @@ async def test_online_follower_gets_the_post_live_offline_one_with_device_a_push
         assert [(j.kind, j.user_id) for j in mine] == [("feed", int(offline.id))]
     finally:
         await push.stop()
-        await pubsub.aclose()
+        await close_pubsub(pubsub)
 
 
 async def test_celebrity_post_is_in_no_timeline_but_in_the_feed_and_live_per_author(
@@ -167,7 +167,7 @@ async def test_celebrity_post_is_in_no_timeline_but_in_the_feed_and_live_per_aut
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         assert orjson.loads(message["data"])["id"] == post_id
     finally:
-        await pubsub.aclose()
+        await close_pubsub(pubsub)
     assert post_id not in await timeline(redis_client, fan)
     assert (await read_feed(api, fan))[0] == post_id
 
@@ -202,7 +202,7 @@ async def test_delete_is_removed_everywhere_and_sent_live(
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         assert orjson.loads(message["data"]) == {"type": "delete", "id": post_id}
     finally:
-        await pubsub.aclose()
+        await close_pubsub(pubsub)
 
 
 async def test_follow_backfills_idempotently_and_unfollow_purges(
@@ -242,7 +242,7 @@ async def test_engagement_becomes_a_notification_live_or_pushed(
     try:
         await api.post(f"/v1/posts/{post_id}/like", headers=fan.auth)
         await follow(api, fan, author)
-        kinds = []
+        kinds: list[str] = []
         async with asyncio.timeout(20):
             while len(kinds) < 2:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
@@ -253,7 +253,7 @@ async def test_engagement_becomes_a_notification_live_or_pushed(
                     kinds.append(body["data"]["kind"])
         assert sorted(kinds) == ["follow", "like"]
     finally:
-        await pubsub.aclose()
+        await close_pubsub(pubsub)
     listed = await (await api.get("/v1/notifications", headers=author.auth)).json()
     assert sorted(n["kind"] for n in listed["notifications"]) == ["follow", "like"]
     # A replayed engagement event does not notify twice.
@@ -360,7 +360,7 @@ async def test_events_of_one_key_apply_in_order_within_a_kafka_batch(
     topics = Topics.for_settings(settings)
     producer = await create_producer(settings)
     try:
-        sent = [
+        sent: list[tuple[str, str, events.Event]] = [
             (topics.posts, author.id, events.PostCreated(post_id, int(author.id), created_at)),
             (topics.posts, author.id, events.PostDeleted(post_id, int(author.id))),
             (topics.follows, reader.id, events.FollowCreated(reader_id, int(followee.id))),
@@ -382,7 +382,7 @@ async def test_events_of_one_key_apply_in_order_within_a_kafka_batch(
         ]
     finally:
         await producer.stop()
-        await pubsub.aclose()
+        await close_pubsub(pubsub)
 
     async def marker_backfilled() -> bool:  # the follows before it on its key are done
         return marker_post in await timeline(redis_client, reader)
@@ -407,7 +407,7 @@ async def test_writer_trims_to_the_cap_and_a_replay_changes_nothing(
         return [
             [
                 keys.post_id_from_member(m)
-                for m in await redis_client.zrange(keys.timeline(u), 0, -1)
+                for m in members(await redis_client.zrange(keys.timeline(u), 0, -1))
             ]
             for u in users
         ]

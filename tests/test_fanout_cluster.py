@@ -4,15 +4,13 @@ hash slots in each, and a resharding in the middle."""
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
@@ -26,11 +24,19 @@ from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from fanout.timelines import TimelineWriter
 from scripts.redis_cluster import redis_cluster
+from tests.support.api import MakeClient
+from tests.support.redis_typed import close_pubsub
 from tests.support.seed import publish_post, seed_users
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
-MakeClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+def node_of(cluster: RedisCluster, key: str) -> ClusterNode:
+    """The node `cluster` maps `key` to (redis-py allows for none)."""
+    node = cluster.get_node_from_key(key)
+    assert node is not None, key
+    return node
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,7 @@ async def test_batches_spanning_many_slots_are_written_and_published(
         assert await writer.add_posts(followers[0], [1, 2, 3]) == 3
         assert await writer.remove_posts(followers[0], [1, 2]) == 2
     finally:
-        await pubsub.aclose()
+        await close_pubsub(pubsub)
         await listener.aclose()
 
 
@@ -98,18 +104,15 @@ async def test_fanout_service_writes_timelines_on_a_cluster(
     cluster_url: str,
     settings: Settings,
     db: asyncpg.Pool,
-    aiohttp_client: Callable[
-        [web.Application], Awaitable[TestClient[web.Request, web.Application]]
-    ],
+    aiohttp_client: MakeClient,
 ) -> None:
     # A port (it only names the node here) that puts the worker's stats key on another
     # node than the one REDIS_URL names.
-    named = cluster.get_node_from_key
     url_node = next(n for n in cluster.get_nodes() if cluster_url.endswith(f":{n.port}/0"))
     port = next(
         p
         for p in range(20_000, 30_000)
-        if named(keys.node_stats("fanout", node_name("fanout", p))).name != url_node.name
+        if node_of(cluster, keys.node_stats("fanout", node_name("fanout", p))).name != url_node.name
     )
     on_cluster = dataclasses.replace(
         settings,
@@ -178,7 +181,7 @@ async def test_a_batch_is_one_script_call_per_node(cluster: RedisCluster) -> Non
     for user in followers:
         await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
     writer = TimelineWriter(cluster, cap=800)
-    posts = [(p, events.live_post({"id": str(p)}), followers, frozenset()) for p in (91, 92)]
+    posts = [(p, events.live_post({"id": str(p)}), followers, frozenset[int]()) for p in (91, 92)]
     await writer.add(90, events.live_post({"id": "90"}), followers)  # scripts loaded
     await cluster.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
 
@@ -200,7 +203,7 @@ async def test_authors_own_timelines_are_written_with_the_batches(cluster: Redis
     for user in followers + authors:
         await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
     writer = TimelineWriter(cluster, cap=800)
-    posts = [(95, events.live_post({"id": "95"}), followers, frozenset())]
+    posts = [(95, events.live_post({"id": "95"}), followers, frozenset[int]())]
     own = [(author, 1_000 + i) for i, author in enumerate(authors)]
 
     results = await writer.add_many(posts, own=own)
@@ -247,7 +250,7 @@ async def test_a_resharding_under_a_writer_loses_no_timeline_entry(
         await writer.add(40, events.live_post({"id": "40"}), followers)
         moved = followers[len(followers) // 2]
         slot = key_slot(keys.timeline(moved).encode())
-        owner = cluster.get_node_from_key(keys.timeline(moved))
+        owner = node_of(cluster, keys.timeline(moved))
         target = next(n for n in cluster.get_primaries() if n.name != owner.name)
         await _move_slot(cluster, slot, owner, target)
 
@@ -259,7 +262,7 @@ async def test_a_resharding_under_a_writer_loses_no_timeline_entry(
         for user in followers:
             assert await cluster.zscore(keys.timeline(user), member) == 0, user
             assert await cluster.zcard(keys.timeline(user)) == 3  # sentinel, 40, 41
-        assert stale.get_node_from_key(keys.timeline(moved)).name == target.name
+        assert node_of(stale, keys.timeline(moved)).name == target.name
     finally:
         await stale.aclose()
 

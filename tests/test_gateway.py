@@ -4,7 +4,6 @@ server for resume."""
 import asyncio
 import dataclasses
 import socket
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -17,12 +16,11 @@ from core.auth import TokenSigner
 from core.settings import Settings
 from gateway.codes import Close
 from gateway.handlers import NODE
-from tests.support.api import User, sign_up
+from tests.support.api import MakeClient, User, port_of, sign_up
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture
@@ -108,7 +106,7 @@ async def test_slow_client_is_closed_and_others_are_unaffected(
 ) -> None:
     slow_user, fast_user = await sign_up(api), await sign_up(api)
     fast = await connect(gw, fast_user)
-    reader, writer = await raw_ws_that_never_reads(gw.port, slow_user.token)
+    reader, writer = await raw_ws_that_never_reads(port_of(gw), slow_user.token)
     try:
         await until_live(gw, slow_user, 1)
         await until_live(gw, fast_user, 1)

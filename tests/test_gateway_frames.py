@@ -69,7 +69,8 @@ def client_frame(
 
 def parse_some(buf: bytes) -> tuple[list[Frame], int]:
     """The complete frames at the start of buf, and where the incomplete rest begins."""
-    frames, pos = [], 0
+    frames: list[Frame] = []
+    pos = 0
     while True:
         frame, pos = parse_frame(buf, pos)
         if frame is None:

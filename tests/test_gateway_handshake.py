@@ -110,7 +110,7 @@ def test_field_names_are_case_insensitive_and_lists_are_tokens() -> None:
 def test_a_broken_upgrade_is_refused_with_its_status(
     changes: dict[str, str | None], status: int
 ) -> None:
-    error = refusal(upgrade_head(**changes))
+    error = refusal(upgrade_head("/v1/stream", **changes))
     assert error.status == status
     if status == 426:
         assert error.headers == {"Sec-WebSocket-Version": "13"}

@@ -5,7 +5,6 @@ import asyncio
 import dataclasses
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -19,7 +18,7 @@ from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from gateway.codes import Close
 from gateway.handlers import NODE
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.env import free_port
 from tests.support.gateway_server import serve_gateway
@@ -28,7 +27,6 @@ from tests.support.procs import start_service, wait_ready
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture

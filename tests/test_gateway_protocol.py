@@ -23,6 +23,7 @@ from core.settings import Settings
 from gateway.codes import Close
 from gateway.handlers import NODE
 from gateway.protocols import front
+from tests.support.api import port_of
 from tests.support.gateway_server import GatewayServer, serve_gateway, websockets_of
 from tests.support.live import SSEClient, ws_json
 from tests.support.rawws import (
@@ -75,7 +76,7 @@ async def live(gw: Client, user: int, connections: int = 1) -> None:
 
 
 async def open_ws(gw: Client, token: str, then: bytes = b"") -> RawWebSocket:
-    return await RawWebSocket.connect(gw.port, f"/v1/stream?access_token={token}", then=then)
+    return await RawWebSocket.connect(port_of(gw), f"/v1/stream?access_token={token}", then=then)
 
 
 # -- handshakes ------------------------------------------------------------------------
@@ -168,7 +169,7 @@ UPGRADE = ("Host: a", "Upgrade: websocket", "Connection: Upgrade")
 async def test_broken_handshakes_are_http_errors(
     gw: Client, request_bytes: bytes, status: int
 ) -> None:
-    answer = await http_exchange(gw.port, request_bytes)
+    answer = await http_exchange(port_of(gw), request_bytes)
     assert answer.status == status, answer
     assert answer.headers["content-type"] == "application/json"
     error = answer.json()
@@ -185,12 +186,12 @@ async def test_an_origin_not_allowed_is_refused_before_the_upgrade(
     gw = await aiohttp_client(serve_gateway(settings))
     _, token = new_user()
     path = f"/v1/stream?access_token={token}"
-    answer = await http_exchange(gw.port, upgrade_request(path, "Origin: https://evil.example"))
+    answer = await http_exchange(port_of(gw), upgrade_request(path, "Origin: https://evil.example"))
     assert answer.status == 403
     assert answer.headers["access-control-allow-origin"] == "https://evil.example"
     error = answer.json()
     assert isinstance(error, dict) and error["error"]["code"] == "origin_not_allowed"
-    ws = await RawWebSocket.connect(gw.port, path, "Origin: https://ok.example")
+    ws = await RawWebSocket.connect(port_of(gw), path, "Origin: https://ok.example")
     ws.send(frame(TEXT, PING_TEXT))
     assert await ws.receive_json() == {"type": "pong"}
     ws.close()
@@ -319,13 +320,15 @@ async def test_a_client_close_is_echoed_and_the_server_hangs_up(
 async def test_refusals_after_a_valid_handshake_are_close_codes(
     gw: Client, new_user: Callable[[], tuple[int, str]]
 ) -> None:
-    ws = await RawWebSocket.connect(gw.port, "/v1/stream")
+    ws = await RawWebSocket.connect(port_of(gw), "/v1/stream")
     assert await ws.close_code() == Close.UNAUTHORIZED
     ws.send(frame(CLOSE, (1000).to_bytes(2, "big")))
     assert await ws.closed_by_server()
     # Authorization header instead of the query; an invalid since.
     _, token = new_user()
-    ws = await RawWebSocket.connect(gw.port, "/v1/stream?since=x", f"Authorization: Bearer {token}")
+    ws = await RawWebSocket.connect(
+        port_of(gw), "/v1/stream?since=x", f"Authorization: Bearer {token}"
+    )
     assert await ws.close_code() == Close.POLICY
     ws.close()
     await ws.writer.wait_closed()
@@ -427,7 +430,7 @@ async def test_sse_ops_routes_and_plain_requests_still_reach_aiohttp(
         resp.close()
     assert len(websockets_of(gw.app)) == 0
     # Bytes that cannot begin our request go to aiohttp at once (no head timeout).
-    answer = await http_exchange(gw.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 5)
+    answer = await http_exchange(port_of(gw), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 5)
     assert answer.status == 400
     error = answer.json()  # aiohttp answers what it cannot parse itself: in our shape too
     assert isinstance(error, dict) and error["error"]["code"] == "malformed_request"
@@ -459,7 +462,7 @@ async def test_stream_requests_a_stream_cannot_answer_are_refused_quietly(
             ]
         ),
     ):
-        answer = await http_exchange(gw.port, request.encode())
+        answer = await http_exchange(port_of(gw), request.encode())
         assert answer.status == 505, request
         assert orjson.loads(answer.body)["error"]["code"] == "http_version"
     for _ in range(5):  # gone before its stream starts
@@ -503,7 +506,7 @@ async def test_shutdown_tells_upgraded_clients_to_reconnect(
     try:
         users = [new_user() for _ in range(3)]
         sockets = [
-            await RawWebSocket.connect(server.port, f"/v1/stream?access_token={t}")
+            await RawWebSocket.connect(port_of(server), f"/v1/stream?access_token={t}")
             for _, t in users
         ]
         node = server.app[NODE]

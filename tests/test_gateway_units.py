@@ -56,7 +56,7 @@ def make_client(
     seen = closed if closed is not None else []
     client = Client(
         user,
-        transport,  # type: ignore[arg-type]
+        transport,
         limits,
         lambda c, code, reason: seen.append(code),
         DeliveryLatency(histogram),
@@ -203,9 +203,11 @@ async def test_pubsub_replies_split_anywhere_across_reads_and_slices_arrive_whol
     assert len(stream) > 20 * FEED_SLICE
     for read in (len(stream), 65_536, FEED_SLICE + 1, 1_000, 7):
         got: list[tuple[bytes, bytes]] = []
-        proto = _PubSubProtocol(
-            lambda c, p, got=got: got.append((c, p)), lambda r: None, lambda p: None
-        )
+
+        def on_message(c: bytes, p: bytes, got: list[tuple[bytes, bytes]] = got) -> None:
+            got.append((c, p))
+
+        proto = _PubSubProtocol(on_message, lambda r: None, lambda p: None)
         for start in range(0, len(stream), read):
             proto.data_received(stream[start : start + read])
         assert got == sent, read

@@ -45,10 +45,10 @@ async def consume(
         async with asyncio.timeout(30):
             while len(got) < count:
                 batch = await consumer.getmany(timeout_ms=500)
-                got.extend(int(m.value) for msgs in batch.values() for m in msgs)  # type: ignore[arg-type]
+                got.extend(int(m.value) for msgs in batch.values() for m in msgs)
         # Nothing beyond what we expect is waiting.
         extra = await consumer.getmany(timeout_ms=1000)
-        got.extend(int(m.value) for msgs in extra.values() for m in msgs)  # type: ignore[arg-type]
+        got.extend(int(m.value) for msgs in extra.values() for m in msgs)
         if commit:
             await consumer.commit()
     finally:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from core import keys
@@ -24,13 +22,10 @@ from core.topics import Topics
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from scripts.kafka_cluster import LocalKafkaCluster, kafka_cluster
-from tests.support.api import follow, post, sign_up
+from tests.support.api import MakeClient, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.topics import posts_on_topic
 from tests.support.wait import eventually
-
-Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 # Three JVMs start in the fixture (~30 s on two busy cores); failover takes Kafka's broker
 # session timeout (9 s) plus a client metadata refresh (core/clients.kafka_common).

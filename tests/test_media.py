@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.object_store import ObjectStore
 from core.settings import Settings
-from tests.support.api import error_of, sign_up
+from tests.support.api import MakeClient, error_of, sign_up
 from tests.support.api_server import serve_api
 from tests.support.media import (
     GPS_IFD,
@@ -30,7 +30,6 @@ from tests.support.media import (
 )
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture
@@ -64,6 +63,7 @@ async def test_upload_process_attach_and_no_metadata_is_stored(
     keys = await db.fetchrow(
         "SELECT upload_key, image_key, preview_key FROM media WHERE id = $1", int(media_id)
     )
+    assert keys is not None
     image = await store.get(keys["image_key"], 10_000_000)
     preview = await store.get(keys["preview_key"], 10_000_000)
     for stored in (image, preview):

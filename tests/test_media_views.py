@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import io
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,7 @@ from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from gateway.handlers import NODE
-from tests.support.api import User, follow, sign_up
+from tests.support.api import MakeClient, User, follow, sign_up
 from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import ws_json
@@ -31,7 +30,6 @@ from tests.support.media import jpeg_with_gps, png, processed, upload
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture
@@ -64,7 +62,7 @@ async def fetch_public(url: str) -> bytes:
 
 
 def post_in(page: dict[str, Any], post_id: str) -> dict[str, Any]:
-    found = [p for p in page["posts"] if p["id"] == post_id]
+    found: list[dict[str, Any]] = [p for p in page["posts"] if p["id"] == post_id]
     assert found, f"post {post_id} not in {[p['id'] for p in page['posts']]}"
     return found[0]
 

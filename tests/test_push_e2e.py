@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -30,11 +29,10 @@ from standins.apns import ApnsAnswer, ApnsStandin
 from standins.tls import LocalCA
 from standins.webpush import WebPushAnswer, WebPushStandin
 from tests.support import standins
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.live import ws_json
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 standin_ca = standins.standin_ca
 apns_standin = standins.apns_standin

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,11 +20,10 @@ from gateway.app import create_app as create_gateway
 from standins.fcm import FcmAnswer, FcmReceived, FcmStandin, registration_token
 from standins.tls import LocalCA
 from tests.support import standins
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.live import ws_json
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 standin_ca = standins.standin_ca
 fcm_standin = standins.fcm_standin

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,11 @@ from fanout.app import create_app as create_fanout
 from ranking.model import SHIPPED_MODEL, Model, load
 from ranking.store import FeatureStore, ReaderFeatures
 from server.ranked import RANKED
-from tests.support.api import User, error_of, follow, post, sign_up
+from tests.support.api import MakeClient, User, error_of, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture
@@ -53,7 +51,7 @@ def ids_of(body: dict[str, Any]) -> list[str]:
 
 
 def served(api: Client, algorithm: str, cause: str) -> float:
-    value = api.server.app[OPS].registry.get_sample_value(
+    value = api.app[OPS].registry.get_sample_value(
         "feed_ranked_requests_total", {"algorithm": algorithm, "cause": cause}
     )
     return value or 0.0
@@ -190,9 +188,9 @@ async def test_a_slow_or_failing_ranker_gives_chronological_pages_and_the_breake
     await follow(api, reader, author)
     for i in range(5):
         await post(api, author, f"post {i}")
-    feed = api.server.app[RANKED]
+    feed = api.app[RANKED]
     store = feed.store
-    feed.store = SlowStore(api.server.app[RANKED]._c.redis)
+    feed.store = SlowStore(api.app[RANKED]._c.redis)
     chronological = ids_of(await ranked(api, reader, algorithm="chronological"))
     for _ in range(2):
         body = await ranked(api, reader)

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_a_malformed_or_foreign_model_is_refused_and_the_holder_keeps_the_last_g
 
 def _candidate(ids: IdGenerator, author: int, repost_of: int | None = None) -> scorer.Candidate:
     post_id = ids.next_id()
-    post = {
+    post: dict[str, Any] = {
         "id": str(post_id),
         "repost_of": None if repost_of is None else str(repost_of),
         "reply_to": None,

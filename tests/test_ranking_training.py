@@ -5,6 +5,7 @@ labels them by whether the reader engaged within a day and fits the next model."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -19,11 +21,19 @@ from core.settings import Settings
 from ranking.features import FEATURES
 from ranking.impressions import load_sessions
 from ranking.model import Model
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import MakeClient, User, follow, post, sign_up
+from tests.support.api_server import serve_api
 from tests.support.env import ROOT
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def api(settings: Settings, aiohttp_client: MakeClient) -> Client:
+    """The API server with a generous ranking budget: these tests are about what ranked
+    pages log, not this busy machine's speed (over budget, a page is chronological)."""
+    return await aiohttp_client(serve_api(dataclasses.replace(settings, ranking_budget_ms=5000)))
 
 
 async def ranked_first_page(api: Client, reader: User) -> list[str]:
@@ -75,6 +85,7 @@ async def test_impressions_are_logged_and_labelled_by_engagement_within_a_day(
         int(reader.id),
         int(shown[0]),
     )
+    assert row is not None
     assert row["position"] == 0 and row["model_version"].startswith("lr-")
     assert len(row["features"]) == len(FEATURES)
 

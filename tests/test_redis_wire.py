@@ -49,7 +49,7 @@ async def guarded(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
     with private_redis(tmp_path) as server:
         client = aioredis.from_url(server.url)
         try:
-            await client.execute_command(
+            await client.execute_command(  # type: ignore[no-untyped-call]  # untyped in redis-py
                 "ACL", "SETUSER", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all"
             )
             await client.config_set("requirepass", DEFAULT_PASSWORD)

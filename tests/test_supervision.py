@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import asyncpg
 import pytest
@@ -25,13 +26,12 @@ from core.settings import Settings
 from core.supervision import SUPERVISOR, Backoff, Child, Policy, Supervisor
 from core.topics import Topics
 from server.app import OUTBOX_RELAY, create_app
-from tests.support.api import post, sign_up
+from tests.support.api import MakeClient, post, sign_up
 from tests.support.api_server import ApiServer
 from tests.support.env import ROOT, settings_env
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 def restarts(ops: Ops, task: str) -> float:
@@ -42,7 +42,7 @@ def restarts(ops: Ops, task: str) -> float:
 def supervised_delays(caplog: pytest.LogCaptureFixture, task: str) -> list[float]:
     """The back-off of each restart, as logged ("... restarting in %.1f s")."""
     return [
-        float(r.args[-1])  # type: ignore[index,arg-type]
+        float(cast(float, r.args[-1]))  # the %.1f argument
         for r in caplog.records
         if r.name == "core.supervision" and isinstance(r.args, tuple) and r.args[0] == task
     ]
@@ -274,7 +274,7 @@ async def published_posts(settings: Settings) -> Counter[int]:
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     for message in messages:
                         try:
-                            event = events.decode(message.value)  # type: ignore[arg-type]
+                            event = events.decode(message.value)
                         except events.EventDecodeError:
                             continue  # another test's poison event shares the topic
                         if isinstance(event, events.PostCreated):
@@ -294,7 +294,7 @@ async def test_a_dead_outbox_relay_is_reported_restarted_and_loses_no_post(
     posted = [int(await post(api, author, "before the fault"))]
 
     async def relayed() -> bool:
-        unsent = await db.fetchval(
+        unsent: int = await db.fetchval(
             "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND topic_prefix = $1",
             settings.kafka_topic_prefix,
         )

@@ -8,10 +8,9 @@ import io
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from tests.support.api import User
+from tests.support.api import Client, User
 
 GPS_IFD = 0x8825
 MAKE = 0x010F
@@ -34,7 +33,7 @@ def png(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
     return out.getvalue()
 
 
-async def start_upload(api: TestClient, user: User, content_type: str, size: int) -> dict[str, Any]:
+async def start_upload(api: Client, user: User, content_type: str, size: int) -> dict[str, Any]:
     resp = await api.post(
         "/v1/media", json={"content_type": content_type, "size": size}, headers=user.auth
     )
@@ -54,7 +53,7 @@ async def put(upload: dict[str, Any], data: bytes, **headers: str) -> tuple[int,
         return resp.status, await resp.text()
 
 
-async def upload(api: TestClient, user: User, data: bytes, content_type: str) -> str:
+async def upload(api: Client, user: User, data: bytes, content_type: str) -> str:
     started = await start_upload(api, user, content_type, len(data))
     status, text = await put(started, data)
     assert status == 200, text
@@ -62,7 +61,7 @@ async def upload(api: TestClient, user: User, data: bytes, content_type: str) ->
     return media_id
 
 
-async def processed(api: TestClient, user: User, media_id: str, timeout: float = 20.0) -> Any:
+async def processed(api: Client, user: User, media_id: str, timeout: float = 20.0) -> Any:
     """The media once it is no longer processing."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from core.settings import Settings
 from tests.support.env import ROOT, free_port, settings_env
@@ -20,11 +21,17 @@ PORT_FIELD = {
 }
 
 
+def on_port(settings: Settings, name: str, port: int) -> Settings:
+    """`settings` with service `name` (a PORT_FIELD key) listening on `port`."""
+    port_field: dict[str, Any] = {PORT_FIELD[name]: port}
+    return dataclasses.replace(settings, **port_field)
+
+
 def start_service(
     name: str, settings: Settings, **env_overrides: str
 ) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
-    settings = dataclasses.replace(settings, **{PORT_FIELD[name]: port})
+    settings = on_port(settings, name, port)
     env = settings_env(settings)
     env.update(env_overrides)
     proc = subprocess.Popen(
@@ -57,6 +64,6 @@ def wait_ready(proc: subprocess.Popen[str], port: int, timeout: float = 30.0) ->
             status, body = 0, b""
         if status == 200:
             return body
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"not ready in {timeout} s:\n{proc.communicate()[0]}")

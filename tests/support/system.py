@@ -24,7 +24,7 @@ from playwright.async_api import Browser, async_playwright
 
 from core.settings import Settings
 from tests.support.env import ROOT, free_port, settings_env
-from tests.support.procs import PORT_FIELD, get
+from tests.support.procs import get, on_port
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts"
@@ -90,7 +90,7 @@ class System:
     def start(self, name: str, port: int | None = None, **env: str) -> Service:
         """Start (or restart, on the same port) one service and wait for /readyz."""
         port = port or free_port()
-        settings = dataclasses.replace(self.settings, **{PORT_FIELD[name]: port})
+        settings = on_port(self.settings, name, port)
         child_env = settings_env(settings) | env
         log = self.logs / f"{name}-{port}.log"
         out = log.open("ab")
@@ -105,7 +105,7 @@ class System:
             if proc.poll() is not None or time.monotonic() > deadline:
                 service.stop(signal.SIGKILL)
                 raise AssertionError(f"{name} did not become ready:\n{service.log_tail()}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         return service
 
     def stop_all(self) -> None:
@@ -134,11 +134,11 @@ async def running_system(
         try:
             wanted = list(services)
             if "server" in wanted:
-                server = system.start("server", **env)
+                server = system.start("server", None, **env)
                 system.settings = dataclasses.replace(system.settings, gateway_api_url=server.url)
             for name in wanted:
                 if name != "server":
-                    system.start(name, **env)
+                    system.start(name, None, **env)
             yield system
         except BaseException:
             sys.stderr.write(system.log_tails() + "\n")
