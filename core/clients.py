@@ -103,6 +103,23 @@ async def create_db_pool(settings: Settings) -> asyncpg.Pool:
     )
 
 
+async def create_read_pool(settings: Settings) -> asyncpg.Pool:
+    """The pool of DATABASE_READ_URL (core/replica.py). No connection is opened here
+    (min_size 0): a replica that is down must not stop a service from starting, its
+    reads go to the primary meanwhile. Connects give up after 2 s for the same reason."""
+    pool = await asyncpg.create_pool(
+        settings.database_read_url,
+        min_size=0,
+        max_size=settings.db_pool_max,
+        command_timeout=30,
+        timeout=2,
+        init=_init_connection,
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
+
+
 class OneRetryOnDeadConnection(Retry):
     """The retry policy of build_redis's clients: a command that fails with a plain
     ConnectionError (a pooled connection closed by a Redis restart, or cut while idle) is

@@ -64,6 +64,12 @@ class Settings:
 
     db_pool_min: int = 1
     db_pool_max: int = 20
+    # A streaming replica of DATABASE_URL (core/replica.py): fan-out's follower pages,
+    # timeline rebuilds, the feed's Postgres fallback, profile timelines and search
+    # read from it, as fresh as the primary (a read waits for the replica to replay the
+    # primary's position, up to 50 ms, else runs on the primary). Empty: all reads go to
+    # the primary. Its pool has DB_POOL_MAX connections at most, opened on demand.
+    database_read_url: str = ""
     redis_max_connections: int = 200
     startup_timeout: float = 30.0
     shutdown_timeout: float = 10.0

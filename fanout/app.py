@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from core.clients import build_consumer, create_redis_cluster
 from core.ids import IdLease
+from core.replica import READS, replica_ctx
 from core.resources import DB, PRODUCER, REDIS, postgres_ctx, producer_ctx, redis_ctx
 from core.service import OPS, SETTINGS, Ops, add_ops_routes, node_name, run
 from core.settings import Settings
@@ -47,6 +48,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     deps = Deps(
         settings=settings,
         db=app[DB],
+        reads=app[READS],
         redis=timelines,
         writer=writer,
         producer=app[PRODUCER],
@@ -86,7 +88,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[OPS] = Ops("fanout", node_name("fanout", settings.fanout_port))
     app[SUPERVISOR] = Supervisor(app[OPS])
-    app.cleanup_ctx.extend([postgres_ctx(), redis_ctx(), producer_ctx(), fanout_ctx])
+    app.cleanup_ctx.extend([postgres_ctx(), replica_ctx(), redis_ctx(), producer_ctx(), fanout_ctx])
     add_ops_routes(app)
     return app
 

@@ -1,5 +1,6 @@
 """Followers of an author, streamed from Postgres by keyset pagination in bounded batches,
-so memory stays flat whatever the follower count."""
+so memory stays flat whatever the follower count. Pages are read through a Reader: the
+read replica when there is one (core/replica.py), as fresh as the primary."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
+from core.replica import Reader
 
 # Whether a follower has a push device comes with the page (an index probe per row):
 # the timeline script then only reports offline followers who can be pushed to.
@@ -45,7 +46,7 @@ class Followers:
 
 
 async def follower_batches(
-    db: asyncpg.Pool, author_id: int, after: int, batch_size: int, active_days: int
+    db: Reader, author_id: int, after: int, batch_size: int, active_days: int
 ) -> AsyncGenerator[Followers, None]:
     """Batches of active followers with ids greater than `after`, ascending."""
     last = after
@@ -60,7 +61,7 @@ async def follower_batches(
 
 
 async def all_follower_batches(
-    db: asyncpg.Pool, author_id: int, batch_size: int
+    db: Reader, author_id: int, batch_size: int
 ) -> AsyncGenerator[list[int], None]:
     """Every follower, active or not (a delete must reach the timelines of people who
     went inactive since), in ascending batches."""
@@ -76,7 +77,7 @@ async def all_follower_batches(
 
 
 async def followers_of_many(
-    db: asyncpg.Pool, authors: list[int], active_days: int, limit: int
+    db: Reader, authors: list[int], active_days: int, limit: int
 ) -> dict[int, Followers]:
     """Active followers of each author, in one query; an author with `limit` or more is
     left out (they go the batched, checkpointed way)."""

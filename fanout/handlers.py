@@ -24,6 +24,7 @@ from core.ids import IdGenerator, id_timestamp_ms
 from core.notification_view import notification_view
 from core.object_store import media_base_url
 from core.postview import fetch_rows, full_post
+from core.replica import Reader
 from core.settings import Settings
 from core.tiers import Tier, TierPolicy
 from core.topics import Topics
@@ -55,6 +56,7 @@ ALERT_TEXT = {
 class Deps:
     settings: Settings
     db: asyncpg.Pool
+    reads: Reader  # follower pages: the read replica when there is one (core/replica.py)
     redis: aioredis.Redis | RedisCluster
     writer: TimelineWriter
     producer: AIOKafkaProducer
@@ -183,7 +185,7 @@ class Handlers:
         d = self.d
         started = time.monotonic()
         followers = await followers_of_many(
-            d.db,
+            d.reads,
             list({e.author_id for e in group}),
             d.settings.fanout_active_days,
             d.settings.fanout_batch_size,
@@ -268,7 +270,7 @@ class Handlers:
         throttle = Throttle(d.settings.fanout_throttle_rate) if tier is Tier.THROTTLE else None
         in_flight: deque[tuple[asyncio.Task[None], int | None]] = deque()
         batches = follower_batches(
-            d.db,
+            d.reads,
             event.author_id,
             resume,
             d.settings.fanout_batch_size,
@@ -340,7 +342,7 @@ class Handlers:
             return
         removed = 0
         batch_size = d.settings.fanout_batch_size
-        async for batch in all_follower_batches(d.db, event.author_id, batch_size):
+        async for batch in all_follower_batches(d.reads, event.author_id, batch_size):
             removed += await d.writer.remove(event.post_id, payload, batch)
         log.info("post %d removed from %d timelines", event.post_id, removed)
 

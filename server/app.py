@@ -14,6 +14,7 @@ from aiohttp import web
 from core import vapid
 from core.auth import TokenSigner
 from core.ids import IdLease
+from core.replica import READS, replica_ctx
 from core.resources import DB, KAFKA_LINK, REDIS, kafka_link_ctx, postgres_ctx, redis_ctx
 from core.service import (
     OPS,
@@ -81,6 +82,7 @@ async def server_ctx(app: web.Application) -> AsyncIterator[None]:
     c = ServerContext(
         settings=settings,
         db=app[DB],
+        reads=app[READS],
         redis=app[REDIS],
         kafka=app[KAFKA_LINK],
         ids=ids,
@@ -156,6 +158,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend(
         [
             postgres_ctx(),
+            replica_ctx(),
             redis_ctx(critical=False),
             kafka_link_ctx(),
             server_ctx,

@@ -12,6 +12,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from core.auth import TokenSigner
 from core.ids import IdGenerator
+from core.replica import ReplicaReads
 from core.resources import KafkaLink
 from core.settings import Settings
 from core.topics import Topics
@@ -22,6 +23,9 @@ from server.outbox import Outbox
 class ServerContext:
     settings: Settings
     db: asyncpg.Pool
+    # Read-only queries that may run on the read replica, as fresh as the primary
+    # (core/replica.py): rebuilds, the feed's Postgres reads, profile posts, search.
+    reads: ReplicaReads
     redis: aioredis.Redis
     kafka: KafkaLink
     ids: IdGenerator

@@ -353,7 +353,7 @@ class HomeFeed:
 
     def _postgres_source(self, user_id: int, excluded_authors: list[int]) -> Fetch:
         async def fetch(before: int, n: int) -> tuple[list[int], bool]:
-            rows = await self._c.db.fetch(FOLLOWED_POSTS, user_id, before, n, excluded_authors)
+            rows = await self._c.reads.fetch(FOLLOWED_POSTS, user_id, before, n, excluded_authors)
             return [r["id"] for r in rows], len(rows) < n
 
         return fetch
@@ -366,7 +366,7 @@ class HomeFeed:
             held = await self.celebs.below(followed, before, n)
             if held is not None:
                 return held
-            rows = await self._c.db.fetch(FOLLOWED_AUTHORS_POSTS, user_id, followed, before, n)
+            rows = await self._c.reads.fetch(FOLLOWED_AUTHORS_POSTS, user_id, followed, before, n)
             return [r["id"] for r in rows], len(rows) < n
 
         return fetch
@@ -377,12 +377,14 @@ class HomeFeed:
         was skipped by fan-out (it writes only into timelines that exist), and would be
         missing from this timeline for as long as it lives. Posts committed after the
         build are fan-out's to add. Ids are taken before commit, so a late post is not
-        always the newest: the second read takes the newest REBUILD_CATCH_UP again."""
+        always the newest: the second read takes the newest REBUILD_CATCH_UP again.
+        Both reads may run on the read replica, each as fresh as the primary was when
+        it began (core/replica.py): a post its author just made is in the first."""
         cap = self._c.settings.timeline_cap
-        rows = await self._c.db.fetch(FOLLOWED_POSTS, user_id, MAX_ID, cap + 1, celebs)
+        rows = await self._c.reads.fetch(FOLLOWED_POSTS, user_id, MAX_ID, cap + 1, celebs)
         built = [r["id"] for r in rows]
         await timelines.build(self._c.redis, user_id, built, cap)
-        again = await self._c.db.fetch(FOLLOWED_POSTS, user_id, MAX_ID, REBUILD_CATCH_UP, celebs)
+        again = await self._c.reads.fetch(FOLLOWED_POSTS, user_id, MAX_ID, REBUILD_CATCH_UP, celebs)
         floor = min(built[:cap], default=0) if len(built) > cap else 0
         late = sorted(set(r["id"] for r in again) - set(built), reverse=True)
         late = [p for p in late if p > floor]  # older than the timeline: Postgres has it

@@ -15,19 +15,60 @@ def test_status_reports_every_service_running() -> None:
     result = stack("status")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    for name in ("postgres", "redis", "kafka", "s3"):
-        assert any(line.startswith(name) and "running" in line for line in lines), lines
+    for name in ("postgres", "postgres-replica", "redis", "kafka", "s3"):
+        assert any(line.split()[:2] == [name, "running"] for line in lines), lines
 
 
 def test_start_is_idempotent_and_quick_when_running() -> None:
     result = stack("start")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("already running") == 4
+    assert result.stdout.count("already running") == 5
+
+
+def test_env_names_the_read_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby's URL is the one services read from; it is really a standby of ours."""
+    import subprocess
+
+    monkeypatch.delenv("DATABASE_READ_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    lines = stack("env", "postgres", "postgres-replica").stdout.splitlines()
+    urls = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert set(urls) == {"DATABASE_URL", "DATABASE_READ_URL"}
+    assert urls["DATABASE_READ_URL"] != urls["DATABASE_URL"]
+    recovery = subprocess.run(
+        ["psql", "-X", "-tA", "-d", urls["DATABASE_READ_URL"], "-c", "SELECT pg_is_in_recovery()"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert recovery.stdout.strip() == "t", recovery.stderr
+
+
+def test_no_replica_is_started_for_an_external_primary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Cloning someone else's database is not ours to do: reads then use DATABASE_URL."""
+    isolated(monkeypatch, tmp_path)
+    running = stack("env", "postgres").stdout
+    url = next(line.split("=", 1)[1] for line in running.splitlines() if "DATABASE_URL" in line)
+    monkeypatch.setenv("DATABASE_URL", url.strip("'\"").replace("127.0.0.1", "localhost"))
+    monkeypatch.delenv("DATABASE_READ_URL", raising=False)
+    result = stack("start", "postgres-replica")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "stack" / "postgres-replica").exists(), "started a standby anyway"
+    assert "export DATABASE_READ_URL=''" in stack("env", "postgres-replica").stdout
 
 
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STACK_DIR", str(tmp_path / "stack"))
-    for name in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP", "S3_ENDPOINT"):
+    for name in (
+        "DATABASE_URL",
+        "DATABASE_READ_URL",
+        "REDIS_URL",
+        "KAFKA_BOOTSTRAP",
+        "S3_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -87,7 +87,7 @@ async def search(request: web.Request) -> web.Response:
     limit = v.limit(request)
     before = v.decode_cursor(request, "search")
     c = ctx(request)
-    rows = await c.db.fetch(
+    rows = await c.reads.fetch(
         "SELECT id FROM posts WHERE search @@ websearch_to_tsquery('simple', $1) "
         "AND deleted_at IS NULL AND id < $2 ORDER BY id DESC LIMIT $3",
         query,

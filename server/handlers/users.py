@@ -55,7 +55,7 @@ async def profile_posts(request: web.Request) -> web.Response:
     row = await _user_by_handle(c.db, request.match_info["handle"])
     limit = v.limit(request)
     before = v.decode_cursor(request, "profile")
-    rows = await c.db.fetch(
+    rows = await c.reads.fetch(
         "SELECT id FROM posts WHERE author_id = $1 AND deleted_at IS NULL AND id < $2 "
         "ORDER BY id DESC LIMIT $3",
         row["id"],

@@ -32,6 +32,9 @@ def isolated_settings(base: Settings, run_id: str) -> Settings:
     return dataclasses.replace(
         base,
         database_url=with_database(base.database_url, f"feed_test_{run_id}"),
+        # The replica replays the primary's databases, the test run's included.
+        database_read_url=base.database_read_url
+        and with_database(base.database_read_url, f"feed_test_{run_id}"),
         redis_url=urlunsplit(redis_parts._replace(path=f"/{TEST_REDIS_DB}")),
         kafka_topic_prefix=f"test-{run_id}-",
         kafka_partitions=3,
