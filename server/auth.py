@@ -19,6 +19,7 @@ from core import timelines
 from core.auth import TokenError
 from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
+from server.contract.fields import PASSWORD_MAX
 from server.errors import ApiError
 from server.handlers import ops
 from server.hydrate import REDIS_ERRORS
@@ -120,10 +121,14 @@ async def sign_in(request: web.Request) -> web.Response:
         row = await c.db.fetchrow(
             "SELECT id, password_hash FROM users WHERE lower(handle) = lower($1)", handle
         )
-    stored = row["password_hash"] if row else c.dummy_hash
+    # A password longer than sign-up allows can match nothing (truncating it would let
+    # any suffix after a real 128-character password in); it is still hashed, against
+    # the dummy, so it takes as long as any other refusal.
+    fits = len(password) <= PASSWORD_MAX
+    stored = row["password_hash"] if row and fits else c.dummy_hash
     try:
-        await asyncio.to_thread(c.hasher.verify, stored, password[:128])
-        ok = row is not None
+        await asyncio.to_thread(c.hasher.verify, stored, password[:PASSWORD_MAX])
+        ok = row is not None and fits
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None:

@@ -1,7 +1,10 @@
-"""Request parsing: bodies, fields, query parameters and opaque cursors.
+"""Request parsing: bodies, query parameters, path ids and opaque cursors.
 
 Everything the client sends passes through here and comes out typed or as an ApiError
-naming the field. Nothing downstream re-checks types.
+naming the field. Bodies are validated by their models (server/contract), whose bounds
+the OpenAPI document shows; query parameters are parsed by hand with the bounds of
+their models (server/contract/queries.py), because the feed is the hot path. Nothing
+downstream re-checks types.
 """
 
 from __future__ import annotations
@@ -10,21 +13,28 @@ import asyncio
 import base64
 import binascii
 import re
-import unicodedata
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel
 
+from server.contract import fields
+from server.contract.accounts import SignUp
+from server.contract.fields import DISPLAY_NAME_MAX as DISPLAY_NAME_MAX
+from server.contract.fields import HANDLE_CHARS, HANDLE_MAX
+from server.contract.fields import MAX_ID as MAX_ID
+from server.contract.fields import parse_id as _id_of
+from server.contract.parse import validate, validate_field
+from server.contract.posts import NewPost
+from server.contract.queries import CURSOR_MAX, PAGE_LIMIT
 from server.errors import CLIENT_GONE, ApiError, bad_request, invalid
 
-MAX_ID = 2**63 - 1
-HANDLE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
-POST_MAX_CHARS = 280
-DISPLAY_NAME_MAX = 50
+M = TypeVar("M", bound=BaseModel)
+
+HANDLE = re.compile(f"^{HANDLE_CHARS}{{1,{HANDLE_MAX}}}$")
 # A request body must have arrived this long after its handler asked for it.
 BODY_SECONDS = 10.0
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -46,12 +56,19 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not raw:
         raise bad_request("invalid_json", "request body must be a JSON object")
     try:
+        # orjson, not pydantic's parser: the same bytes are refused as before (a lone
+        # surrogate is 400 invalid_json) and read alike (a huge integer is a float).
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise bad_request("invalid_json", "request body is not valid JSON (UTF-8)") from None
     if not isinstance(body, dict):
         raise invalid("body", "request body must be a JSON object", "invalid_body")
     return body
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The body validated as `model`: 4xx as read_json, or 422 naming the field at fault."""
+    return validate(model, await read_json(request))
 
 
 def _closing(request: web.Request, status: int, code: str, message: str) -> ApiError:
@@ -61,125 +78,31 @@ def _closing(request: web.Request, status: int, code: str, message: str) -> ApiE
     return ApiError(status, code, message, headers={"Connection": "close"})
 
 
-def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "unknown_field")
-
-
-def string(
-    body: dict[str, Any], name: str, *, required: bool = True, default: str | None = None
-) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise invalid(name, f"{name} is required", "missing_field")
-        return default
-    if not isinstance(value, str):
-        raise invalid(name, f"{name} must be a string")
-    return value
-
-
-def has_bad_characters(text: str, allow_newlines: bool) -> bool:
-    """NUL, control characters, surrogates and non-characters; newlines where allowed."""
-    for char in text:
-        if char == "\n" and allow_newlines:
-            continue
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cs", "Cn"):
-            return True
-    return False
-
-
-def clean_text(value: str, field: str, max_chars: int, *, allow_newlines: bool) -> str:
-    """NFC-normalise, trim, check characters and length (in code points after NFC, so a
-    letter with a combining accent counts once where a precomposed form exists)."""
-    text = unicodedata.normalize("NFC", value.replace("\r\n", "\n")).strip()
-    if has_bad_characters(text, allow_newlines):
-        raise invalid(
-            field, f"{field} contains control or invalid characters", "invalid_characters"
-        )
-    if len(text) > max_chars:
-        raise invalid(field, f"{field} is longer than {max_chars} characters", "too_long")
-    return text
-
-
-# What renders as nothing: separators and format characters (zero-width space, joiners,
-# the BOM, the soft hyphen, bidi marks). A post made only of these would show as blank.
-_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cf"})
-
-
-def post_text(body: dict[str, Any]) -> str:
-    raw = string(body, "text")
-    assert raw is not None
-    text = clean_text(raw, "text", POST_MAX_CHARS, allow_newlines=True)
-    if all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text):
-        raise invalid("text", "text must have a visible character", "empty_text")
-    return text
-
-
-def handle(body: dict[str, Any]) -> str:
-    value = string(body, "handle")
-    assert value is not None
-    if not HANDLE.fullmatch(value):
-        raise invalid(
-            "handle", "handle must be 1-15 characters of A-Z, a-z, 0-9 and _", "invalid_handle"
-        )
-    return value
-
-
-def password(body: dict[str, Any]) -> str:
-    value = string(body, "password")
-    assert value is not None
-    if not 8 <= len(value) <= 128:
-        raise invalid("password", "password must be 8-128 characters", "invalid_password")
-    if "\x00" in value:
-        raise invalid("password", "password contains invalid characters", "invalid_password")
-    return value
-
-
 def parse_id(value: Any, field: str) -> int:
     """Ids travel as decimal strings (64-bit ints do not survive JavaScript)."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise invalid(field, f"{field} must be an id (a decimal string)")
-    text = str(value)
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
-        raise invalid(field, f"{field} must be an id (a decimal string)")
-    number = int(text)
-    if not 0 < number <= MAX_ID:
-        raise invalid(field, f"{field} is out of range")
-    return number
-
-
-def optional_id(body: dict[str, Any], field: str) -> int | None:
-    value = body.get(field)
-    return None if value is None else parse_id(value, field)
-
-
-def id_list(body: dict[str, Any], field: str, max_items: int) -> list[int]:
-    value = body.get(field)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(field, f"{field} must be a list of ids")
-    if len(value) > max_items:
-        raise invalid(field, f"{field} has more than {max_items} items")
-    return [parse_id(item, field) for item in value]
+    try:
+        return _id_of(value)
+    except ValueError as exc:  # pydantic's error, raised outside a model here
+        raise invalid(field, str(exc).replace("{field}", field)) from None
 
 
 def path_id(request: web.Request, name: str = "id") -> int:
     try:
-        return parse_id(request.match_info[name], name)
-    except ApiError:
+        return _id_of(request.match_info[name])
+    except ValueError:
         raise ApiError(404, "not_found", f"no such {name}") from None
 
 
-def limit(request: web.Request, default: int = 20, maximum: int = 100) -> int:
+def limit(
+    request: web.Request, default: int = PAGE_LIMIT.default, maximum: int = PAGE_LIMIT.maximum
+) -> int:
     return limit_value(request.query.get("limit"), default, maximum)
 
 
-def limit_value(raw: str | None, default: int = 20, maximum: int = 100) -> int:
-    """The limit query parameter's value (None: absent); raises ApiError (422)."""
+def limit_value(
+    raw: str | None, default: int = PAGE_LIMIT.default, maximum: int = PAGE_LIMIT.maximum
+) -> int:
+    """The limit query parameter's value (None or empty: absent); raises ApiError (422)."""
     if raw is None or raw == "":
         return default
     # Length first: int() of a huge digit string raises (that would be a 500, not a 422).
@@ -196,7 +119,7 @@ def encode_cursor(kind: str, *values: int) -> str:
 
 
 def _parse_cursor(raw: str, kind: str, arity: int) -> tuple[int, ...] | None:
-    if len(raw) > 200:
+    if len(raw) > CURSOR_MAX:
         return None
     try:
         text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
@@ -225,12 +148,56 @@ def cursor_value(raw: str | None, kind: str, arity: int = 1) -> tuple[int, ...] 
     return numbers
 
 
-def idempotency_key(request: web.Request, body: dict[str, Any]) -> str | None:
-    value = body.get("idempotency_key")
-    if value is None:
-        value = request.headers.get("Idempotency-Key")
-    if value is None:
+def idempotency_key(request: web.Request, from_body: str | None) -> str | None:
+    """The body's key (checked with its model), else the `Idempotency-Key` header's, held
+    to the same rule."""
+    if from_body is not None:
+        return from_body
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
         return None
-    if not isinstance(value, str) or not IDEMPOTENCY_KEY.fullmatch(value):
-        raise invalid("idempotency_key", "idempotency_key must be 1-128 printable ASCII characters")
+    key: str = validate_field(NewPost, "idempotency_key", header)
+    return key
+
+
+# --- for server/auth.py, which reads sign-up and sign-in fields one at a time ----------
+
+
+def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "unknown_field")
+
+
+def string(
+    body: dict[str, Any], name: str, *, required: bool = True, default: str | None = None
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise invalid(name, f"{name} is required", "missing_field")
+        return default
+    if not isinstance(value, str):
+        raise invalid(name, f"{name} must be a string")
     return value
+
+
+def handle(body: dict[str, Any]) -> str:
+    value: str = validate_field(SignUp, "handle", body.get("handle"))
+    return value
+
+
+def password(body: dict[str, Any]) -> str:
+    value: str = validate_field(SignUp, "password", body.get("password"))
+    return value
+
+
+def clean_text(value: str, field: str, max_chars: int, *, allow_newlines: bool) -> str:
+    """NFC-normalise, trim, check characters and length (code points after NFC)."""
+    try:
+        text = fields.normalise(value, allow_newlines)
+    except ValueError as exc:
+        raise invalid(field, str(exc).replace("{field}", field), "invalid_characters") from None
+    if len(text) > max_chars:
+        raise invalid(field, f"{field} is longer than {max_chars} characters", "too_long")
+    return text

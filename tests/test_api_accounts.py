@@ -120,3 +120,14 @@ async def test_unknown_route_and_method_are_json_errors(api: Client) -> None:
     assert resp.status == 404 and (await error_of(resp))["code"] == "not_found"
     resp = await api.put("/v1/posts", headers=user.auth)
     assert resp.status == 405 and (await error_of(resp))["code"] == "method_not_allowed"
+
+
+async def test_a_longest_password_with_anything_appended_does_not_sign_in(api: Client) -> None:
+    password = "🔑" + "p" * 127  # 128 code points: the longest sign-up accepts
+    user = await sign_up(api, password=password)
+    ok = await api.post("/v1/sessions", json={"handle": user.handle, "password": password})
+    assert ok.status == 200
+    for longer in (password + "x", password + "anything at all"):
+        resp = await api.post("/v1/sessions", json={"handle": user.handle, "password": longer})
+        assert resp.status == 401
+        assert (await error_of(resp))["code"] == "invalid_credentials"

@@ -325,6 +325,8 @@ async def test_success_responses_match_the_document(
     await c.call("POST", "/v1/posts/{id}/like", cy, path=one_post)
     _, read = await c.call("GET", "/v1/posts/{id}", ada, path={"id": created["post_id"]})
     assert read["media_ids"] == [media_id]
+    # A non-empty `media`, so its item schema (PostMedia) is checked against real data.
+    assert [(m["id"], m["alt_text"]) for m in read["media"]] == [(media_id, "dark")]
     _, read = await c.call("GET", "/v1/posts/{id}", ada, path=one_post)
     assert read["counts"] == {"likes": 1, "reposts": 1, "replies": 2}
     assert await c.call("DELETE", "/v1/posts/{id}", ada, path={"id": doomed}) == (204, None)
@@ -626,6 +628,15 @@ async def test_error_responses_match_the_document(
         await c.expect(
             422, code, "POST", "/v1/posts", me, json={"text": "a", "media_ids": media_ids}
         )
+    await c.expect(
+        409,
+        "media_attached",
+        "PATCH",
+        "/v1/media/{id}",
+        me,
+        path={"id": str(attached)},
+        json={"alt_text": "too late"},
+    )
     # Ready media count toward the quota (a row the worker will not touch meanwhile).
     await db.execute(
         "UPDATE media SET size = $1 WHERE id = $2", settings.media_quota_bytes, attached

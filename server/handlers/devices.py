@@ -9,9 +9,6 @@ inside our network; the push worker checks the resolved address again when it se
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,16 +18,12 @@ from aiohttp import web
 from core.endpoints import EndpointRejected, check_webpush_endpoint, resolve_public
 from server import validation as v
 from server.context import ctx, user_id
+from server.contract.devices import NewDevice, Subscription, WebPushDevice
 from server.errors import ApiError, invalid
 from server.hydrate import iso
 from server.service_json import json
 
 MAX_DEVICES = 20  # per user: phones, tablets and browsers; more is a client bug
-APNS_TOKEN = re.compile(r"^[0-9A-Fa-f]{64,200}$")
-# As push/providers/fcm.py checks it again before sending: opaque, ~150-200 characters now.
-FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{32,1024}$")
-P256_POINT_BYTES = 65  # uncompressed: 0x04 || X || Y
-AUTH_SECRET_BYTES = 16
 RESOLVE_TIMEOUT = 3.0
 
 DEVICE_COLUMNS = "id, kind, token, enabled, disabled_reason, created_at"
@@ -53,39 +46,11 @@ def device_json(row: asyncpg.Record) -> dict[str, Any]:
     return body
 
 
-def _base64url(value: Any, field: str, size: int) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise invalid(field, f"{field} must be a base64url string")
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise invalid(field, f"{field} is not base64url") from None
-    if len(raw) != size:
-        raise invalid(field, f"{field} must decode to {size} bytes")
-    return value.rstrip("=")
-
-
-async def _webpush(
-    request: web.Request, body: dict[str, Any]
-) -> tuple[str, str | None, str | None]:
-    subscription = body.get("subscription")
-    if subscription is None:
-        raise invalid("subscription", "subscription is required", "missing_field")
-    if not isinstance(subscription, dict):
-        raise invalid("subscription", "subscription must be an object")
-    v.refuse_unknown(subscription, {"endpoint", "keys", "expirationTime"})
-    endpoint = v.string(subscription, "endpoint")
-    keys = subscription.get("keys")
-    if not isinstance(keys, dict):
-        raise invalid("keys", "subscription.keys must be an object with p256dh and auth")
-    p256dh = _base64url(keys.get("p256dh"), "p256dh", P256_POINT_BYTES)
-    if base64.urlsafe_b64decode(p256dh + "=" * (-len(p256dh) % 4))[0] != 4:
-        raise invalid("p256dh", "p256dh must be an uncompressed P-256 point")
-    auth = _base64url(keys.get("auth"), "auth", AUTH_SECRET_BYTES)
+async def _webpush(request: web.Request, subscription: Subscription) -> str:
+    """The endpoint, once it is https on public addresses (resolved here, with a bound)."""
     settings = ctx(request).settings
-    assert endpoint is not None
     try:
-        url = check_webpush_endpoint(endpoint, settings.push_allow_loopback)
+        url = check_webpush_endpoint(subscription.endpoint, settings.push_allow_loopback)
         parts = urlsplit(url)
         async with asyncio.timeout(RESOLVE_TIMEOUT):
             await resolve_public(
@@ -97,40 +62,20 @@ async def _webpush(
         raise invalid(
             "endpoint", "the endpoint's host did not resolve in time", "endpoint_refused"
         ) from None
-    return url, p256dh, auth
-
-
-def _apns(body: dict[str, Any]) -> str:
-    token = v.string(body, "token")
-    assert token is not None
-    if not APNS_TOKEN.fullmatch(token):
-        raise invalid("token", "an APNs device token is 64 or more hexadecimal digits")
-    return token.lower()
-
-
-def _fcm(body: dict[str, Any]) -> str:
-    token = v.string(body, "token")
-    assert token is not None
-    if not FCM_TOKEN.fullmatch(token):
-        raise invalid("token", "an FCM registration token is 32-1024 of A-Z a-z 0-9 _ : -")
-    return token  # opaque and case-sensitive: stored exactly as given
+    return url
 
 
 async def register(request: web.Request) -> web.Response:
     c, me = ctx(request), user_id(request)
-    body = await v.read_json(request)
-    kind = v.string(body, "kind")
-    if kind == "apns":
-        v.refuse_unknown(body, {"kind", "token"})
-        token, p256dh, auth = _apns(body), None, None
-    elif kind == "fcm":
-        v.refuse_unknown(body, {"kind", "token"})
-        token, p256dh, auth = _fcm(body), None, None
-    elif kind == "webpush":
-        v.refuse_unknown(body, {"kind", "subscription"})
-        token, p256dh, auth = await _webpush(request, body)
-    else:
-        raise invalid("kind", "kind must be apns, fcm or webpush")
+    device = (await v.read_body(request, NewDevice)).root
+    kind = device.kind
+    p256dh: str | None = None
+    auth: str | None = None
+    if isinstance(device, WebPushDevice):
+        token = await _webpush(request, device.subscription)
+        p256dh, auth = device.subscription.keys.p256dh, device.subscription.keys.auth
+    else:  # an APNs token (lower-cased by its model) or an FCM token (as given)
+        token = device.token
     async with c.db.acquire() as conn, conn.transaction():
         # Serialise one user's registrations so the cap cannot be raced past.
         await conn.execute(

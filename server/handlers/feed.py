@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import typing
+
 import orjson
 from aiohttp import web
 
 from core.notification_view import notification_view
 from server import validation as v
 from server.context import ctx, user_id
+from server.contract.fields import has_bad_characters
+from server.contract.queries import DELTA_LIMIT, SEARCH_MAX, FeedQuery
 from server.errors import ApiError, invalid
 from server.feed import FEED, FeedPage
 from server.handlers.posts import post_list
 from server.ranked import CURSOR_KIND, RANKED
 from server.service_json import json, json_bytes
 
-MAX_QUERY = 200
-ALGORITHMS = ("chronological", "ranked")
+ALGORITHMS: tuple[str, ...] = typing.get_args(FeedQuery.model_fields["algorithm"].annotation)
 
 
 def page_body(page: FeedPage, cursor: bool, algorithm: str | None = None) -> bytes:
@@ -73,7 +76,7 @@ async def delta(request: web.Request) -> web.Response:
     if raw is None:
         raise invalid("since", "since is required (a post id)", "missing_field")
     since = v.parse_id(raw, "since")
-    limit = v.limit(request, default=100, maximum=200)
+    limit = v.limit(request, default=DELTA_LIMIT.default, maximum=DELTA_LIMIT.maximum)
     page = await request.app[FEED].newer(user_id(request), since, limit)
     return _page_response(page, cursor=False)
 
@@ -82,8 +85,8 @@ async def search(request: web.Request) -> web.Response:
     query = (request.query.get("q") or "").strip()
     if not query:
         raise invalid("q", "q is required", "missing_field")
-    if len(query) > MAX_QUERY or v.has_bad_characters(query, allow_newlines=False):
-        raise invalid("q", f"q must be at most {MAX_QUERY} printable characters")
+    if len(query) > SEARCH_MAX or has_bad_characters(query, allow_newlines=False):
+        raise invalid("q", f"q must be at most {SEARCH_MAX} printable characters")
     limit = v.limit(request)
     before = v.decode_cursor(request, "search")
     c = ctx(request)

@@ -22,21 +22,14 @@ from core.service import SETTINGS
 from core.supervision import SUPERVISOR, Child
 from server import validation as v
 from server.context import Conn, ctx, user_id
-from server.errors import ApiError, invalid, not_found
+from server.contract.media import CONTENT_TYPES, MediaPatch, NewMedia
+from server.errors import ApiError, not_found
 from server.hydrate import iso
 from server.media_worker import MediaWorker
 from server.service_json import json
 
 MEDIA_STORE = web.AppKey("media_store", ObjectStore)
 
-# Images only: what browsers show and Pillow decodes safely. GIFs keep their first frame.
-CONTENT_TYPES = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "image/gif": "gif",
-}
-MAX_ALT_TEXT = 1500
 RATE_WINDOW_SECONDS = 3600
 UNATTACHED_SECONDS = 24 * 3600  # media on no post by then are deleted (objects and row)
 _LOCK_NAMESPACE = 0x6D65_6469  # "medi": one user's uploads are serialised (rate, quota)
@@ -87,30 +80,13 @@ def media_json(row: asyncpg.Record, request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _content_type(body: dict[str, Any]) -> str:
-    value = v.string(body, "content_type")
-    assert value is not None
-    lowered = value.strip().lower()
-    if lowered not in CONTENT_TYPES:
-        raise invalid(
-            "content_type",
-            f"content_type must be one of {', '.join(CONTENT_TYPES)}",
-            "unsupported_content_type",
-        )
-    return lowered
-
-
-def _size(body: dict[str, Any], limit: int) -> int:
-    value = body.get("size")
-    if value is None:
-        raise invalid("size", "size is required", "missing_field")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise invalid("size", "size must be a positive integer (bytes)")
-    if value > limit:
+def _size(size: int, limit: int) -> int:
+    """The declared size within the deployment's limit (a setting, so not in the model)."""
+    if size > limit:
         raise ApiError(
             413, "media_too_large", f"size is over the limit of {limit} bytes", field="size"
         )
-    return value
+    return size
 
 
 async def _check_rate_and_quota(conn: Conn, owner: int, size: int, request: web.Request) -> None:
@@ -144,11 +120,10 @@ async def _check_rate_and_quota(conn: Conn, owner: int, size: int, request: web.
 
 
 async def create_media(request: web.Request) -> web.Response:
-    body = await v.read_json(request)
-    v.refuse_unknown(body, {"content_type", "size"})
+    body = await v.read_body(request, NewMedia)
     settings = request.app[SETTINGS]
-    content_type = _content_type(body)
-    size = _size(body, settings.media_max_bytes)
+    content_type = body.content_type
+    size = _size(body.size, settings.media_max_bytes)
     c, owner = ctx(request), user_id(request)
     media_id = c.ids.next_id()
     key = upload_key(owner, media_id, content_type)
@@ -204,11 +179,7 @@ async def get_media(request: web.Request) -> web.Response:
 
 async def patch_media(request: web.Request) -> web.Response:
     media_id = v.path_id(request)
-    body = await v.read_json(request)
-    v.refuse_unknown(body, {"alt_text"})
-    raw = v.string(body, "alt_text")
-    assert raw is not None
-    alt = v.clean_text(raw, "alt_text", MAX_ALT_TEXT, allow_newlines=True)
+    alt = (await v.read_body(request, MediaPatch)).alt_text
     # Attached media are part of an immutable post, whose body (alt text included) is
     # cached for a day and held in servers' memory: alt text is set before posting.
     db = ctx(request).db

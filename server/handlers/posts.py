@@ -17,6 +17,7 @@ from core.ids import id_timestamp_ms, min_id_for_ms
 from core.object_store import media_base_url
 from server import validation as v
 from server.context import Conn, ServerContext, ctx, user_id
+from server.contract.posts import NewPost
 from server.errors import ApiError, invalid, not_found
 from server.feed import FEED
 from server.hydrate import REDIS_ERRORS, Hydrator, bump_counter, forget_post, iso
@@ -27,20 +28,16 @@ log = logging.getLogger(__name__)
 
 RATE_LIMIT_POSTS = 300
 RATE_LIMIT_WINDOW_MS = 3 * 3600 * 1000
-MAX_MEDIA = 4
 MAX_MENTIONS = 10
 MENTION = re.compile(r"(?<![A-Za-z0-9_])@([A-Za-z0-9_]{1,15})\b")
 IDEMPOTENCY_TTL = "24 hours"
 
 
 async def create_post(request: web.Request) -> web.Response:
-    body = await v.read_json(request)
-    v.refuse_unknown(body, {"text", "reply_to", "repost_of", "media_ids", "idempotency_key"})
-    text = v.post_text(body)
-    reply_to = v.optional_id(body, "reply_to")
-    repost_of = v.optional_id(body, "repost_of")
-    media_ids = v.id_list(body, "media_ids", MAX_MEDIA)
-    key = v.idempotency_key(request, body)
+    body = await v.read_body(request, NewPost)
+    text, reply_to, repost_of = body.text, body.reply_to, body.repost_of
+    media_ids = body.media_ids or []
+    key = v.idempotency_key(request, body.idempotency_key)
     c, author = ctx(request), user_id(request)
 
     async with c.db.acquire() as conn, conn.transaction():
