@@ -32,7 +32,6 @@ from aiohttp.test_utils import TestClient
 from core.ids import IdGenerator, IdLease
 from core.settings import Settings
 from tests.support.api import User, new_handle, post, sign_up
-from tests.support.api_server import serve_api
 
 Client = TestClient[web.Request, web.Application]
 Json = dict[str, Any]
@@ -40,13 +39,6 @@ Json = dict[str, Any]
 WIDE = "\U0001f600"  # 😀: one code point outside the BMP
 ASCII = string.ascii_letters + string.digits + "_"
 PUBLIC_ENDPOINT = "https://93.184.216.34/push/"
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
-) -> AsyncIterator[Client]:
-    yield await aiohttp_client(serve_api(settings))
 
 
 @pytest.fixture

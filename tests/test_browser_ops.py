@@ -1,20 +1,26 @@
 """The ops dashboard in real Chromium against real server, gateway and fan-out processes:
 it asks for the operator token, then follows a real browser WebSocket coming and going,
-and marks a gateway node that stopped reporting as down."""
+shows ranked feed pages, a fallback with its cause when the model file goes away and the
+ranker's latency, and marks a gateway node that stopped reporting as down."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import re
+import shutil
 import socket
+import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from playwright.async_api import expect
 
 from core.settings import Settings
+from ranking.model import SHIPPED_MODEL
 from tests.support.ops import WAIT, open_websocket
 from tests.support.system import ARTIFACTS, chromium, publish_screenshot, running_system
 
@@ -35,24 +41,63 @@ async def sign_up_over_http(http: aiohttp.ClientSession, api_url: str) -> tuple[
     return user["user_id"], user["token"]
 
 
-@pytest.mark.slow
-async def keep_reading_feed(http: aiohttp.ClientSession, api_url: str, reader: str) -> None:
+async def keep_reading_feed(
+    http: aiohttp.ClientSession, api_url: str, reader: str, algorithm: str | None
+) -> None:
+    """Reads the feed every half second; a ranked reader also reads the second page (from
+    the first page's snapshot), so both kinds of ranked page are counted."""
+    params = {"algorithm": algorithm, "limit": "2"} if algorithm else {}
     while True:
-        async with http.get(f"{api_url}/v1/feed", headers=auth(reader)) as resp:
+        async with http.get(f"{api_url}/v1/feed", params=params, headers=auth(reader)) as resp:
             assert resp.status == 200
+            cursor = (await resp.json()).get("next_cursor")
+        if algorithm and cursor:
+            later = params | {"cursor": cursor}
+            async with http.get(f"{api_url}/v1/feed", params=later, headers=auth(reader)) as resp:
+                assert resp.status == 200
         await asyncio.sleep(0.5)
 
 
+@contextlib.asynccontextmanager
+async def reading(
+    http: aiohttp.ClientSession, api_url: str, reader: str, algorithm: str | None = None
+) -> AsyncIterator[None]:
+    """A reader keeps reading while the dashboard is checked: its figures cover the last
+    seconds only (the latency windows are 10 s, rates the last second), so reads made
+    before a check may have aged out by the time the page shows them (this flaked in CI).
+    """
+    task = asyncio.create_task(keep_reading_feed(http, api_url, reader, algorithm))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.slow
 async def test_dashboard_follows_a_browser_connection(settings: Settings) -> None:
+    # The server ranks with a copy of the shipped model: removing the copy later forces
+    # a fallback (no model) in the real process, as losing the file would in production.
+    with tempfile.TemporaryDirectory(prefix="ops-model-") as tmp:
+        model = Path(tmp) / "model.json"
+        shutil.copyfile(SHIPPED_MODEL, model)
+        await follow_the_system(settings, model)
+
+
+async def follow_the_system(settings: Settings, model: Path) -> None:
     host = socket.gethostname()
+    ranking = {"RANKING_MODEL_PATH": str(model), "RANKING_BUDGET_MS": "5000"}
     async with (
-        running_system(settings) as system,
+        running_system(settings, **ranking) as system,
         chromium() as browser,
         contextlib.AsyncExitStack() as stack,
     ):
         gateway = system.services["gateway"]
         gateway_node = f"{host}:gateway:{gateway.port}:{gateway.proc.pid}"
         fanout_node = f"{host}:fanout:{system.services['fanout'].port}"
+        server = system.services["server"]
+        server_node = f"{host}:server:{server.port}:{server.proc.pid}"
         http = await stack.enter_async_context(aiohttp.ClientSession())
         _, reader = await sign_up_over_http(http, system.api_url)
         author_id, author = await sign_up_over_http(http, system.api_url)
@@ -103,19 +148,55 @@ async def test_dashboard_follows_a_browser_connection(settings: Settings) -> Non
             await asyncio.sleep(0.5)  # spread over a few seconds: the charts have a shape
         await expect(fanout_row.locator("td").nth(4)).to_have_text(str(POSTS), timeout=TIMEOUT_MS)
         # The feed read p50 covers the last 10 s of reads: the reads above may have aged
-        # out while fan-out caught up (this flaked in CI), so a reader keeps reading until
-        # the dashboard shows it.
-        reading = asyncio.create_task(keep_reading_feed(http, system.api_url, reader))
-        try:
-            server_row = page.locator("#server-table tbody tr")
+        # out while fan-out caught up, so a reader keeps reading until the page shows it.
+        async with reading(http, system.api_url, reader):
+            # This run's server: a node of an earlier test may still be listed, down.
+            server_row = page.locator("#server-table tbody tr", has_text=server_node)
             await expect(server_row.locator("td").nth(2)).not_to_have_text(
                 "\u2013", timeout=TIMEOUT_MS
             )
-        finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
         await expect(gateway_row.locator("td").nth(4)).not_to_have_text("\u2013")  # a rate
+
+        # Ranked pages: first pages ranked now and later pages from their snapshot are
+        # counted, and the ranker's p50/p99 shown; no fallback yet.
+        ranked_rows = page.locator("#ranked-table tbody tr")
+        count = 1  # the columns after the row header: why, count, per second
+        first_pages = ranked_rows.filter(has_text="first page").locator("td").nth(count)
+        later_pages = ranked_rows.filter(has_text="later page").locator("td").nth(count)
+        no_model = page.locator('#ranked-table tbody tr[data-cause="no_model"]')
+        nonzero = re.compile(r"^[1-9]")
+        async with reading(http, system.api_url, reader, "ranked"):
+            await expect(first_pages).to_have_text(nonzero, timeout=TIMEOUT_MS)
+            await expect(later_pages).to_have_text(nonzero, timeout=TIMEOUT_MS)
+            await expect(page.locator("#ranker-p50")).to_have_text(
+                re.compile(r"^\d[\d.,]* ms$"), timeout=TIMEOUT_MS
+            )
+            await expect(page.locator("#ranker-p99")).to_have_text(re.compile(r" ms$"))
+            await expect(page.locator("#ranked-rate")).not_to_have_text("\u2013")
+            await expect(no_model.locator("td").nth(count)).to_have_text("0")
+            await expect(page.locator("#ranked-fallback-share")).to_have_text("0.0 %")
+            ranker_chart = page.locator('[data-chart="ranker-latency"] canvas')
+            await expect(ranker_chart).to_have_attribute(
+                "aria-label", re.compile(r"p50 \d[\d.,]* ms")
+            )
+
+            # The model file goes away: ranked requests are served chronologically, and
+            # the dashboard says so and why.
+            await asyncio.to_thread(model.unlink)
+            await expect(no_model.locator("td").nth(count)).to_have_text(
+                nonzero, timeout=TIMEOUT_MS
+            )
+            await expect(no_model).to_have_class("fallback-seen")
+            await expect(no_model.locator("td").first).to_have_text("no model loaded")
+            await expect(page.locator("#ranked-fallback-share")).not_to_have_text(
+                re.compile(r"^(0\.0 %|\u2013)$"), timeout=TIMEOUT_MS
+            )
+
+            # Back again: ranked first pages resume (the screenshot shows both).
+            ranked_so_far = await first_pages.text_content() or ""
+            await asyncio.to_thread(shutil.copyfile, SHIPPED_MODEL, model)
+            await expect(first_pages).not_to_have_text(ranked_so_far, timeout=TIMEOUT_MS)
+            await expect(page.locator("#ranker-p50")).to_have_text(re.compile(r" ms$"))
         assert await page.evaluate("sessionStorage.getItem('feed.ops.token')") == (
             settings.operator_token
         )
@@ -131,5 +212,12 @@ async def test_dashboard_follows_a_browser_connection(settings: Settings) -> Non
         # A node that stops reporting stays listed, marked down.
         gateway.stop()
         await expect(gateway_row.locator("td").first).to_contain_text("down", timeout=TIMEOUT_MS)
-        await expect(page.locator("#total-nodes-down")).to_have_text("1")
+        # At least that one; exactly the rows listed as down (any other test's node that
+        # stopped reporting while the page was open is down too, and rightly counted).
+        await expect(page.locator("#total-nodes-down")).to_have_text(re.compile(r"^[1-9]"))
+        down = await page.evaluate(
+            "[document.querySelectorAll('tbody td.down').length, "
+            "document.querySelector('#total-nodes-down').textContent]"
+        )
+        assert str(down[0]) == down[1], down
         await ops_context.close()

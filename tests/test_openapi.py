@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -30,20 +30,12 @@ from server.handlers.devices import MAX_DEVICES
 from server.handlers.posts import RATE_LIMIT_POSTS
 from server.openapi import DOCUMENT_BYTES, ERROR_CODES
 from tests.support.api import User, follow, new_handle, post, sign_up
-from tests.support.api_server import serve_api
 from tests.support.media import png, processed, put
 
 Client = TestClient[web.Request, web.Application]
 
 SPEC_URI = "urn:feed:openapi"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
-) -> AsyncIterator[Client]:
-    yield await aiohttp_client(serve_api(settings))
 
 
 async def served_document(api: Client) -> dict[str, Any]:

@@ -1,14 +1,17 @@
 """The ops dashboard's backend: /v1/ops/stats only for the operator token, and what it
 shows is what real gateway, fan-out and server processes report (their one-second stats
-keys in Redis); a node that stops reporting disappears once its key expires."""
+keys in Redis), ranked feed pages and fallbacks with their cause included; a node that
+stops reporting disappears once its key expires."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
 import uuid
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,8 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import keys, stats
+from core.service import OPS
 from core.settings import Settings
-from tests.support.api import error_of, sign_up
+from tests.support.api import MakeClient, error_of, follow, post, sign_up
+from tests.support.api_server import serve_api
 from tests.support.ops import node, operator_auth, ops_stats, wait_for_stats
 from tests.support.system import running_system
 from tests.support.wait import eventually
@@ -148,6 +153,78 @@ async def ops_stats_in_process(api: Client, settings: Settings) -> dict[str, obj
     assert resp.status == 200, await resp.text()
     body: dict[str, object] = await resp.json()
     return body
+
+
+async def test_ranked_pages_and_a_fallback_with_its_cause_reach_the_stats(
+    settings: Settings, aiohttp_client: MakeClient
+) -> None:
+    """Two real API servers on the test stack: one ranks (a first page, then a later page
+    from its snapshot), one has no model and serves the chronological page instead. The
+    stats say which node did what, why the fallback happened, and how long ranking took."""
+    # A generous budget: this is about what is counted, not this noisy machine's speed.
+    ranking = dataclasses.replace(settings, ranking_budget_ms=5000)
+    api = await aiohttp_client(serve_api(ranking))
+    # Its own node name: in one process, a node is named by its port setting (which the
+    # test server does not bind) and the pid.
+    without = dataclasses.replace(
+        ranking, ranking_model_path="/nonexistent/model.json", server_port=ranking.server_port + 1
+    )
+    no_model = await aiohttp_client(serve_api(without))
+    reader, author = await sign_up(api), await sign_up(api)
+    await follow(api, reader, author)
+    for i in range(3):
+        await post(api, author, f"ranked ops {i}")
+
+    async def feed(client: Client, **params: str) -> dict[str, Any]:
+        query = {"algorithm": "ranked", "limit": "2"} | params
+        resp = await client.get("/v1/feed", params=query, headers=reader.auth)
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+    first = await feed(api)
+    assert first["algorithm"] == "ranked" and first["next_cursor"], first
+    assert (await feed(api, cursor=first["next_cursor"]))["algorithm"] == "ranked"
+    fallback = await feed(no_model)
+    assert fallback["algorithm"] == "chronological" and len(fallback["posts"]) == 2
+
+    ranked_node, fallback_node = api.app[OPS].node, no_model.app[OPS].node
+    body: dict[str, Any] = {}
+
+    async def reported() -> bool:
+        # Each node reports once a second: poll until both reports carry the pages.
+        nonlocal body
+        body = await ops_stats_in_process(api, settings)
+        ranked, plain = node(body, "server", ranked_node), node(body, "server", fallback_node)
+        return bool(
+            ranked
+            and plain
+            and ranked.get("ranked_later_pages_total") == 1
+            and ranked.get("ranker_recent")
+            and plain.get("ranked_fallbacks")
+        )
+
+    try:
+        await eventually(reported, what="both servers' ranked pages in /v1/ops/stats")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last stats: {body}") from None
+    ranked, plain = node(body, "server", ranked_node), node(body, "server", fallback_node)
+    assert ranked is not None and plain is not None
+    assert ranked["ranked_first_pages_total"] == 1
+    assert ranked["ranked_fallbacks"] == {}
+    assert ranked["ranker_recent"] == 1  # first pages are ranked (and timed); later are not
+    assert 0 < ranked["ranker_p50_ms"] <= ranked["ranker_p99_ms"]
+    assert plain["ranked_fallbacks"] == {"no_model": 1}
+    assert plain["ranked_first_pages_total"] == plain["ranked_later_pages_total"] == 0
+    # Without a model nothing was ranked, so nothing was timed.
+    assert plain["ranker_recent"] == 0 and plain["ranker_p50_ms"] is None
+    # Totals add up over every live server (other tests' servers may be reporting too).
+    totals = body["totals"]["server"]
+    assert totals["ranked_first_pages_total"] >= 1
+    assert totals["ranked_later_pages_total"] >= 1
+    assert totals["ranked_fallbacks"]["no_model"] >= 1
+    assert totals["ranked_fallback_total"] == sum(totals["ranked_fallbacks"].values())
+    assert totals["ranker_p99_ms"] >= ranked["ranker_p99_ms"]  # the slowest node's
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ async def replica_in_use(api: Client, standby: asyncpg.Connection, post_id: str)
     """The standby has `post_id` and the server's monitor counts it usable again."""
 
     async def ready() -> bool:
-        return await on_standby(standby, post_id) and api.server.app[READS].state.usable
+        return await on_standby(standby, post_id) and api.app[READS].state.usable
 
     await eventually(ready, 30, "replica caught up and in use")
 

@@ -8,6 +8,13 @@ window), measures the machine's latency floor right after each rate (the same lo
 against a server that does no work, scripts/bench/floor.py) and its own ceiling (Redis
 GET, Postgres SELECT 1, the same server's /healthz) in the same run, and prints a
 markdown block ready to paste.
+
+    .venv/bin/python -m scripts.bench.feed_read --algorithm both --rate 100 --no-floor
+
+runs each rate twice, chronological then `algorithm=ranked` (the same readers, load and
+server), and compares the server's CPU per page and the latency. Both ask for first pages
+only: a ranked first page ranks and snapshots its candidates (the expensive case); later
+ranked pages only read that snapshot.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import asyncpg
 import redis
 
 from core import stats
-from scripts.bench import common, floor, observe, tail
+from scripts.bench import common, floor, observe, ranked_cost, tail
 from scripts.bench.bench_data import (
     DatasetInfo,
     Target,
@@ -60,7 +67,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "scripts/bench/loadgen_go)",
     )
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--second-page-share", type=float, default=0.1)
+    p.add_argument(
+        "--second-page-share",
+        type=float,
+        default=0.1,
+        help="share of requests asking for a second page (0 whenever ranked pages run: "
+        "first pages are compared)",
+    )
+    ranked_cost.add_arguments(p)
     p.add_argument("--port", type=int, default=common.BENCH_PORT)
     p.add_argument("--db", default=common.BENCH_DB)
     p.add_argument("--redis-db", type=int, default=common.BENCH_REDIS_DB)
@@ -162,6 +176,7 @@ class Measured:
     tail: list[str]  # when the slow requests came, and what the machine did then
     floor: Row | None = None  # the same load against a no-op server, right after
     floor_tail: tuple[str, ...] = ()
+    algorithm: str = "chronological"
 
 
 def measure_one(
@@ -218,23 +233,48 @@ def measure_feed(
     Redis restarted, another process took the cores) is repeated up to --retries times."""
     done: list[Measured] = []
     base = feed_plan(args, server, tokens)
+    args.idle_percent = ranked_cost.idle_percent(args, server.pids)
     for n, rate in enumerate(float(r) for r in args.rate.split(",")):
         cold = args.cold and n == 0
-        plan = replace(base, rate=rate, warmup=0.0 if cold else base.warmup)
-        label = "feed, cold" if cold else "feed"
-        for attempt in range(args.retries + 1):
-            prepare_redis(args, target, cold)
-            note(
-                f"feed: {rate:,.0f} req/s, warm-up {plan.warmup:.0f} s, "
-                f"measure {plan.duration:.0f} s (attempt {attempt + 1})"
+        for algorithm in ranked_cost.algorithms(args):
+            plan = ranked_cost.plan_for(
+                args, replace(base, rate=rate, warmup=0.0 if cold else base.warmup), algorithm
             )
-            measured = measure_one(args, server, plan, label, target)
-            if measured.valid:
-                break
-        if not args.no_floor:
-            measured = with_floor(args, server, plan, tokens[0], measured)
-        done.append(measured)
+            label = ranked_cost.label("feed, cold" if cold else "feed", algorithm)
+            for attempt in range(args.retries + 1):
+                prepare_redis(args, target, cold)
+                note(
+                    f"feed: {rate:,.0f} req/s {algorithm}, warm-up {plan.warmup:.0f} s, "
+                    f"measure {plan.duration:.0f} s (attempt {attempt + 1})"
+                )
+                served = ranked_cost.served(server.base_url)
+                measured = measure_one(args, server, plan, label, target)
+                served = ranked_cost.since(served, ranked_cost.served(server.base_url))
+                if algorithm == "ranked":
+                    measured = ranked_checked(measured, served)
+                if measured.valid:
+                    break
+            if not args.no_floor:
+                measured = with_floor(args, server, plan, tokens[0], measured)
+            done.append(replace(measured, algorithm=algorithm))
     return done
+
+
+def ranked_checked(measured: Measured, served: ranked_cost.Served) -> Measured:
+    """A ranked run in which the server fell back to chronological pages measured the
+    fallback, not ranking: invalid (and repeated, as any invalid run)."""
+    context = f"{measured.context}; {ranked_cost.describe(served)}"
+    problem = ranked_cost.problem(served)
+    if problem is None:
+        return replace(measured, context=context)
+    label = f"{measured.row.label} (INVALID: {problem})"
+    note(f"feed: INVALID: {problem}")
+    return replace(
+        measured,
+        row=replace(measured.row, label=label),
+        context=f"{context}; INVALID: {problem}",
+        valid=False,
+    )
 
 
 def with_floor(
@@ -282,6 +322,7 @@ def markdown(
         )
     rows = [row for m in runs for row in (m.row, m.floor) if row is not None]
     lines += ["", table(rows), ""]
+    lines += ranked_cost.comparison([(m.algorithm, m.row) for m in runs], args.idle_percent)
     if any(m.floor for m in runs):
         lines += [
             f"`{floor.LABEL}`: right after each rate, the same load (rate, connections, "
@@ -322,12 +363,17 @@ def run(args: argparse.Namespace) -> str:
         args.throttle_max,
         root=args.server_root,
         processes=args.server_processes,
+        extra_env=ranked_cost.server_env(args),
     )
     if args.profile:
         config = replace(
             config,
             module="scripts.bench.profiled_server",
-            extra_env=(("BENCH_PROFILE", args.profile), ("BENCH_PROFILE_OUT", args.profile_out)),
+            extra_env=(
+                *config.extra_env,
+                ("BENCH_PROFILE", args.profile),
+                ("BENCH_PROFILE_OUT", args.profile_out),
+            ),
         )
     if args.client == "go":
         note(f"feed: Go load generator {go_binary()}")

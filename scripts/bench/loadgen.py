@@ -31,6 +31,8 @@ class Plan:
     max_inflight: int = 20_000  # beyond this the client itself is overloaded: shed, counted
     seed: int = 7
     slow_after: float = 0.010  # measured requests slower than this are also listed in `slow`
+    method: str = "GET"
+    body: str = ""  # JSON, sent with each request when not empty
 
 
 @dataclass(slots=True)

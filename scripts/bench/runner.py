@@ -108,7 +108,13 @@ def go_plan(plan: Plan) -> dict[str, Any]:
         "progress_every": PROGRESS_EVERY,
         "tick": GO_TICK,
         "requests": [
-            {"path": plan.path, "authorization": f"Bearer {t}", "kind": "page1"}
+            {
+                "path": plan.path,
+                "authorization": f"Bearer {t}",
+                "kind": "page1",
+                "method": plan.method,
+                "body": plan.body,
+            }
             for t in plan.tokens
         ],
     }

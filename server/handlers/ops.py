@@ -147,6 +147,28 @@ def server_totals(nodes: list[Node]) -> dict[str, Any]:
         "timeline_cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
         "feed_read_p50_ms": _worst(nodes, "feed_read_p50_ms"),
         "feed_read_p99_ms": _worst(nodes, "feed_read_p99_ms"),
+        **ranked_totals(nodes),
+    }
+
+
+def ranked_totals(nodes: list[Node]) -> dict[str, Any]:
+    """Ranked feed pages: served ranked (first pages ranked now, later pages from their
+    snapshot) or chronological instead, by cause (`ranked_fallbacks`, cause -> count)."""
+    fallbacks: dict[str, int] = {}
+    for node in nodes:
+        raw = node.get("ranked_fallbacks")
+        if not isinstance(raw, dict):
+            continue
+        for cause, n in raw.items():
+            if isinstance(n, int):
+                fallbacks[str(cause)] = fallbacks.get(str(cause), 0) + n
+    return {
+        "ranked_first_pages_total": _sum(nodes, "ranked_first_pages_total"),
+        "ranked_later_pages_total": _sum(nodes, "ranked_later_pages_total"),
+        "ranked_fallback_total": sum(fallbacks.values()),
+        "ranked_fallbacks": dict(sorted(fallbacks.items())),
+        "ranker_p50_ms": _worst(nodes, "ranker_p50_ms"),
+        "ranker_p99_ms": _worst(nodes, "ranker_p99_ms"),
     }
 
 

@@ -193,6 +193,12 @@
       rates.requests = r("requests_total");
       rates.hits = r("timeline_cache_hits_total");
       rates.misses = r("timeline_cache_misses_total");
+      rates.rankedFirst = r("ranked_first_pages_total");
+      rates.rankedLater = r("ranked_later_pages_total");
+      rates.fallbacks = {};
+      for (const [cause, count] of Object.entries(snap.ranked_fallbacks || {})) {
+        rates.fallbacks[cause] = nodeRate(`${nodeKey(service, node)}/f/${cause}`, count, at);
+      }
     }
     if (service === "push") {
       rates.outcomes = {};
@@ -221,6 +227,9 @@
         else if (result === "failed" || result === "invalid") pushRates.failed.push(rate);
       }
     }
+    const servers = up("server");
+    const ranked = sumRates(servers.flatMap((e) => [e.rates.rankedFirst, e.rates.rankedLater]));
+    const fallback = sumRates(servers.flatMap((e) => Object.values(e.rates.fallbacks || {})));
     const hits = rateOf("server", "hits");
     const misses = rateOf("server", "misses");
     return {
@@ -239,6 +248,11 @@
       feedP50: totals.server.feed_read_p50_ms,
       feedP99: totals.server.feed_read_p99_ms,
       hitRate: hits != null && misses != null && hits + misses > 0 ? hits / (hits + misses) : null,
+      // A fallback rate is null until a node has reported a cause twice; none yet is 0.
+      ranked,
+      fallback: fallback ?? (ranked != null ? 0 : null),
+      rankerP50: totals.server.ranker_p50_ms,
+      rankerP99: totals.server.ranker_p99_ms,
     };
   }
 
@@ -272,6 +286,7 @@
     $("#total-nodes-down").parentElement.classList.toggle("alert", down > 0);
     renderCharts(body);
     renderTables(body);
+    renderRanked(body, last);
   }
 
   const CHARTS = {
@@ -302,6 +317,18 @@
       series: [
         { label: "p50", key: "feedP50", fmt: fmtNum, unit: "ms" },
         { label: "p99", key: "feedP99", fmt: fmtNum, unit: "ms" },
+      ],
+    },
+    ranked: {
+      series: [
+        { label: "Ranked/s", key: "ranked", fmt: fmtNum },
+        { label: "Fallback/s", key: "fallback", fmt: fmtNum },
+      ],
+    },
+    "ranker-latency": {
+      series: [
+        { label: "p50", key: "rankerP50", fmt: fmtNum, unit: "ms" },
+        { label: "p99", key: "rankerP99", fmt: fmtNum, unit: "ms" },
       ],
     },
     "hit-rate": {
@@ -581,6 +608,81 @@
       "No API server has reported.",
       6,
     );
+  }
+
+  // How a ranked request can be served (server/metrics.py `feed_ranked_requests`), in
+  // the order listed; a cause the server adds later is listed after these.
+  const RANKED_OUTCOMES = [
+    { why: "first page, ranked now", total: "ranked_first_pages_total", rate: "rankedFirst" },
+    {
+      why: "later page, from its snapshot",
+      total: "ranked_later_pages_total",
+      rate: "rankedLater",
+    },
+  ];
+  const FALLBACK_CAUSES = {
+    no_model: "no model loaded",
+    error: "ranker error",
+    budget: "over the time budget",
+    breaker_open: "circuit breaker open",
+    no_candidates: "nothing recent to rank",
+  };
+
+  /** Fallback share of the ranked requests over the chart's span (its samples are about
+   * one second apart, so their rates weigh alike); null without ranked requests. */
+  function fallbackShare() {
+    let ranked = 0;
+    let fallback = 0;
+    for (const point of state.history) {
+      ranked += point.ranked || 0;
+      fallback += point.fallback || 0;
+    }
+    return ranked + fallback > 0 ? fallback / (ranked + fallback) : null;
+  }
+
+  function renderRanked(body, last) {
+    const totals = body.totals.server;
+    const ms = (v) => (v == null ? "–" : `${fmtNum(v)} ms`);
+    $("#ranked-rate").textContent = fmtNum(last.ranked);
+    $("#ranked-fallback-rate").textContent = fmtNum(last.fallback);
+    $("#ranked-span").textContent = `last ${spanText(chartSpan())}`;
+    $("#ranked-fallback-share").textContent = fmtPct(fallbackShare());
+    $("#ranker-p50").textContent = ms(totals.ranker_p50_ms);
+    $("#ranker-p99").textContent = ms(totals.ranker_p99_ms);
+
+    const servers = nodesOf("server").filter((e) => e.up);
+    const rateOf = (pick) => sumRates(servers.map((e) => pick(e.rates || {})));
+    const rows = RANKED_OUTCOMES.map((o) => ({
+      served: "ranked",
+      why: o.why,
+      count: totals[o.total],
+      rate: rateOf((r) => r[o.rate]),
+    }));
+    const counts = totals.ranked_fallbacks || {};
+    const unknown = Object.keys(counts).filter((c) => !(c in FALLBACK_CAUSES));
+    const causes = [...Object.keys(FALLBACK_CAUSES), ...unknown];
+    for (const cause of causes) {
+      rows.push({
+        served: "chronological",
+        why: FALLBACK_CAUSES[cause] || cause,
+        cause,
+        count: counts[cause] || 0,
+        rate: rateOf((r) => (r.fallbacks || {})[cause]),
+      });
+    }
+    const tbody = $("#ranked-table tbody");
+    tbody.replaceChildren();
+    for (const row of rows) {
+      const tr = document.createElement("tr");
+      if (row.cause) tr.dataset.cause = row.cause;
+      if (row.cause && row.count > 0) tr.className = "fallback-seen";
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = row.served;
+      if (row.served === "ranked") th.className = "served-ranked";
+      tr.append(th, cell(row.why), cell(fmtInt(row.count)), cell(fmtNum(row.rate)));
+      tbody.append(tr);
+    }
   }
 
   // -- wiring --------------------------------------------------------------------------

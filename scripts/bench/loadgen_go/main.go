@@ -66,6 +66,8 @@ type request struct {
 	Path          string `json:"path"`          // e.g. "/v1/feed?limit=20"
 	Authorization string `json:"authorization"` // header value; "" sends none
 	Kind          string `json:"kind"`          // latency bucket, e.g. "page1"
+	Method        string `json:"method"`        // "" is GET
+	Body          string `json:"body"`          // sent as application/json when not ""
 }
 
 type plan struct {
@@ -561,7 +563,12 @@ func (g *loadgen) watch(slot int, events uint32) {
 
 func (g *loadgen) appendRequest(b []byte, j *job) []byte {
 	r := &g.plan.Requests[j.req]
-	b = append(b, "GET "...)
+	if r.Method == "" {
+		b = append(b, "GET "...)
+	} else {
+		b = append(b, r.Method...)
+		b = append(b, ' ')
+	}
 	b = append(b, r.Path...)
 	if j.page2 {
 		b = append(b, "&cursor="...)
@@ -573,7 +580,12 @@ func (g *loadgen) appendRequest(b []byte, j *job) []byte {
 		b = append(b, "\r\nAuthorization: "...)
 		b = append(b, r.Authorization...)
 	}
-	return append(b, "\r\n\r\n"...)
+	if r.Body != "" {
+		b = append(b, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+		b = strconv.AppendInt(b, int64(len(r.Body)), 10)
+	}
+	b = append(b, "\r\n\r\n"...)
+	return append(b, r.Body...)
 }
 
 // wait sleeps in epoll until an event or for d, then handles what arrived.
