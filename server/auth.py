@@ -19,6 +19,7 @@ from core import timelines
 from core.auth import TokenError
 from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
+from server.contract.accounts import SignIn, SignUp
 from server.contract.fields import PASSWORD_MAX
 from server.errors import ApiError
 from server.handlers import ops
@@ -85,12 +86,8 @@ def authenticate(request: web.Request) -> None:
 
 
 async def sign_up(request: web.Request) -> web.Response:
-    body = await v.read_json(request)
-    v.refuse_unknown(body, {"handle", "password", "display_name"})
-    handle = v.handle(body)
-    password = v.password(body)
-    raw_name = v.string(body, "display_name", required=False, default="") or ""
-    display_name = v.clean_text(raw_name, "display_name", v.DISPLAY_NAME_MAX, allow_newlines=False)
+    body = await v.read_body(request, SignUp)
+    handle, password, display_name = body.handle, body.password, body.display_name or ""
     c = ctx(request)
     password_hash = await asyncio.to_thread(c.hasher.hash, password)
     new_id = c.ids.next_id()
@@ -110,11 +107,8 @@ async def sign_up(request: web.Request) -> web.Response:
 
 
 async def sign_in(request: web.Request) -> web.Response:
-    body = await v.read_json(request)
-    v.refuse_unknown(body, {"handle", "password"})
-    handle = v.string(body, "handle")
-    password = v.string(body, "password")
-    assert handle is not None and password is not None
+    body = await v.read_body(request, SignIn)
+    handle, password = body.handle, body.password
     c = ctx(request)
     row = None
     if v.HANDLE.fullmatch(handle):

@@ -19,9 +19,6 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from server.contract import fields
-from server.contract.accounts import SignUp
-from server.contract.fields import DISPLAY_NAME_MAX as DISPLAY_NAME_MAX
 from server.contract.fields import HANDLE_CHARS, HANDLE_MAX
 from server.contract.fields import MAX_ID as MAX_ID
 from server.contract.fields import parse_id as _id_of
@@ -158,46 +155,3 @@ def idempotency_key(request: web.Request, from_body: str | None) -> str | None:
         return None
     key: str = validate_field(NewPost, "idempotency_key", header)
     return key
-
-
-# --- for server/auth.py, which reads sign-up and sign-in fields one at a time ----------
-
-
-def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "unknown_field")
-
-
-def string(
-    body: dict[str, Any], name: str, *, required: bool = True, default: str | None = None
-) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise invalid(name, f"{name} is required", "missing_field")
-        return default
-    if not isinstance(value, str):
-        raise invalid(name, f"{name} must be a string")
-    return value
-
-
-def handle(body: dict[str, Any]) -> str:
-    value: str = validate_field(SignUp, "handle", body.get("handle"))
-    return value
-
-
-def password(body: dict[str, Any]) -> str:
-    value: str = validate_field(SignUp, "password", body.get("password"))
-    return value
-
-
-def clean_text(value: str, field: str, max_chars: int, *, allow_newlines: bool) -> str:
-    """NFC-normalise, trim, check characters and length (code points after NFC)."""
-    try:
-        text = fields.normalise(value, allow_newlines)
-    except ValueError as exc:
-        raise invalid(field, str(exc).replace("{field}", field), "invalid_characters") from None
-    if len(text) > max_chars:
-        raise invalid(field, f"{field} is longer than {max_chars} characters", "too_long")
-    return text
