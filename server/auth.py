@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from core import timelines
-from core.auth import TokenError
+from core.auth import TokenError, TokenSigner
 from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
 from server.contract.accounts import SignIn, SignUp
@@ -44,10 +44,6 @@ def requires_auth(request: web.Request) -> bool:
     )
 
 
-def bearer_token(request: web.Request) -> str | None:
-    return bearer_value(request.headers.get("Authorization"))
-
-
 def bearer_value(header: str | None) -> str | None:
     """The token of an Authorization header (None: no header); raises ApiError (401) for
     anything but a bearer token. Also server/front.py's, so both paths read it alike."""
@@ -59,30 +55,38 @@ def bearer_value(header: str | None) -> str | None:
     return token.strip()
 
 
+def verified_user(signer: TokenSigner, header: str | None) -> int | None:
+    """The user an Authorization header's token proves; None without the header; ApiError
+    (401) for anything else. The middleware and the feed's fast path both authorize here."""
+    token = bearer_value(header)
+    if token is None:
+        return None
+    try:
+        return signer.verify(token).user_id
+    except TokenError as exc:
+        raise ApiError(
+            401,
+            exc.code,
+            str(exc),
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from None
+
+
 def authenticate(request: web.Request) -> None:
     """Checks the request's token where one is needed and notes whose it is (USER_ID);
     raises ApiError (401) otherwise. Operator paths take the operators' token only."""
     if request.path.startswith(ops.OPERATOR_PREFIX):  # operators' token, never a user's
         ops.require_operator(request)
     elif requires_auth(request):
-        token = bearer_token(request)
-        if token is None:
+        user = verified_user(ctx(request).signer, request.headers.get("Authorization"))
+        if user is None:
             raise ApiError(
                 401,
                 "unauthorized",
                 "sign in first: Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        try:
-            claims = ctx(request).signer.verify(token)
-        except TokenError as exc:
-            raise ApiError(
-                401,
-                exc.code,
-                str(exc),
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            ) from None
-        request[USER_ID] = claims.user_id
+        request[USER_ID] = user
 
 
 async def sign_up(request: web.Request) -> web.Response:

@@ -44,6 +44,7 @@ from core.redis_address import RedisAddress
 from core.redis_gate import RedisUnavailable
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
 from server import timeline_store as store
+from server import validation as v
 from server.context import ServerContext
 from server.following import FollowingCache
 from server.hydrate import REDIS_ERRORS, Hydrator
@@ -481,3 +482,17 @@ def _fallback(message: str, user_id: int, exc: BaseException) -> None:
 
 
 FEED = web.AppKey("home_feed", HomeFeed)
+
+
+def page_body(page: FeedPage, cursor: bool, algorithm: str | None = None) -> bytes:
+    """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped.
+    Written by the handler (server/handlers/feed.py) and by server/front.py, which
+    answers most GET /v1/feed requests.
+    `algorithm`: said in the body when the request named one."""
+    tail: dict[str, object] = {"has_more": page.has_more}
+    if cursor:
+        next_cursor = page.next_cursor
+        tail["next_cursor"] = v.encode_cursor("feed", next_cursor) if next_cursor else None
+    if algorithm is not None:
+        tail["algorithm"] = algorithm
+    return b'{"posts":[' + b",".join(page.posts) + b"]," + orjson.dumps(tail)[1:]

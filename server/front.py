@@ -19,19 +19,15 @@ from typing import cast
 from aiohttp import web
 
 from core.aiohttp_internals import SERVER_SOFTWARE
-from core.auth import TokenError
 from core.http_errors import ShapedErrorsRunner
 from core.service import hand_over
 from server import validation as v
-from server.auth import bearer_value
+from server.auth import verified_user
 from server.context import CTX
 from server.errors import ApiError, failure
-from server.feed import FEED
+from server.feed import FEED, page_body
 from server.feed_request import MAX_HEAD, FeedRequest, maybe_feed, parse_head
-from server.handlers.feed import page_body
-from server.metrics import METRICS
-from server.middleware import FEED_ROUTE
-from server.stats import SERVER_STATS
+from server.middleware import FEED_ROUTE, observe
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +44,7 @@ class FeedFront:
         self.signer = app[CTX].signer
         # As aiohttp's (core.service.app_runner): idle, or a head still arriving, that long.
         self.keepalive = app[CTX].settings.http_keepalive_seconds
-        self.metrics = app[METRICS]
-        self.latency = app[SERVER_STATS].feed_reads
+        self.app = app
         self.protocols: set[FrontProtocol] = set()  # open, or still answering
         self.closing = False
         self._date = (0, b"")
@@ -174,15 +169,14 @@ class FrontProtocol(asyncio.Protocol):
     def _admit(self, request: FeedRequest) -> tuple[int, int | None, int] | None:
         """(user, before, limit), or None: aiohttp refuses it, with the usual error."""
         try:
-            token = bearer_value(request.authorization)
-            if token is None:
+            user = verified_user(self._front.signer, request.authorization)
+            if user is None:
                 return None
-            claims = self._front.signer.verify(token)
             limit = v.limit_value(request.limit)
             before = v.cursor_value(request.cursor, "feed")
-        except (TokenError, ApiError):
+        except ApiError:
             return None
-        return claims.user_id, before[0] if before else None, limit
+        return user, before[0] if before else None, limit
 
     async def _answer(self, user: int, before: int | None, limit: int, keep_alive: bool) -> None:
         front = self._front
@@ -193,10 +187,7 @@ class FrontProtocol(asyncio.Protocol):
             status, body = 200, page_body(page, cursor=True)
         except Exception as exc:  # noqa: BLE001 - as the middleware: a 500 in our shape
             status, body, headers = failure(exc, "GET", FEED_ROUTE)
-        elapsed = time.perf_counter() - started
-        front.metrics.record("GET", FEED_ROUTE, status, elapsed)
-        if status < 300:
-            front.latency.add(elapsed * 1000)
+        observe(front.app, "GET", FEED_ROUTE, status, time.perf_counter() - started)
         keep_alive = keep_alive and not front.closing
         try:
             self._write(status, body, headers, keep_alive)

@@ -1,7 +1,12 @@
 """The API server's one middleware: authentication, the JSON error shape, request
 metrics and the dashboard's feed latency, in one coroutine per request (four
 middlewares cost four more frames and a response check each, on a path that serves
-thousands of feed reads a second)."""
+thousands of feed reads a second).
+
+The feed's fast path (server/front.py) answers most GET /v1/feed requests before aiohttp
+sees them; it authorizes with the same function (server/auth.verified_user), shapes
+errors with the same one (server/errors.failure) and observes with this module's
+`observe`, so what is added to those is added to both paths."""
 
 from __future__ import annotations
 
@@ -42,16 +47,20 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = response_for(request, web.HTTPNotFound() if static else exc)
     except Exception as exc:  # noqa: BLE001 - the last resort: response_for logs it (500)
         response = response_for(request, exc)
-    elapsed = _record(request, response.status, started)
-    # Successful feed reads only: refusals would flatter the dashboard's latency.
-    if response.status < 300 and request.path == FEED_ROUTE and request.method == "GET":
-        request.app[SERVER_STATS].feed_reads.add(elapsed * 1000)
+    _record(request, response.status, started)
     return response
 
 
-def _record(request: web.Request, status: int, started: float) -> float:
-    elapsed = time.perf_counter() - started
+def _record(request: web.Request, status: int, started: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].record(request.method, route, status, elapsed)
-    return elapsed
+    observe(request.app, request.method, route, status, time.perf_counter() - started)
+
+
+def observe(app: web.Application, method: str, route: str, status: int, seconds: float) -> None:
+    """What every answered request leaves behind, on either path (this middleware, or
+    server/front.py's fast path for GET /v1/feed): its metrics, and for a successful feed
+    read the dashboard's latency (refusals would flatter it)."""
+    app[METRICS].record(method, route, status, seconds)
+    if status < 300 and route == FEED_ROUTE and method == "GET":
+        app[SERVER_STATS].feed_reads.add(seconds * 1000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typing
 
-import orjson
 from aiohttp import web
 
 from core.notification_view import notification_view
@@ -13,25 +12,12 @@ from server.context import ctx, user_id
 from server.contract.fields import has_bad_characters
 from server.contract.queries import DELTA_LIMIT, SEARCH_MAX, FeedQuery
 from server.errors import ApiError, invalid
-from server.feed import FEED, FeedPage
+from server.feed import FEED, FeedPage, page_body
 from server.handlers.posts import post_list
 from server.ranked import CURSOR_KIND, RANKED
 from server.service_json import json, json_bytes
 
 ALGORITHMS: tuple[str, ...] = typing.get_args(FeedQuery.model_fields["algorithm"].annotation)
-
-
-def page_body(page: FeedPage, cursor: bool, algorithm: str | None = None) -> bytes:
-    """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped.
-    Also written by server/front.py, which answers most GET /v1/feed requests.
-    `algorithm`: said in the body when the request named one."""
-    tail: dict[str, object] = {"has_more": page.has_more}
-    if cursor:
-        next_cursor = page.next_cursor
-        tail["next_cursor"] = v.encode_cursor("feed", next_cursor) if next_cursor else None
-    if algorithm is not None:
-        tail["algorithm"] = algorithm
-    return b'{"posts":[' + b",".join(page.posts) + b"]," + orjson.dumps(tail)[1:]
 
 
 def _page_response(page: FeedPage, cursor: bool, algorithm: str | None = None) -> web.Response:
