@@ -21,8 +21,8 @@ from server.contract.fields import ID_SCHEMA, IdempotencyKey
 from server.contract.media import CONTENT_TYPES
 from server.contract.paths import OPERATIONS, Answer, Code, Operation
 from server.contract.queries import Query
+from server.domain.devices import MAX_DEVICES
 from server.domain.posts import RATE_LIMIT_POSTS
-from server.handlers.devices import MAX_DEVICES
 from server.validation import BODY_SECONDS
 
 Json = dict[str, Any]

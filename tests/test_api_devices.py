@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.settings import Settings
-from server.handlers.devices import MAX_DEVICES
+from server.domain.devices import MAX_DEVICES
 from standins.fcm import registration_token
 from tests.support.api import MakeClient, error_of, sign_up
 from tests.support.api_server import serve_api

@@ -19,14 +19,12 @@ from core.endpoints import EndpointRejected, check_webpush_endpoint, resolve_pub
 from server import validation as v
 from server.context import ctx, user_id
 from server.contract.devices import NewDevice, Subscription, WebPushDevice
-from server.errors import ApiError, invalid
+from server.domain import devices
+from server.errors import invalid
 from server.hydrate import iso
 from server.service_json import json
 
-MAX_DEVICES = 20  # per user: phones, tablets and browsers; more is a client bug
 RESOLVE_TIMEOUT = 3.0
-
-DEVICE_COLUMNS = "id, kind, token, enabled, disabled_reason, created_at"
 
 
 def device_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -76,60 +74,17 @@ async def register(request: web.Request) -> web.Response:
         p256dh, auth = device.subscription.keys.p256dh, device.subscription.keys.auth
     else:  # an APNs token (lower-cased by its model) or an FCM token (as given)
         token = device.token
-    async with c.db.acquire() as conn, conn.transaction():
-        # Serialise one user's registrations so the cap cannot be raced past.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('devices:' || $1::bigint::text, 0))", me
-        )
-        others = await conn.fetchval(
-            "SELECT count(*) FROM devices WHERE user_id = $1 AND enabled"
-            " AND NOT (kind = $2 AND token = $3)",
-            me,
-            kind,
-            token,
-        )
-        if others >= MAX_DEVICES:
-            raise ApiError(
-                409, "too_many_devices", f"at most {MAX_DEVICES} devices; delete one first"
-            )
-        # A token registered again moves to its new owner (a phone changed hands, a
-        # browser profile signed in as someone else) and is enabled again.
-        row = await conn.fetchrow(
-            "INSERT INTO devices (id, user_id, kind, token, p256dh, auth)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
-            " ON CONFLICT (kind, token) DO UPDATE SET user_id = EXCLUDED.user_id,"
-            "  p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth, enabled = true,"
-            "  disabled_reason = NULL, disabled_at = NULL, updated_at = now()"
-            f" RETURNING {DEVICE_COLUMNS}",
-            c.ids.next_id(),
-            me,
-            kind,
-            token,
-            p256dh,
-            auth,
-        )
-    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE always returns the row
+    row = await devices.register(c, me, kind, token, p256dh, auth)
     return json({"device": device_json(row)}, status=201)
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    c, me = ctx(request), user_id(request)
-    rows = await c.db.fetch(
-        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
-        me,
-        MAX_DEVICES * 5,
-    )
+    rows = await devices.mine(ctx(request), user_id(request))
     return json({"devices": [device_json(r) for r in rows]})
 
 
 async def delete_device(request: web.Request) -> web.Response:
-    c, me = ctx(request), user_id(request)
-    device = v.path_id(request)
-    deleted = await c.db.fetchval(
-        "DELETE FROM devices WHERE id = $1 AND user_id = $2 RETURNING id", device, me
-    )
-    if deleted is None:  # someone else's device looks exactly like a missing one
-        raise ApiError(404, "device_not_found", "no such device")
+    await devices.delete(ctx(request), user_id(request), v.path_id(request))
     return web.Response(status=204)
 
 

@@ -11,6 +11,7 @@ from server import validation as v
 from server.context import ctx, user_id
 from server.contract.fields import has_bad_characters
 from server.contract.queries import DELTA_LIMIT, SEARCH_MAX, FeedQuery
+from server.domain import reads
 from server.errors import ApiError, invalid
 from server.feed import FEED, FeedPage, page_body
 from server.handlers.posts import post_list
@@ -76,28 +77,15 @@ async def search(request: web.Request) -> web.Response:
     limit = v.limit(request)
     before = v.decode_cursor(request, "search")
     c = ctx(request)
-    rows = await c.reads.fetch(
-        "SELECT id FROM posts WHERE search @@ websearch_to_tsquery('simple', $1) "
-        "AND deleted_at IS NULL AND id < $2 ORDER BY id DESC LIMIT $3",
-        query,
-        before[0] if before else v.MAX_ID,
-        limit + 1,
-    )
-    return json(await post_list(c, [r["id"] for r in rows], limit, "search"))
+    ids = await reads.search_ids(c, query, before[0] if before else v.MAX_ID, limit + 1)
+    return json(await post_list(c, ids, limit, "search"))
 
 
 async def notifications(request: web.Request) -> web.Response:
     c, me = ctx(request), user_id(request)
     limit = v.limit(request)
     before = v.decode_cursor(request, "notifications")
-    rows = await c.db.fetch(
-        "SELECT n.id, n.kind, n.post_id, n.created_at, u.id AS actor_id, u.handle, u.display_name "
-        "  FROM notifications n JOIN users u ON u.id = n.actor_id "
-        " WHERE n.user_id = $1 AND n.id < $2 ORDER BY n.id DESC LIMIT $3",
-        me,
-        before[0] if before else v.MAX_ID,
-        limit + 1,
-    )
+    rows = await reads.notifications(c, me, before[0] if before else v.MAX_ID, limit + 1)
     page = rows[:limit]
     has_more = len(rows) > limit
     return json(
