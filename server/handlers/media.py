@@ -1,14 +1,12 @@
 """Media: start an upload (a pre-signed PUT straight to the object store: the API never
 carries the bytes), read its status, set its alt text.
 
-Processing happens off the request path (server/media_worker.py); this module only
-creates rows and reads them. Refusals use the one error shape (server/errors.py).
+Processing happens off the request path (server/media_worker.py); the rows' SQL is
+server/domain/media.py's. Refusals use the one error shape (server/errors.py).
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,23 +19,15 @@ from core.resources import DB
 from core.service import SETTINGS
 from core.supervision import SUPERVISOR, Child
 from server import validation as v
-from server.context import Conn, ctx, user_id
+from server.context import ctx, user_id
 from server.contract.media import CONTENT_TYPES, MediaPatch, NewMedia
-from server.errors import ApiError, not_found
+from server.domain import media
+from server.errors import ApiError
 from server.hydrate import iso
 from server.media_worker import MediaWorker
 from server.service_json import json
 
 MEDIA_STORE = web.AppKey("media_store", ObjectStore)
-
-RATE_WINDOW_SECONDS = 3600
-UNATTACHED_SECONDS = 24 * 3600  # media on no post by then are deleted (objects and row)
-_LOCK_NAMESPACE = 0x6D65_6469  # "medi": one user's uploads are serialised (rate, quota)
-
-MEDIA_COLUMNS = (
-    "m.id, m.owner_id, m.content_type, m.size, m.status, m.reason, m.image_key, "
-    "m.preview_key, m.width, m.height, m.blurhash, m.alt_text, m.post_id, m.created_at"
-)
 
 
 async def media_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -89,36 +79,6 @@ def _size(size: int, limit: int) -> int:
     return size
 
 
-async def _check_rate_and_quota(conn: Conn, owner: int, size: int, request: web.Request) -> None:
-    settings = request.app[SETTINGS]
-    recent = await conn.fetch(
-        "SELECT created_at FROM media WHERE owner_id = $1 "
-        "AND created_at > now() - make_interval(secs => $2) ORDER BY created_at LIMIT $3",
-        owner,
-        float(RATE_WINDOW_SECONDS),
-        settings.media_uploads_per_hour,
-    )
-    if len(recent) >= settings.media_uploads_per_hour:
-        oldest = recent[0]["created_at"].timestamp()
-        retry = max(1, math.ceil(oldest + RATE_WINDOW_SECONDS - time.time()))
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"at most {settings.media_uploads_per_hour} uploads per hour; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
-    held = await conn.fetchval(
-        "SELECT coalesce(sum(size), 0) FROM media WHERE owner_id = $1 AND status <> 'failed'",
-        owner,
-    )
-    if held + size > settings.media_quota_bytes:
-        raise ApiError(
-            409,
-            "media_quota_exceeded",
-            f"your media would pass the quota of {settings.media_quota_bytes} bytes",
-        )
-
-
 async def create_media(request: web.Request) -> web.Response:
     body = await v.read_body(request, NewMedia)
     settings = request.app[SETTINGS]
@@ -129,22 +89,7 @@ async def create_media(request: web.Request) -> web.Response:
     key = upload_key(owner, media_id, content_type)
     ttl = settings.media_upload_ttl_seconds
     expires = datetime.now(UTC) + timedelta(seconds=ttl)
-    async with c.db.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)", _LOCK_NAMESPACE, owner & 0x7FFF_FFFF
-        )
-        await _check_rate_and_quota(conn, owner, size, request)
-        await conn.execute(
-            "INSERT INTO media (id, owner_id, content_type, size, upload_expires_at, upload_key, "
-            "purge_after) VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
-            media_id,
-            owner,
-            content_type,
-            size,
-            expires,
-            key,
-            float(UNATTACHED_SECONDS),
-        )
+    await media.start_upload(c, owner, media_id, content_type, size, key, expires)
     upload = await request.app[MEDIA_STORE].presign_put(key, content_type, size, ttl)
     return json(
         {
@@ -156,47 +101,13 @@ async def create_media(request: web.Request) -> web.Response:
     )
 
 
-async def _visible_row(request: web.Request, media_id: int) -> asyncpg.Record:
-    """The owner sees their media in every state; others only once attached to a post
-    that is not deleted. Anything else is 404 (not 403: ids are not confirmed)."""
-    row = await ctx(request).db.fetchrow(
-        f"SELECT {MEDIA_COLUMNS}, p.deleted_at AS post_deleted_at FROM media m "
-        "LEFT JOIN posts p ON p.id = m.post_id WHERE m.id = $1",
-        media_id,
-    )
-    if row is None:
-        raise not_found("media")
-    public = row["post_id"] is not None and row["post_deleted_at"] is None
-    if row["owner_id"] != user_id(request) and not public:
-        raise not_found("media")
-    return row
-
-
 async def get_media(request: web.Request) -> web.Response:
-    row = await _visible_row(request, v.path_id(request))
+    row = await media.visible(ctx(request), v.path_id(request), user_id(request))
     return json(media_json(row, request))
 
 
 async def patch_media(request: web.Request) -> web.Response:
     media_id = v.path_id(request)
     alt = (await v.read_body(request, MediaPatch)).alt_text
-    # Attached media are part of an immutable post, whose body (alt text included) is
-    # cached for a day and held in servers' memory: alt text is set before posting.
-    db = ctx(request).db
-    owner = user_id(request)
-    row = await db.fetchrow(
-        "UPDATE media m SET alt_text = $3 WHERE id = $1 AND owner_id = $2 "
-        f"AND post_id IS NULL RETURNING {MEDIA_COLUMNS}",
-        media_id,
-        owner,
-        alt,
-    )
-    if row is None:
-        if await db.fetchval(
-            "SELECT 1 FROM media WHERE id = $1 AND owner_id = $2", media_id, owner
-        ):
-            raise ApiError(
-                409, "media_attached", "alt text is set before the media is attached to a post"
-            )
-        raise not_found("media")
+    row = await media.set_alt_text(ctx(request), media_id, user_id(request), alt)
     return json(media_json(row, request))
