@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import asyncpg
 from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,6 +20,7 @@ from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
 from server.contract.accounts import SignIn, SignUp
 from server.contract.fields import PASSWORD_MAX
+from server.domain import users
 from server.errors import ApiError
 from server.handlers import ops
 from server.hydrate import REDIS_ERRORS
@@ -94,19 +94,7 @@ async def sign_up(request: web.Request) -> web.Response:
     handle, password, display_name = body.handle, body.password, body.display_name or ""
     c = ctx(request)
     password_hash = await asyncio.to_thread(c.hasher.hash, password)
-    new_id = c.ids.next_id()
-    try:
-        await c.db.execute(
-            "INSERT INTO users (id, handle, display_name, password_hash) VALUES ($1, $2, $3, $4)",
-            new_id,
-            handle,
-            display_name or handle,
-            password_hash,
-        )
-    except asyncpg.UniqueViolationError:
-        raise ApiError(
-            409, "handle_taken", "that handle is already taken", field="handle"
-        ) from None
+    new_id = await users.create(c, handle, display_name or handle, password_hash)
     return json({"user_id": str(new_id), "handle": handle, "token": c.signer.issue(new_id)}, 201)
 
 
@@ -114,11 +102,7 @@ async def sign_in(request: web.Request) -> web.Response:
     body = await v.read_body(request, SignIn)
     handle, password = body.handle, body.password
     c = ctx(request)
-    row = None
-    if v.HANDLE.fullmatch(handle):
-        row = await c.db.fetchrow(
-            "SELECT id, password_hash FROM users WHERE lower(handle) = lower($1)", handle
-        )
+    row = await users.credentials(c.db, handle)
     # A password longer than sign-up allows can match nothing (truncating it would let
     # any suffix after a real 128-character password in); it is still hashed, against
     # the dummy, so it takes as long as any other refusal.
@@ -135,19 +119,10 @@ async def sign_in(request: web.Request) -> web.Response:
     return json({"user_id": str(row["id"]), "token": c.signer.issue(row["id"])})
 
 
-# The self-join reads the row as it was before this UPDATE (its snapshot).
-RETURNING_USER = """
-UPDATE users u SET last_active_at = now() FROM users old
- WHERE u.id = $1 AND old.id = $1
-RETURNING old.last_active_at < now() - make_interval(days => $2)
-"""
-
-
 async def _mark_active(c: ServerContext, user: int) -> None:
     """Fan-out skips users inactive for FANOUT_ACTIVE_DAYS, so a returning user's stored
     timeline may miss posts: drop it, and the next read rebuilds it from Postgres."""
-    was_inactive = await c.db.fetchval(RETURNING_USER, user, c.settings.fanout_active_days)
-    if was_inactive:
+    if await users.mark_active(c.db, user, c.settings.fanout_active_days):
         try:
             await timelines.drop(c.redis, user)
         except REDIS_ERRORS as exc:

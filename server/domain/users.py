@@ -15,6 +15,47 @@ FOLLOWERS = ("followee_id", "follower_id")
 FOLLOWING = ("follower_id", "followee_id")
 
 
+async def create(c: ServerContext, handle: str, display_name: str, password_hash: str) -> int:
+    """A new user's id; 409 handle_taken when the handle is (case-insensitively) in use."""
+    new_id = c.ids.next_id()
+    try:
+        await c.db.execute(
+            "INSERT INTO users (id, handle, display_name, password_hash) VALUES ($1, $2, $3, $4)",
+            new_id,
+            handle,
+            display_name,
+            password_hash,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ApiError(
+            409, "handle_taken", "that handle is already taken", field="handle"
+        ) from None
+    return new_id
+
+
+async def credentials(db: asyncpg.Pool, handle: str) -> asyncpg.Record | None:
+    """(id, password_hash) of the user with this handle, if any."""
+    if not v.HANDLE.fullmatch(handle):
+        return None
+    row: asyncpg.Record | None = await db.fetchrow(
+        "SELECT id, password_hash FROM users WHERE lower(handle) = lower($1)", handle
+    )
+    return row
+
+
+# The self-join reads the row as it was before this UPDATE (its snapshot).
+RETURNING_USER = """
+UPDATE users u SET last_active_at = now() FROM users old
+ WHERE u.id = $1 AND old.id = $1
+RETURNING old.last_active_at < now() - make_interval(days => $2)
+"""
+
+
+async def mark_active(db: asyncpg.Pool, user: int, inactive_days: int) -> bool:
+    """Note the user active now; whether they had been inactive longer than the days."""
+    return bool(await db.fetchval(RETURNING_USER, user, inactive_days))
+
+
 async def by_handle(db: asyncpg.Pool, handle: str) -> asyncpg.Record:
     row = None
     if v.HANDLE.fullmatch(handle):
