@@ -17,7 +17,9 @@ worker at them, so `scripts/demo_push.py` can show pushes happening end to end.
 
 Settings: every service setting in README.md, plus SERVER_PROCESSES and GATEWAY_PROCESSES
 (default: half the cores, and every core), READY_TIMEOUT (seconds to wait for each start-up
-step's /readyz, default 90). GATEWAY_API_URL defaults to this run's API server.
+step's /readyz, default 90), RESTART_FIRST_DELAY (seconds before a service's first restart,
+doubling from there; default 0.5, tests shorten it). GATEWAY_API_URL defaults to this run's
+API server.
 
 Why our own asyncio loop rather than a process manager: supervisord has no readiness
 (a program counts as up after `startsecs`, `priority` orders starts without waiting),
@@ -40,7 +42,8 @@ import sys
 import time
 from pathlib import Path
 
-from supervise.child import Child, Service, say, stopped_within
+from supervise.child import PROBE_EVERY, Child, Service, say, stopped_within
+from supervise.restarts import RestartPolicy, Restarts
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = [sys.executable, str(ROOT / "scripts" / "stack.py")]
@@ -137,14 +140,16 @@ async def start_step(
         if pending and time.monotonic() - started > limit_seconds:
             names = ", ".join(kid.name for kid in pending)
             raise StartupFailed(f"not ready after {limit_seconds:.0f} s: {names}")
-        if pending and await stopped_within(stop, 0.3):
+        if pending and await stopped_within(stop, PROBE_EVERY):
             return False
     names = ", ".join(kid.name for kid in kids)
     say(f"{names} ready in {time.monotonic() - started:.1f} s")
     return not stop.is_set()
 
 
-async def supervise(env: dict[str, str], ready_timeout: float, demo: bool) -> int:
+async def supervise(
+    env: dict[str, str], ready_timeout: float, demo: bool, policy: RestartPolicy
+) -> int:
     plan = steps(env, demo)
     width = max(len(service.name) for step in plan for service in step)
     stop = asyncio.Event()
@@ -156,7 +161,7 @@ async def supervise(env: dict[str, str], ready_timeout: float, demo: bool) -> in
     started = time.monotonic()
     try:
         for number, step in enumerate(plan):
-            batch = [Child(service, ROOT, width) for service in step]
+            batch = [Child(service, ROOT, width, Restarts(policy)) for service in step]
             kids += batch
             if not await start_step(batch, env, ready_timeout, stop):
                 return 130
@@ -236,7 +241,8 @@ def main() -> int:
     ):
         return 1
     try:
-        code = asyncio.run(supervise(env, float(env.get("READY_TIMEOUT", "90")), args.demo))
+        policy = RestartPolicy(first_delay=float(env.get("RESTART_FIRST_DELAY", "0.5")))
+        code = asyncio.run(supervise(env, float(env.get("READY_TIMEOUT", "90")), args.demo, policy))
     finally:
         if not args.keep_stack:
             subprocess.run([*STACK, "stop"], check=False)

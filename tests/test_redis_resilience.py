@@ -1,8 +1,10 @@
 """Issue 22: a Redis restart or a dropped connection is not an outage, and an outage
 costs a caller one Redis deadline at most, not one per caller waiting before it.
 
-Every test has a Redis of its own (tests/support/private_redis.py), restarted, stopped
-or black-holed (tests/support/blackhole.py) without the rest of the suite seeing it.
+These tests have a Redis of their own (tests/support/private_redis.py), restarted,
+stopped or black-holed (tests/support/blackhole.py) without the rest of the suite seeing
+it; one for the module, started again before a test if the one before left it stopped.
+Each test reads and writes only keys of its own (its names, its new users).
 
 Restarts here block the event loop on purpose (`private.restart` is synchronous): the
 clients' sockets then have their FIN unread when the next commands go out, which is
@@ -19,15 +21,12 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -40,22 +39,27 @@ from core.settings import Settings
 from fanout.timelines import TimelineWriter
 from server.feed import REDIS_READ_TIMEOUT
 from server.hydrate import REDIS_ERRORS
-from tests.support.api import User, follow, post, sign_up
+from tests.support.api import Client, MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.blackhole import BlackHole
 from tests.support.private_redis import PrivateRedis, private_redis
 
 pytestmark = pytest.mark.slow
 
-Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 POOLED = 6  # connections each client holds at once before the restart
 
 
-@pytest.fixture
-def private(tmp_path: Path) -> Iterator[PrivateRedis]:
-    with private_redis(tmp_path) as server:
+@pytest.fixture(scope="module")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    with private_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture
+def private(private_server: PrivateRedis) -> PrivateRedis:
+    if not private_server.answers():
+        private_server.start()
+    return private_server
 
 
 def on(settings: Settings, url: str) -> Settings:

@@ -1,7 +1,16 @@
 """scripts/run.py as people run it: the real supervisor over real services on the test
 stack. Under live traffic (a poster, WebSocket followers that resume with ?since=) each
 kind of service is SIGKILLed in turn and must come back by itself while the others keep
-running, and no follower misses or repeats a post. Plus the restart bookkeeping alone."""
+running, and no follower misses or repeats a post. Before that, on the same running
+system, Redis is restarted under live traffic: every WebSocket client is told to resume
+(4010: its node's pub/sub link dropped) and comes back with ?since=; none misses a post
+or gets one twice, whatever order the replay, fan-out and the returning caches take, and
+the timelines are still there afterwards (the stack's Redis keeps an append-only file).
+Last, run.py stops everything it ever started. Plus the restart bookkeeping alone.
+
+The first three live tests share one system (module scope: its start-up is most of
+their cost); each brings its own traffic (a new author and new followers). They run in
+this file's order, and each also works alone on a fresh system."""
 
 from __future__ import annotations
 
@@ -17,7 +26,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from core import keys
 from core.settings import Settings
 from scripts.supervise.probe import listens
 from scripts.supervise.restarts import RestartPolicy, Restarts, exit_reason
@@ -33,6 +44,7 @@ from tests.support.wait import eventually
 
 CLIENTS = 200  # the issue's number; 20 will do while changing this test
 VICTIMS = ("fanout", "gateway", "push", "server")  # killed in this order
+DOWN_SECONDS = 6.0  # Redis stopped this long
 
 
 # -- the bookkeeping, alone ------------------------------------------------------------
@@ -123,10 +135,56 @@ async def kill_and_see_it_back(running: Supervised, traffic: Traffic, module: st
     await traffic.posts_made(3)  # the API answers again, and the poster goes on
 
 
+@pytest.fixture(scope="module")
+def supervised(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Supervised]:
+    """One system for the Redis restart, the kills and the stop, in that order."""
+    with supervised_system(settings, tmp_path_factory.mktemp("supervised")) as running:
+        yield running
+
+
 @pytest.fixture
-def supervised(settings: Settings, tmp_path: Path) -> Iterator[Supervised]:
+def fresh_supervised(settings: Settings, tmp_path: Path) -> Iterator[Supervised]:
+    """A system of the test's own: restart bookkeeping nobody else has touched."""
     with supervised_system(settings, tmp_path) as running:
         yield running
+
+
+async def timeline_sizes(url: str, users: list[int]) -> list[int]:
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.zcard(keys.timeline(user))
+            return list(await pipe.execute())
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_a_redis_restart_under_live_traffic_loses_nothing_and_repeats_nothing(
+    supervised: Supervised,
+) -> None:
+    running = supervised
+    async with live_traffic(running, CLIENTS) as traffic:
+        await traffic.feeds()  # read once: their timelines live in Redis from now on
+        await traffic.posts_made(3)
+        users = [int(user.id) for user in traffic.users]
+        before = await timeline_sizes(running.redis.url, users)
+        assert all(before), "followers' timelines were never built"
+        await asyncio.to_thread(running.redis.restart, DOWN_SECONDS)
+        after = await timeline_sizes(running.redis.url, users)
+        assert all(a >= b for a, b in zip(after, before, strict=True)), (
+            "timelines lost in the restart"
+        )
+        await traffic.posts_made(5)  # posting goes on after the restart
+        await traffic.stop_and_check()
+        told_to_resume = sum(f.closes[4010] for f in traffic.followers)
+        assert told_to_resume >= CLIENTS, "the restart never reached the live clients"
+    # A Redis restart is not a service's death: run.py had nothing to restart.
+    assert " exited (" not in running.output(), running.output()[-4000:]
 
 
 @pytest.mark.slow
@@ -147,7 +205,13 @@ async def test_run_restarts_each_killed_service_under_live_traffic(
         await traffic.stop_and_check()
     assert "crash-looping" not in running.output()
     assert running.output().count(" restarted (restart ") == len(VICTIMS)
-    await stop_and_see_everything_gone(running)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_run_stops_every_service_it_ever_started(supervised: Supervised) -> None:
+    """After the test above: the services it restarted are stopped too."""
+    await stop_and_see_everything_gone(supervised)
 
 
 async def stop_and_see_everything_gone(running: Supervised) -> None:
@@ -181,9 +245,9 @@ def hold_port(port: int) -> socket.socket:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_service_that_keeps_failing_is_reported_as_crash_looping_until_it_is_back(
-    supervised: Supervised,
+    fresh_supervised: Supervised,
 ) -> None:
-    running = supervised
+    running = fresh_supervised
     before = running.children()
     (victim,) = [pid for pid, module in before.items() if module == "fanout"]
     os.kill(victim, signal.SIGKILL)

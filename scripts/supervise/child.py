@@ -23,7 +23,9 @@ STOP_GRACE_SECONDS = 15.0
 # holding the pipe open must not hold up a restart.
 DRAIN_SECONDS = 2.0
 LINE_LIMIT = 1 << 20  # a longer line is dropped (and said so), the copying goes on
-PROBE_EVERY = 0.3
+# How often a starting process is asked whether it is ready: a probe is one loopback
+# request and a look at /proc, cheap next to the start-up it waits for.
+PROBE_EVERY = 0.1
 
 
 def say(message: str) -> None:

@@ -5,6 +5,7 @@ stop, restart or black-hole it without the rest of the suite seeing a gap."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,10 +42,22 @@ class PrivateRedis:
     def start(self) -> None:
         self._stack("start")
 
+    def answers(self) -> bool:
+        """Whether it is up and answers PING (without a stack.py run)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
     def stop(self) -> None:
         self._stack("stop")
 
     def restart(self, down_seconds: float) -> None:
+        if down_seconds <= 0:
+            self._stack("restart")  # one run of the stack script, not two
+            return
         self.stop()
         time.sleep(down_seconds)
         self.start()
