@@ -16,6 +16,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core.media_urls import public_read_acl
 from core.settings import Settings
 
 # Every call has a bound: a store that stops answering fails the call, not the worker.
@@ -167,25 +168,3 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise ObjectStoreError(f"create bucket {self.bucket}: {exc}", retriable=True) from exc
         return True
-
-
-def media_base_url(settings: Settings) -> str:
-    """The base, ending in "/", under which readers fetch stored objects: MEDIA_PUBLIC_URL
-    (a CDN), else the store itself (S3_ENDPOINT/S3_BUCKET, path style)."""
-    base = settings.media_public_url.rstrip("/")
-    if not base:
-        base = f"{settings.s3_endpoint.rstrip('/')}/{settings.s3_bucket}"
-    return base + "/"
-
-
-def public_url(settings: Settings, key: str) -> str:
-    return media_base_url(settings) + key
-
-
-def public_read_acl(settings: Settings) -> str | None:
-    """The canned ACL for what readers fetch. Without MEDIA_PUBLIC_URL they fetch from
-    the store itself, anonymously, so each object is made public-read (the local
-    s3proxy, MinIO, most S3 APIs); with a CDN in front the bucket stays private and the
-    CDN reads with its own grant (AWS buckets with ACLs disabled must use this, or a
-    bucket policy plus MEDIA_PUBLIC_URL set to the bucket's own URL)."""
-    return None if settings.media_public_url else "public-read"

@@ -21,8 +21,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from core import events, keys, post_cache
 from core.ids import IdGenerator, id_timestamp_ms
+from core.media_urls import media_base_url
 from core.notification_view import notification_view
-from core.object_store import media_base_url
 from core.postview import fetch_rows, full_post
 from core.replica import Reader
 from core.settings import Settings

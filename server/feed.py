@@ -38,7 +38,7 @@ from prometheus_client import Counter
 from core import keys, timelines
 from core.clients import gate_of
 from core.lean_redis import LeanRedis
-from core.object_store import media_base_url
+from core.media_urls import media_base_url
 from core.recent import Recent
 from core.redis_address import RedisAddress
 from core.redis_gate import RedisUnavailable

@@ -14,7 +14,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from core.object_store import ObjectStore, public_url
+from core.media_urls import public_url
+from core.object_store import ObjectStore
 from core.resources import DB
 from core.service import SETTINGS
 from core.supervision import SUPERVISOR, Child

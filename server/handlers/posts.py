@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from core import timelines
-from core.object_store import media_base_url
+from core.media_urls import media_base_url
 from server import validation as v
 from server.context import ServerContext, ctx, user_id
 from server.contract.posts import NewPost
