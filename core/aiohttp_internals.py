@@ -60,7 +60,7 @@ INTERNALS = (
     ),
     Internal(
         "aiohttp.http.SERVER_SOFTWARE",
-        "server/front.py",
+        "server/http/fast_feed.py",
         "the Server header aiohttp sends: the feed fast path answers with the same bytes "
         "aiohttp would (tests/test_front.py compares the headers).",
         UPSTREAM + "http_writer.py (re-exported by http.py)",
@@ -83,7 +83,7 @@ INTERNALS = (
     ),
     Internal(
         "web.BaseRunner._make_server()",
-        "ServerHookRunner below (core/http_errors.py, server/front.py)",
+        "ServerHookRunner below (core/http_errors.py, server/http/fast_feed.py)",
         "the one place a runner builds its web.Server, after the app has started (so the "
         "app's state exists): the API server puts its feed fast path in front of it, "
         "every service its error shape on it.",
@@ -91,7 +91,7 @@ INTERNALS = (
     ),
     Internal(
         "web.BaseRunner.cleanup() calling server.pre_shutdown() and server.shutdown(timeout)",
-        "server/front.py (FeedFront)",
+        "server/http/fast_feed.py (FeedFront)",
         "FeedFront stands in for the runner's web.Server: the runner's shutdown reaches "
         "it through these two calls only, so it must offer both with web.Server's "
         "signatures.",

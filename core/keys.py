@@ -46,7 +46,7 @@ def following(user_id: int) -> str:
 
 def following_version(user_id: int) -> str:
     """Changed (to a random token) by every follow or unfollow of the user: a cache fill
-    that read Postgres before the change is refused (server/following.py)."""
+    that read Postgres before the change is refused (server/feed/following.py)."""
     return f"flv:{{{user_id}}}"
 
 

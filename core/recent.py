@@ -1,5 +1,5 @@
 """A bounded map that keeps what was used recently, for hot read paths: post bodies a
-server process holds for feed pages (server/hydrate.py), tokens already verified
+server process holds for feed pages (server/feed/hydrate.py), tokens already verified
 (core/auth.py).
 
 Two generations instead of an LRU list (no bookkeeping on a hit): new entries go to the

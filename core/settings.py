@@ -103,13 +103,13 @@ class Settings:
     # Post bodies each API server process holds in memory for feed pages (~0.5 KB each).
     feed_held_posts: int = 50_000
     # Incident switches for the hand-written wire code (true: on, the default).
-    # FEED_FAST_PATH: the API server answers plain GET /v1/feed itself (server/front.py,
+    # FEED_FAST_PATH: the API server answers plain GET /v1/feed itself (server/http/fast_feed.py,
     # about a quarter of its CPU per page); false: every request goes through aiohttp's
     # handlers, middleware and router, with the same answers.
     feed_fast_path: bool = True
     # GATEWAY_NATIVE_WEBSOCKET: the gateway upgrades WebSockets itself
     # (gateway/protocols/, ~2 KiB instead of ~18 per connection); false: aiohttp's
-    # WebSocketResponse serves every connection (gateway/handlers.py), same protocol.
+    # WebSocketResponse serves every connection (gateway/endpoints.py), same protocol.
     gateway_native_websocket: bool = True
 
     # The ranked feed (GET /v1/feed?algorithm=ranked, ranking/). RANKING_MODEL_PATH: the

@@ -1,7 +1,7 @@
 """Home timelines in Redis (keys.timeline): their shape and rules, owned here alone.
 The API server and fan-out read and write `tl:{user}` only through this module and its
 scripts (core/lua/timeline_*.lua). It never decides who gets a post (fan-out does) and
-never merges a feed (server/feed.py does).
+never merges a feed (server/feed/home.py does).
 
 - One ZSET per user, every score 0, members fixed-width decimal post ids
   (keys.timeline_member): exact 64-bit order, and re-adding a post is a no-op.
@@ -64,7 +64,7 @@ async def build(client: aioredis.Redis, user_id: int, post_ids: list[int], cap: 
     read of Postgres and this write, a concurrent build of the same timeline may have
     finished and fan-out may have written newer posts into it; replacing would drop them.
     (Posts fan-out skipped because the timeline did not exist yet are the caller's to
-    add once it does: see server/feed.py, HomeFeed._rebuild.)"""
+    add once it does: see server/feed/home.py, HomeFeed._rebuild.)"""
     mapping = {keys.timeline_member(p): 0 for p in post_ids[:cap]}
     if len(post_ids) <= cap:
         mapping[SENTINEL] = 0
@@ -78,7 +78,7 @@ async def drop(client: aioredis.Redis, user_id: int) -> None:
 
 async def add_posts(client: Client, user_id: int, post_ids: list[int], cap: int) -> int:
     """Adds the posts to the timeline if it exists, trimmed to `cap`; returns how many
-    were new. (Fan-out pipelines the same script: fanout/timelines.py.)"""
+    were new. (Fan-out pipelines the same script: fanout/writer.py.)"""
     if not post_ids:
         return 0
     members = [keys.timeline_member(p) for p in post_ids]

@@ -25,10 +25,10 @@ from core.supervision import SUPERVISOR, Child, Policy, Supervisor
 from core.tiers import TierPolicy
 from core.topics import Topics
 from fanout.consumer import FanoutConsumer
-from fanout.handlers import Deps, Handlers
+from fanout.event_handlers import Deps, Handlers
 from fanout.metrics import FanoutMetrics
 from fanout.stats import snapshotter
-from fanout.timelines import TimelineWriter
+from fanout.writer import TimelineWriter
 
 log = logging.getLogger(__name__)
 CONSUMER = web.AppKey("fanout_consumer", FanoutConsumer)

@@ -31,7 +31,7 @@ from core.ids import id_timestamp_ms
 from core.offsets import OffsetTracker, commit, pin_new_partitions
 from core.stats import LatencyWindow
 from core.topics import Topics
-from fanout.handlers import Handlers
+from fanout.event_handlers import Handlers
 from fanout.metrics import FanoutMetrics
 
 log = logging.getLogger(__name__)

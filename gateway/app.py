@@ -26,7 +26,7 @@ from core.service import (
 )
 from core.settings import Settings, mask_url
 from core.supervision import SUPERVISOR, Supervisor
-from gateway.handlers import NODE, WEBSOCKETS, sse, websocket
+from gateway.endpoints import NODE, WEBSOCKETS, sse, websocket
 from gateway.metrics import GatewayMetrics
 from gateway.node import GatewayNode
 from gateway.protocols.connections import WebSocketConnections

@@ -31,13 +31,13 @@ from core.tiers import TierPolicy
 from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
-from server.errors import ApiError
-from server.feed import FEED, Celebrities, HomeFeed
-from server.front import FrontRunner
-from server.handlers import devices, feed, media, ops, posts, users
+from server.feed.home import FEED, Celebrities, HomeFeed
+from server.handlers import devices, home, media, ops, posts, users
+from server.http.errors import ApiError
+from server.http.fast_feed import FrontRunner
+from server.http.middleware import api_middleware
+from server.http.openapi import openapi
 from server.metrics import METRICS, ServerMetrics
-from server.middleware import api_middleware
-from server.openapi import openapi
 from server.outbox import Outbox, OutboxRelay
 from server.ranked import RANKED, RankedFeed
 from server.stats import SERVER_STATS, ServerStats, stats_ctx
@@ -129,10 +129,10 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/posts/{id}/like", posts.like)
     r.add_delete("/v1/posts/{id}/like", posts.unlike)
     r.add_get("/v1/posts/{id}/replies", posts.replies)
-    r.add_get("/v1/feed", feed.home)
-    r.add_get("/v1/feed/delta", feed.delta)
-    r.add_get("/v1/search", feed.search)
-    r.add_get("/v1/notifications", feed.notifications)
+    r.add_get("/v1/feed", home.home)
+    r.add_get("/v1/feed/delta", home.delta)
+    r.add_get("/v1/search", home.search)
+    r.add_get("/v1/notifications", home.notifications)
     r.add_post("/v1/devices", devices.register)
     r.add_get("/v1/devices", devices.list_devices)
     r.add_delete("/v1/devices/{id}", devices.delete_device)

@@ -16,15 +16,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from core import timelines
 from core.auth import TokenError, TokenSigner
-from server import validation as v
 from server.context import USER_ID, ServerContext, ctx
 from server.contract.accounts import SignIn, SignUp
 from server.contract.fields import PASSWORD_MAX
 from server.domain import users
-from server.errors import ApiError
+from server.feed.hydrate import REDIS_ERRORS
 from server.handlers import ops
-from server.hydrate import REDIS_ERRORS
-from server.service_json import json
+from server.http import validation as v
+from server.http.errors import ApiError
+from server.http.service_json import json
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def requires_auth(request: web.Request) -> bool:
 
 def bearer_value(header: str | None) -> str | None:
     """The token of an Authorization header (None: no header); raises ApiError (401) for
-    anything but a bearer token. Also server/front.py's, so both paths read it alike."""
+    anything but a bearer token. Also server/http/fast_feed.py's, so both paths read it alike."""
     if header is None:
         return None
     scheme, _, token = header.partition(" ")

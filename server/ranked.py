@@ -30,9 +30,9 @@ from ranking.breaker import Breaker
 from ranking.impressions import Impression, ImpressionLog
 from ranking.model import SHIPPED_MODEL, Model, ModelHolder
 from ranking.store import FeatureStore
-from server import validation as v
 from server.context import ServerContext
-from server.feed import HomeFeed
+from server.feed.home import HomeFeed
+from server.http import validation as v
 from server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from core import aiohttp_internals as internals
-from server.front import FeedFront
+from server.http.fast_feed import FeedFront
 from tests.support.env import ROOT
 
 # Product packages, and the test support that serves them: neither may reach past the fence.

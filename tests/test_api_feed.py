@@ -16,10 +16,10 @@ from core.lean_redis import LeanRedis
 from core.redis_address import RedisAddress
 from core.replica import ReplicaReads
 from core.settings import Settings
-from server import feed as feed_module
-from server import timeline_store as store
-from server.following import FollowingCache
-from server.hydrate import with_counts
+from server.feed import home as feed_module
+from server.feed import timeline_reads as store
+from server.feed.following import FollowingCache
+from server.feed.hydrate import with_counts
 from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.redis_typed import members

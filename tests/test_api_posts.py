@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from core import keys
 from core.ids import IdGenerator
-from server.hydrate import bump_counter
+from server.feed.hydrate import bump_counter
 from tests.support.api import error_of, follow, post, sign_up
 
 Client = TestClient[web.Request, web.Application]

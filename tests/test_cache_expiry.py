@@ -7,7 +7,7 @@ from core import keys
 from core.expiry import SPREAD, spread
 from core.post_cache import COUNTER_TTL, POST_TTL
 from core.settings import Settings
-from server.following import FOLLOWING_TTL
+from server.feed.following import FOLLOWING_TTL
 from tests.support.api import MakeClient, follow, post, sign_up
 from tests.support.api_server import serve_api
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from core.settings import Settings
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
-from server.feed import Celebrities
+from server.feed.home import Celebrities
 
 PULL_USER = 7_100_000_000_000_001  # forced into the pull tier; followed by nobody
 

@@ -21,7 +21,7 @@ from core.settings import Settings
 from core.topics import Topics
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
-from fanout.timelines import TimelineWriter
+from fanout.writer import TimelineWriter
 from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.redis_typed import close_pubsub, members

@@ -22,7 +22,7 @@ from core.settings import Settings
 from core.topics import Topics
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
-from fanout.timelines import TimelineWriter
+from fanout.writer import TimelineWriter
 from scripts.redis_cluster import redis_cluster
 from tests.support.api import MakeClient
 from tests.support.redis_typed import close_pubsub

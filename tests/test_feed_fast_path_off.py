@@ -1,5 +1,5 @@
 """FEED_FAST_PATH=false: the API server serves GET /v1/feed through aiohttp like every
-other request (server/front.py out of the way). The key feed behaviours of
+other request (server/http/fast_feed.py out of the way). The key feed behaviours of
 test_api_feed.py and test_front.py (pages, paging, rebuilds, delta, metrics, pipelining,
 auth and parameter errors, Connection: close) run again here, unchanged, in that mode."""
 
@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.settings import Settings
-from server.front import FeedFront
+from server.http.fast_feed import FeedFront
 from tests.support.api import sign_up
 
 # Collected again in this module, so they see the settings below (pytest resolves a
@@ -45,8 +45,9 @@ def settings(settings: Settings) -> Settings:
 
 async def test_with_the_fast_path_off_no_connection_meets_the_front(api: Client) -> None:
     assert api.server.runner is not None
-    server = api.server.runner.server
-    assert isinstance(server, web.Server) and not isinstance(server, FeedFront)
+    server: object = api.server.runner.server  # object: FeedFront is no web.Server
+    assert not isinstance(server, FeedFront)
+    assert isinstance(server, web.Server)
     me = await sign_up(api)
     resp = await api.get("/v1/feed", headers=me.auth)
     assert resp.status == 200 and (await resp.json())["posts"] == []

@@ -1,4 +1,4 @@
-"""The one-call feed page (server/lua/feed_page.lua) against the general path it
+"""The one-call feed page (server/feed/lua/feed_page.lua) against the general path it
 shortcuts: on random timelines, following sets, pull-tier posts, deletions, unfollows and
 cursors, every page the script makes alone must be the page the general path makes, and
 it must decline (hand over to the general path) whenever a cache misses."""
@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from core import keys, timelines
 from core.post_cache import TOMBSTONE, encode_counters, tombstone
-from server import timeline_store as store
-from server.feed import CELEB_INLINE_MAX, FEED, FeedPage, HomeFeed
+from server.feed import timeline_reads as store
+from server.feed.home import CELEB_INLINE_MAX, FEED, FeedPage, HomeFeed
 
 FAR_FUTURE = 1e12  # a fetch time that never goes stale
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from scripts.bench.common import BenchError
 from scripts.bench.feed_script_cost import cuts
-from server import timeline_store as store
+from server.feed import timeline_reads as store
 
 SCRIPT = store.FEED_PAGE_SCRIPT.text
 

@@ -1,4 +1,4 @@
-"""server/front.py: the feed reads it answers itself must be exactly what aiohttp would
+"""server/http/fast_feed.py: the feed reads it answers itself must be exactly what aiohttp would
 answer, and whatever it hands over (other routes, refusals, odd requests) must reach
 aiohttp intact, on raw sockets so the bytes on the wire are what is tested."""
 
@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from core.auth import TokenSigner
 from core.metric_totals import counter_by
 from core.settings import Settings
-from server.feed_request import FeedRequest, maybe_feed, parse_head
-from server.front import FeedFront
+from server.http.fast_feed import FeedFront
+from server.http.feed_head import FeedRequest, maybe_feed, parse_head
 from server.metrics import METRICS
 from server.stats import SERVER_STATS
 from tests.support.api import User, follow, post, sign_up

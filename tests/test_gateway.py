@@ -15,7 +15,7 @@ from core import events, keys, stats
 from core.auth import TokenSigner
 from core.settings import Settings
 from gateway.codes import Close
-from gateway.handlers import NODE
+from gateway.endpoints import NODE
 from tests.support.api import MakeClient, User, port_of, sign_up
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json

@@ -17,7 +17,7 @@ from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from gateway.codes import Close
-from gateway.handlers import NODE
+from gateway.endpoints import NODE
 from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.env import free_port

@@ -1,5 +1,5 @@
 """GATEWAY_NATIVE_WEBSOCKET=false: every WebSocket is served by aiohttp's
-WebSocketResponse (gateway/handlers.py), gateway/protocols/ out of the way. The key
+WebSocketResponse (gateway/endpoints.py), gateway/protocols/ out of the way. The key
 behaviours of test_gateway.py and test_gateway_live.py (delivery, presence, slow
 consumers, refusals and close codes, limits, resume, reset) run again here, unchanged,
 in that mode, and the frame-level ones of test_gateway_protocol.py in
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from core import events, keys
 from core.settings import Settings
 from gateway.codes import Close
-from gateway.handlers import NODE
+from gateway.endpoints import NODE
 from tests import test_gateway
 from tests.support.api import sign_up
 from tests.support.gateway_server import serve_gateway, websockets_of
@@ -62,7 +62,7 @@ async def test_with_native_websockets_off_aiohttp_serves_every_connection(
     async with asyncio.timeout(10):
         while node.hub.live_connections(int(user.id)) < 1:
             await asyncio.sleep(0.02)
-    assert len(websockets_of(gw.app)) == 0  # gateway.handlers.websocket has it
+    assert len(websockets_of(gw.app)) == 0  # gateway.endpoints.websocket has it
     assert node.snapshot()["connections_websocket"] == 1
     await redis_client.publish(keys.user_channel(int(user.id)), events.live_post({"id": "7"}))
     assert (await ws_json(ws))["id"] == "7"

@@ -21,8 +21,8 @@ from core import events, keys
 from core.auth import TokenSigner
 from core.settings import Settings
 from gateway.codes import Close
-from gateway.handlers import NODE
-from gateway.protocols import front
+from gateway.endpoints import NODE
+from gateway.protocols import entry as front
 from tests.support.api import port_of
 from tests.support.gateway_server import GatewayServer, serve_gateway, websockets_of
 from tests.support.live import SSEClient, ws_json

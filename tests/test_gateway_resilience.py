@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -25,15 +24,14 @@ from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from gateway.codes import Close
-from gateway.handlers import NODE
-from tests.support.api import User, follow, post, sign_up
+from gateway.endpoints import NODE
+from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway
 from tests.support.live import SSEClient, ws_json
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture

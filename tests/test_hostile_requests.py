@@ -18,7 +18,7 @@ from core.auth import TokenSigner
 from core.logs import MalformedRequests, quiet_malformed_requests
 from core.metric_totals import counter_by
 from core.settings import Settings
-from server import validation
+from server.http import validation
 from server.metrics import METRICS
 from tests.support.api import error_of, sign_up
 from tests.support.api_server import serve_api

@@ -21,7 +21,7 @@ from core import keys
 from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
-from gateway.handlers import NODE
+from gateway.endpoints import NODE
 from tests.support.api import MakeClient, User, follow, sign_up
 from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway

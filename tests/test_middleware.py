@@ -1,4 +1,4 @@
-"""server/middleware.py: whatever a handler does, the client gets the one JSON error
+"""server/http/middleware.py: whatever a handler does, the client gets the one JSON error
 shape, and /metrics counts the request with bounded labels."""
 
 import re

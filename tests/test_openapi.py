@@ -25,10 +25,10 @@ from referencing.jsonschema import DRAFT202012
 from core.auth import TokenSigner
 from core.ids import IdGenerator, IdLease
 from core.settings import Settings
-from server import validation
 from server.domain.devices import MAX_DEVICES
 from server.domain.posts import RATE_LIMIT_POSTS
-from server.openapi import DOCUMENT_BYTES, ERROR_CODES
+from server.http import validation
+from server.http.openapi import DOCUMENT_BYTES, ERROR_CODES
 from tests.support.api import User, follow, new_handle, post, sign_up
 from tests.support.media import png, processed, put
 

@@ -22,7 +22,7 @@ from core import keys
 from core.events import PushJob
 from core.settings import Settings
 from gateway.app import create_app as create_gateway
-from gateway.handlers import NODE
+from gateway.endpoints import NODE
 from push.dispatcher import Dispatcher
 from push.metrics import PushMetrics
 from standins.apns import ApnsAnswer, ApnsStandin

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient
 from core import timelines
 from core.replica import READS
 from core.settings import Settings
-from server.feed import FOLLOWED_POSTS as FEED_POSTS
+from server.feed.home import FOLLOWED_POSTS as FEED_POSTS
 from tests.support.api import User, follow, post, sign_up
 from tests.support.env import stack
 from tests.support.wait import eventually

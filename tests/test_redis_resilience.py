@@ -36,9 +36,9 @@ from core.lean_redis import LeanRedis
 from core.redis_address import RedisAddress
 from core.redis_gate import MAX_BACKOFF
 from core.settings import Settings
-from fanout.timelines import TimelineWriter
-from server.feed import REDIS_READ_TIMEOUT
-from server.hydrate import REDIS_ERRORS
+from fanout.writer import TimelineWriter
+from server.feed.home import REDIS_READ_TIMEOUT
+from server.feed.hydrate import REDIS_ERRORS
 from tests.support.api import Client, MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.blackhole import BlackHole

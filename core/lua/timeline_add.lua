@@ -8,7 +8,7 @@
 -- ARGV[7..6+n] follower ids, same order as KEYS
 -- With no KEYS, the 2n keys follow the ids in ARGV instead (Redis Cluster: one call per
 -- node, whose followers hash to many slots, so their keys cannot be declared; see
--- fanout/timelines.py).
+-- fanout/writer.py).
 --
 -- Only timelines that exist are written (core/timelines.py): a missing one is rebuilt when its
 -- owner reads it, so writing into it would make a partial timeline look complete.

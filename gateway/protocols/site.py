@@ -1,7 +1,7 @@
 """The gateway's listening site: aiohttp's TCPSite, except that every accepted connection
 starts with our front protocol (front.py) instead of aiohttp's RequestHandler; with
 GATEWAY_NATIVE_WEBSOCKET=false, aiohttp's RequestHandler after all (every WebSocket is then
-gateway.handlers.websocket's). Used by `python -m gateway` and by the tests, so both serve
+gateway.endpoints.websocket's). Used by `python -m gateway` and by the tests, so both serve
 through the same code."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from aiohttp import web
 
 from core.aiohttp_internals import ProtocolSite
 from core.service import BACKLOG, SETTINGS
-from gateway.handlers import NODE, WEBSOCKETS
-from gateway.protocols.front import Front
+from gateway.endpoints import NODE, WEBSOCKETS
+from gateway.protocols.entry import Front
 
 
 class FrontSite(ProtocolSite):

@@ -18,9 +18,9 @@ from core.auth import TokenSigner
 from core.expiry import spread
 from core.settings import Settings
 from scripts.bench import common
+from scripts.bench.build_timelines import build_timelines
 from scripts.bench.progress import note
-from scripts.bench.timelines import build_timelines
-from server.following import EMPTY_MEMBER, FOLLOWING_TTL
+from server.feed.following import EMPTY_MEMBER, FOLLOWING_TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def prepare_redis(args: argparse.Namespace, target: Target, cold: bool) -> None:
         rng = random.Random(5)  # noqa: S311 - a sample to check, not security
         sample = rng.sample(target.user_ids, min(200, len(target.user_ids)))
         present = client.exists(*(keys.timeline(u) for u in sample))
-        # The following cache lives an hour (server/following.py): a warm run needs it
+        # The following cache lives an hour (server/feed/following.py): a warm run needs it
         # filled, or most of its reads pay for the fill instead of the read.
         cached = client.exists(*(keys.following(u) for u in sample))
     if present < len(sample):

@@ -2,7 +2,7 @@
 
 - raw ZADD throughput of the Redis server (redis-benchmark, pipelined), three variants;
 - the follower query alone (fanout.followers.follower_batches against Postgres);
-- the timeline writer alone (fanout.timelines.TimelineWriter, i.e. the real Lua script
+- the timeline writer alone (fanout.writer.TimelineWriter, i.e. the real Lua script
   with the real argument packing, no Postgres, no Kafka).
 
 The worker's end-to-end numbers are then read against these.
@@ -24,7 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from core import events, keys
 from core.ids import IdGenerator
 from fanout.followers import follower_batches
-from fanout.timelines import TimelineWriter
+from fanout.writer import TimelineWriter
 from scripts.bench.common import BenchError
 from scripts.bench.fanout_common import POST_WORKER_ID, Target
 from scripts.bench.fanout_redis import RedisTime, command_stats, delta

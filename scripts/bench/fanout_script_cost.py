@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from core import keys
 from core.settings import Settings
-from fanout.timelines import CHANNEL_PREFIX, LUA_DIR
+from fanout.writer import CHANNEL_PREFIX, LUA_DIR
 from scripts.bench import common
 from scripts.bench.progress import note
 

@@ -1,4 +1,4 @@
-"""Redis's own time per home feed page, stage by stage of server/lua/feed_page.lua.
+"""Redis's own time per home feed page, stage by stage of server/feed/lua/feed_page.lua.
 
     .venv/bin/python -m scripts.bench.feed_script_cost [--users 200] [--rounds 5]
         [--variant path/to/feed_page_variant.lua ...]
@@ -41,8 +41,8 @@ from core.tiers import TierPolicy
 from scripts.bench import common
 from scripts.bench.progress import note
 from scripts.bench.server_proc import ServerConfig
-from server import timeline_store as store
-from server.feed import Celebrities
+from server.feed import timeline_reads as store
+from server.feed.home import Celebrities
 
 STAGE = re.compile(r"^--@stage (.+)$", re.MULTILINE)
 PAGE_SIZE = 20

@@ -26,9 +26,9 @@ from core.ids import id_datetime
 from core.migrate import migrate
 from core.settings import Settings
 from scripts.bench import common
+from scripts.bench.build_timelines import build_timelines
 from scripts.bench.graph import Dataset, Shape, generate
 from scripts.bench.progress import Progress, note
-from scripts.bench.timelines import build_timelines
 
 COPY_CHUNK = 50_000
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -1,10 +1,10 @@
 """The API contract as typed models: request bodies, query parameters and responses.
 
-Both the request validation (server/validation.py) and the OpenAPI document
-(server/openapi.py) come from these models, so a limit is stated once. Models are
+Both the request validation (server/http/validation.py) and the OpenAPI document
+(server/http/openapi.py) come from these models, so a limit is stated once. Models are
 grouped by resource; `fields` holds the shared field types and their refusal codes,
 `parse` turns a model's validation errors into the API's one error shape, and `paths`
-lists the operations the document (server/openapi.py) is rendered from.
+lists the operations the document (server/http/openapi.py) is rendered from.
 
 Why pydantic v2 rather than msgspec: a validation error comes back structured (error
 type, location, the bound that failed), which maps onto our stable error codes and

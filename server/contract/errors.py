@@ -1,5 +1,5 @@
-"""The one error shape of the API (server/errors.py writes it); the codes and what they
-mean are listed with the document (server/openapi.py)."""
+"""The one error shape of the API (server/http/errors.py writes it); the codes and what they
+mean are listed with the document (server/http/openapi.py)."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class Refusal:
     missing: str = "missing_field"
 
 
-# The codes validators raise themselves (each also a code of server/openapi.py).
+# The codes validators raise themselves (each also a code of server/http/openapi.py).
 REFUSAL_CODES = frozenset({"invalid_field", "invalid_characters", "empty_text"})
 
 

@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from server.contract.fields import REFUSAL_CODES, Refusal
-from server.errors import ApiError, invalid
+from server.http.errors import ApiError, invalid
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,8 +1,8 @@
 """Query parameters: pages (limit, cursor), the feed's algorithm, the delta's `since`,
 search words. The OpenAPI parameters are generated from these models; the parsers in
-server/validation.py read their bounds from here (`bounds`) rather than run pydantic
+server/http/validation.py read their bounds from here (`bounds`) rather than run pydantic
 per request, because GET /v1/feed is the hottest path and its fast path
-(server/front.py) parses two plain strings."""
+(server/http/fast_feed.py) parses two plain strings."""
 
 from __future__ import annotations
 

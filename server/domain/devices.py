@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 from server.context import ServerContext
-from server.errors import ApiError
+from server.http.errors import ApiError
 
 MAX_DEVICES = 20  # per user: phones, tablets and browsers; more is a client bug
 DEVICE_COLUMNS = "id, kind, token, enabled, disabled_reason, created_at"

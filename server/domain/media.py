@@ -13,7 +13,7 @@ import asyncpg
 
 from core.settings import Settings
 from server.context import Conn, ServerContext
-from server.errors import ApiError, not_found
+from server.http.errors import ApiError, not_found
 
 RATE_WINDOW_SECONDS = 3600
 UNATTACHED_SECONDS = 24 * 3600  # media on no post by then are deleted (objects and row)

@@ -15,7 +15,7 @@ from core.ids import id_timestamp_ms, min_id_for_ms
 from core.postview import iso
 from server.context import Conn, ServerContext
 from server.contract.posts import NewPost
-from server.errors import ApiError, invalid, not_found
+from server.http.errors import ApiError, invalid, not_found
 from server.outbox import Outbox
 
 RATE_LIMIT_POSTS = 300

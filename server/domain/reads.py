@@ -1,4 +1,4 @@
-"""Reads of the home side in Postgres besides the feed itself (server/feed.py): full-text
+"""Reads of the home side in Postgres besides the feed itself (server/feed/home.py): full-text
 search (from the read replica) and a user's notifications."""
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncpg
 
 from core import events, topics
-from server import validation as v
 from server.context import ServerContext
-from server.errors import ApiError, not_found
+from server.http import validation as v
+from server.http.errors import ApiError, not_found
 
 # The two directions of the follows table, for follower and following lists.
 FOLLOWERS = ("followee_id", "follower_id")

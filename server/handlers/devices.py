@@ -16,13 +16,13 @@ import asyncpg
 from aiohttp import web
 
 from core.endpoints import EndpointRejected, check_webpush_endpoint, resolve_public
-from server import validation as v
 from server.context import ctx, user_id
 from server.contract.devices import NewDevice, Subscription, WebPushDevice
 from server.domain import devices
-from server.errors import invalid
-from server.hydrate import iso
-from server.service_json import json
+from server.feed.hydrate import iso
+from server.http import validation as v
+from server.http.errors import invalid
+from server.http.service_json import json
 
 RESOLVE_TIMEOUT = 3.0
 

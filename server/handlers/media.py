@@ -2,7 +2,7 @@
 carries the bytes), read its status, set its alt text.
 
 Processing happens off the request path (server/media_worker.py); the rows' SQL is
-server/domain/media.py's. Refusals use the one error shape (server/errors.py).
+server/domain/media.py's. Refusals use the one error shape (server/http/errors.py).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from core.object_store import ObjectStore
 from core.resources import DB
 from core.service import SETTINGS
 from core.supervision import SUPERVISOR, Child
-from server import validation as v
 from server.context import ctx, user_id
 from server.contract.media import CONTENT_TYPES, MediaPatch, NewMedia
 from server.domain import media
-from server.errors import ApiError
-from server.hydrate import iso
+from server.feed.hydrate import iso
+from server.http import validation as v
+from server.http.errors import ApiError
+from server.http.service_json import json
 from server.media_worker import MediaWorker
-from server.service_json import json
 
 MEDIA_STORE = web.AppKey("media_store", ObjectStore)
 

@@ -19,9 +19,9 @@ from aiohttp import web
 from core.resources import REDIS
 from core.service import SETTINGS
 from core.stats import live_snapshots
-from server.errors import ApiError
-from server.hydrate import REDIS_ERRORS
-from server.service_json import json
+from server.feed.hydrate import REDIS_ERRORS
+from server.http.errors import ApiError
+from server.http.service_json import json
 from web import STATIC_DIR
 
 OPERATOR_PREFIX = "/v1/ops/"

@@ -10,14 +10,14 @@ from aiohttp import web
 
 from core import timelines
 from core.media_urls import media_base_url
-from server import validation as v
 from server.context import ServerContext, ctx, user_id
 from server.contract.posts import NewPost
 from server.domain import posts
-from server.errors import not_found
-from server.feed import FEED
-from server.hydrate import REDIS_ERRORS, Hydrator, bump_counter, forget_post
-from server.service_json import json
+from server.feed.home import FEED
+from server.feed.hydrate import REDIS_ERRORS, Hydrator, bump_counter, forget_post
+from server.http import validation as v
+from server.http.errors import not_found
+from server.http.service_json import json
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server import validation as v
 from server.context import ctx, user_id
 from server.domain import users
-from server.feed import FEED
+from server.feed.home import FEED
+from server.feed.hydrate import iso
 from server.handlers.posts import post_list
-from server.hydrate import iso
-from server.service_json import json
+from server.http import validation as v
+from server.http.service_json import json
 
 
 async def profile(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
 """The API server as tests run it: the same runner as `python -m server`, so requests
-reach server/front.py first (feed reads answered there, the rest handed to aiohttp)."""
+reach server/http/fast_feed.py first (feed reads answered there, the rest handed to aiohttp)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from core.service import SETTINGS
 from core.settings import Settings
 from server.app import create_app
-from server.front import FrontRunner
+from server.http.fast_feed import FrontRunner
 
 
 class ApiServer(TestServer):

@@ -14,7 +14,7 @@ from yarl import URL
 from core.service import SETTINGS, app_runner
 from core.settings import Settings
 from gateway.app import create_app
-from gateway.handlers import WEBSOCKETS
+from gateway.endpoints import WEBSOCKETS
 from gateway.protocols.connections import WebSocketConnections
 from gateway.protocols.site import FrontSite
 

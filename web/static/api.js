@@ -76,7 +76,7 @@ export function client(token) {
   const enc = encodeURIComponent;
   return {
     // The chronological feed is the server's default: asked for without `algorithm`, so
-    // its request stays on the server's fast path (server/feed_request.py).
+    // its request stays on the server's fast path (server/http/feed_head.py).
     feed: (cursor, algorithm) =>
       call("GET", "/v1/feed", {
         query: { cursor, limit: 20, algorithm: algorithm === "ranked" ? "ranked" : undefined },

@@ -1,4 +1,4 @@
-// Post text rules, counted exactly as server/validation.py counts them: CRLF -> LF, NFC,
+// Post text rules, counted exactly as server/http/validation.py counts them: CRLF -> LF, NFC,
 // trim Python's whitespace set (str.strip()), then length in code points (an emoji
 // such as U+1F600 is one character, not two UTF-16 units).
 

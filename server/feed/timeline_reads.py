@@ -1,5 +1,5 @@
-"""The home feed page script (server/lua/feed_page.lua): its call and its two answers, a
-whole page when the caches allow, else the first read the general path of server/feed.py
+"""The home feed page script (server/feed/lua/feed_page.lua): its call and its two answers, a
+whole page when the caches allow, else the first read the general path of server/feed/home.py
 goes on from. Timelines themselves, their rules and their other reads and writes are
 core/timelines.py's.
 """

@@ -23,7 +23,7 @@ from server.contract.paths import OPERATIONS, Answer, Code, Operation
 from server.contract.queries import Query
 from server.domain.devices import MAX_DEVICES
 from server.domain.posts import RATE_LIMIT_POSTS
-from server.validation import BODY_SECONDS
+from server.http.validation import BODY_SECONDS
 
 Json = dict[str, Any]
 COMPONENTS = "#/components/schemas/{model}"

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from core import keys
 from core.expiry import spread
 from core.lua_files import read_lua
-from server.hydrate import REDIS_ERRORS
+from server.feed.hydrate import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 

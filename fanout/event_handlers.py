@@ -30,7 +30,7 @@ from core.tiers import Tier, TierPolicy
 from core.topics import Topics
 from fanout.followers import Followers, all_follower_batches, follower_batches, followers_of_many
 from fanout.metrics import FanoutMetrics
-from fanout.timelines import TimelineWriter
+from fanout.writer import TimelineWriter
 from ranking.store import FeatureStore
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The API server's first protocol on every connection. It answers GET /v1/feed, the read
 that dominates traffic, itself: one task and one write per request, without aiohttp's
 request, response, middleware and router (about half the server's CPU per page). Every
-other request, and every feed request it is not sure of (server/feed_request.py), a
+other request, and every feed request it is not sure of (server/http/feed_head.py), a
 token or parameter that does not check out included, is handed with the bytes already
 read to aiohttp's RequestHandler, which then owns the connection for good and answers
 it with the same handlers, errors and metrics as ever. So refusals are always
@@ -21,13 +21,13 @@ from aiohttp import web
 from core.aiohttp_internals import SERVER_SOFTWARE
 from core.http_errors import ShapedErrorsRunner
 from core.service import hand_over
-from server import validation as v
 from server.auth import verified_user
 from server.context import CTX
-from server.errors import ApiError, failure
-from server.feed import FEED, page_body
-from server.feed_request import MAX_HEAD, FeedRequest, maybe_feed, parse_head
-from server.middleware import FEED_ROUTE, observe
+from server.feed.home import FEED, page_body
+from server.http import validation as v
+from server.http.errors import ApiError, failure
+from server.http.feed_head import MAX_HEAD, FeedRequest, maybe_feed, parse_head
+from server.http.middleware import FEED_ROUTE, observe
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
--- A home feed page in one call (server/feed.py "fast path"): the timeline page, the
+-- A home feed page in one call (server/feed/home.py "fast path"): the timeline page, the
 -- celebrity-tier posts of the authors the reader follows, their merge, the unfollow and
 -- delete filters and the posts' cached counters, when every cache it needs is warm.
--- Otherwise it answers what the general path (server/feed.py HomeFeed._general) goes on
+-- Otherwise it answers what the general path (server/feed/home.py HomeFeed._general) goes on
 -- from.
 --
 -- KEYS[1] the reader's timeline (keys.timeline), KEYS[2] their following set

@@ -3,7 +3,7 @@ metrics and the dashboard's feed latency, in one coroutine per request (four
 middlewares cost four more frames and a response check each, on a path that serves
 thousands of feed reads a second).
 
-The feed's fast path (server/front.py) answers most GET /v1/feed requests before aiohttp
+The feed's fast path (server/http/fast_feed.py) answers most GET /v1/feed requests before aiohttp
 sees them; it authorizes with the same function (server/auth.verified_user), shapes
 errors with the same one (server/errors.failure) and observes with this module's
 `observe`, so what is added to those is added to both paths."""
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.auth import authenticate
-from server.errors import CLIENT_GONE, response_for
+from server.http.errors import CLIENT_GONE, response_for
 from server.metrics import METRICS
 from server.stats import SERVER_STATS
 
@@ -59,7 +59,7 @@ def _record(request: web.Request, status: int, started: float) -> None:
 
 def observe(app: web.Application, method: str, route: str, status: int, seconds: float) -> None:
     """What every answered request leaves behind, on either path (this middleware, or
-    server/front.py's fast path for GET /v1/feed): its metrics, and for a successful feed
+    server/http/fast_feed.py's fast path for GET /v1/feed): its metrics, and for a successful feed
     read the dashboard's latency (refusals would flatter it)."""
     app[METRICS].record(method, route, status, seconds)
     if status < 300 and route == FEED_ROUTE and method == "GET":

@@ -1,16 +1,16 @@
-"""Reads a request head the front protocol (server/front.py) may answer by itself: a
+"""Reads a request head the front protocol (server/http/fast_feed.py) may answer by itself: a
 plain HTTP/1.1 GET /v1/feed with a bearer token and only the feed's own query
 parameters, which any HTTP server would read the same way. Anything else, or anything
 unusual (HTTP/1.0, a body, an upgrade, percent-encoding, a repeated parameter, a control
 character), reads as None and aiohttp answers it: the two can never disagree about what
-a request means. Validating the values is server.validation's job, not this module's."""
+a request means. Validating the values is server.http.validation's job, not this module's."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from server.middleware import FEED_ROUTE
+from server.http.middleware import FEED_ROUTE
 
 # A whole head this size keeps every line under aiohttp's own limits (8190 bytes per
 # line and per header), so nothing answered here is one aiohttp would have refused.

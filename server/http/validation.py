@@ -25,7 +25,7 @@ from server.contract.fields import parse_id as _id_of
 from server.contract.parse import validate, validate_field
 from server.contract.posts import NewPost
 from server.contract.queries import CURSOR_MAX, PAGE_LIMIT
-from server.errors import CLIENT_GONE, ApiError, bad_request, invalid
+from server.http.errors import CLIENT_GONE, ApiError, bad_request, invalid
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,6 +1,6 @@
 """Builds every user's home timeline in Redis from what Postgres holds, as fan-out would
 have left it: posts of followed push-tier authors plus the user's own, newest `cap`, in
-the layout of server/timeline_store.py (all scores 0, 19-digit members, sentinel id 0
+the layout of server/feed/timeline_reads.py (all scores 0, 19-digit members, sentinel id 0
 when the timeline holds the whole history). Celebrity-tier authors (more followers than
 the throttle threshold) are left out: readers merge them at read time.
 
@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from core import keys
 from scripts.bench.progress import Progress, note
 
-SENTINEL = keys.timeline_member(0)  # server/timeline_store.py: "this timeline is complete"
+SENTINEL = keys.timeline_member(0)  # server/feed/timeline_reads.py: "this timeline is complete"
 USERS_PER_PIPELINE = 200
 # One argument per timeline (the members concatenated, fixed width) instead of two per
 # entry: packing ~15 million arguments in redis-py took most of the build time. The
@@ -52,7 +52,7 @@ async def _load_graph(
         )
     finally:
         await conn.close()
-    # Same rule as server/feed.py Celebrities: an override wins, else the count.
+    # Same rule as server/feed/home.py Celebrities: an override wins, else the count.
     pull = {
         r["id"]
         for r in users

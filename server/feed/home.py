@@ -10,8 +10,8 @@ and a page that found Redis unavailable asks it nothing more (each call could wa
 whole Redis deadline; the gate of core/redis_gate.py refuses the next pages' at once).
 
 A page normally costs one Redis call and no Postgres query: one script
-(server/lua/feed_page.lua) reads the timeline page, picks the celebrity-tier authors
-the user follows (the following cache, server/following.py) and merges their recent
+(server/feed/lua/feed_page.lua) reads the timeline page, picks the celebrity-tier authors
+the user follows (the following cache, server/feed/following.py) and merges their recent
 posts, which each process holds (refreshed every CELEB_POSTS_SECONDS, and at once for
 posts created by this process) and sends along; it drops authors no longer followed and
 deleted posts and returns the posts' cached counters, which the server splices into
@@ -43,11 +43,11 @@ from core.recent import Recent
 from core.redis_address import RedisAddress
 from core.redis_gate import RedisUnavailable
 from core.tiers import PULL_AUTHORS_SQL, TierPolicy
-from server import timeline_store as store
-from server import validation as v
 from server.context import ServerContext
-from server.following import FollowingCache
-from server.hydrate import REDIS_ERRORS, Hydrator
+from server.feed import timeline_reads as store
+from server.feed.following import FollowingCache
+from server.feed.hydrate import REDIS_ERRORS, Hydrator
+from server.http import validation as v
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Celebrities:
         return args
 
     def _held_below(self, authors: list[int], before: int, n: int) -> list[bytes]:
-        """The two arguments server/lua/feed_page.lua takes them as: a kind per author,
+        """The two arguments server/feed/lua/feed_page.lua takes them as: a kind per author,
         then up to n + 1 posts per author (one more than a batch takes: whether more
         remain), tagged with the author's position, all merged newest first."""
         kinds = bytearray()
@@ -486,7 +486,7 @@ FEED = web.AppKey("home_feed", HomeFeed)
 
 def page_body(page: FeedPage, cursor: bool, algorithm: str | None = None) -> bytes:
     """The posts are JSON already (Hydrator.for_reader): joined, not parsed and dumped.
-    Written by the handler (server/handlers/feed.py) and by server/front.py, which
+    Written by the handler (server/handlers/home.py) and by server/http/fast_feed.py, which
     answers most GET /v1/feed requests.
     `algorithm`: said in the body when the request named one."""
     tail: dict[str, object] = {"has_more": page.has_more}

@@ -1,4 +1,4 @@
--- A reader's home feed posts (server/hydrate.py Hydrator.for_reader): KEYS n posts'
+-- A reader's home feed posts (server/feed/hydrate.py Hydrator.for_reader): KEYS n posts'
 -- counters, then the reader's following set (keys.following); ARGV[1] the reader's id.
 -- Returns the n counters (false when missing), then per post whether the reader follows
 -- its author (or is the author): 1 yes, 0 no, -1 cannot tell here (no cached counters,

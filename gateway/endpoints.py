@@ -1,7 +1,7 @@
 """Thin adapters from HTTP to the node: the SSE endpoint, and the WebSocket endpoint for
 upgrades that reach aiohttp (a keep-alive connection aiohttp already owns, or every one
 with GATEWAY_NATIVE_WEBSOCKET=false; otherwise fresh connections are upgraded by
-gateway.protocols.front without aiohttp). They parse the request, set up the transport
+gateway.protocols.entry without aiohttp). They parse the request, set up the transport
 and hand everything else to GatewayNode."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one JSON error shape of the API (server/middleware.py makes every failure use it).
+"""The one JSON error shape of the API (server/http/middleware.py makes every failure use it).
 
 Every failure leaves as {"error": {"code", "message", "field"?}}: our own ApiErrors,
 aiohttp's HTTP exceptions (404, 405, 413), and, as a last resort, unexpected exceptions
@@ -71,7 +71,7 @@ _HTTP_CODES = {
 
 
 class Failure(NamedTuple):
-    """An error response's parts, for whoever writes it (aiohttp or server/front.py)."""
+    """An error response's parts, for whoever writes it (aiohttp or server/http/fast_feed.py)."""
 
     status: int
     body: bytes
@@ -99,6 +99,6 @@ def failure(exc: Exception, method: str, path: str) -> Failure:
 
 
 def response_for(request: web.Request, exc: Exception) -> web.Response:
-    """The error response for what a handler raised (server/middleware.py)."""
+    """The error response for what a handler raised (server/http/middleware.py)."""
     status, body, headers = failure(exc, request.method, request.path)
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)

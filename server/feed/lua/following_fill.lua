@@ -1,5 +1,5 @@
 -- Stores a user's following set unless a follow or unfollow changed it since Postgres
--- was read (server/following.py).
+-- was read (server/feed/following.py).
 -- KEYS[1] following set, KEYS[2] version token; ARGV[1] token seen before reading
 -- Postgres ("" for none), ARGV[2] ttl, ARGV[3..] followee ids. Returns 1 if stored.
 local seen = redis.call('GET', KEYS[2]) or ''

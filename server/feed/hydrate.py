@@ -52,7 +52,7 @@ def with_counts(body: bytes, counters: bytes) -> bytes | None:
 
 
 def spliced(body: bytes, counters: bytes) -> bytes:
-    """with_counts for counters already checked to be ours (server/lua/feed_page.lua)."""
+    """with_counts for counters already checked to be ours (server/feed/lua/feed_page.lua)."""
     counts = counters.partition(b",")[2]
     tail = _counts_json.get(counts)
     if tail is None:
