@@ -1,7 +1,7 @@
 """Every use of aiohttp beyond its public API (names exported by `aiohttp` or
 `aiohttp.web`), in one module: each entry says what we use, why, and where it lives
 upstream. aiohttp is pinned to one minor version (pyproject.toml) and
-tests/test_aiohttp_internals.py fails when any of these goes away or changes the way we
+tests/core/test_aiohttp_internals.py fails when any of these goes away or changes the way we
 rely on, so an upgrade of aiohttp starts here. Nothing else imports aiohttp's
 non-public modules or touches its underscore names (the test checks that too)."""
 
@@ -62,7 +62,7 @@ INTERNALS = (
         "aiohttp.http.SERVER_SOFTWARE",
         "server/http/fast_feed.py",
         "the Server header aiohttp sends: the feed fast path answers with the same bytes "
-        "aiohttp would (tests/test_front.py compares the headers).",
+        "aiohttp would (tests/server/test_front.py compares the headers).",
         UPSTREAM + "http_writer.py (re-exported by http.py)",
     ),
     Internal(

@@ -372,7 +372,7 @@ def kafka_common(settings: Settings) -> dict[str, Any]:
         "request_timeout_ms": 15_000,
         # aiokafka keeps sending to a dead broker (NodeNotReadyError, forever) until its
         # next periodic metadata refresh tells it the partitions' new leaders: this bounds
-        # the stall after a broker dies (tests/test_kafka_replicated.py) for one small
+        # the stall after a broker dies (tests/system/test_kafka_replicated.py) for one small
         # request per client every 5 s. Known upstream: aio-libs/aiokafka#642, #1133.
         "metadata_max_age_ms": 5_000,
         "connections_max_idle_ms": 9 * 60_000,

@@ -1348,7 +1348,7 @@ class PostgresReplica(Postgres):
         # reads (such a query would be cancelled); reads here are short. The standby
         # counts its statements (pg_stat_statements, once `CREATE EXTENSION
         # pg_stat_statements` has run in a database on the primary): which reads it
-        # serves is then visible, to operators and to tests/test_read_replica.py.
+        # serves is then visible, to operators and to tests/core/test_read_replica.py.
         # A fresh clone starts with a backup_label, so its first start syncs the whole
         # data directory first: file by file (the default) took 6 s here, one syncfs()
         # a fraction of that.

@@ -29,7 +29,7 @@ TIMELINES_PER_CALL = 5_000
 CELEBRITY_HANDLE = "fo_celeb"
 AUTHOR_PREFIX = "fo_a"
 FOLLOWER_PREFIX = "fo_f"
-SENTINEL = keys.timeline_member(0)  # what tests/test_fanout_workers.py uses, too
+SENTINEL = keys.timeline_member(0)  # what tests/fanout/test_fanout_workers.py uses, too
 SHAPE_TABLE = "fanout_bench_shape"  # only in the bench database, never a migration
 
 # One call per few thousand timelines instead of two commands each from Python: an empty

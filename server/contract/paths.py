@@ -1,6 +1,6 @@
 """Every operation of the HTTP API, declared once: its path, what it takes (body and
 query models, path parameters), what it answers (response models, error codes) and the
-words a reader needs. server/http/openapi.py renders this table; tests/test_openapi.py
+words a reader needs. server/http/openapi.py renders this table; tests/server/test_openapi.py
 checks it against the routes the app registers and the answers the server gives."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Rendered once at import (no I/O) and served as the same bytes on every request. Schemas
 come from the models of server/contract (the same ones requests are validated with, so
 a limit is stated once); operations from the table in server/contract/paths.py; the error
-codes and what they mean are listed here. tests/test_openapi.py checks routes and real
+codes and what they mean are listed here. tests/server/test_openapi.py checks routes and real
 responses against it.
 """
 

@@ -20,14 +20,11 @@ from core import events, keys
 from core.settings import Settings
 from gateway.codes import Close
 from gateway.endpoints import NODE
-from tests import test_gateway
-from tests.support.api import sign_up
-from tests.support.gateway_server import serve_gateway, websockets_of
-from tests.support.live import ws_json
+from tests.gateway import test_gateway
 
 # Collected again in this module, so they see the settings below (pytest resolves a
 # test's fixtures from the module it is collected in).
-from tests.test_gateway import (  # noqa: F401
+from tests.gateway.test_gateway import (  # noqa: F401
     test_a_burst_of_connects_cannot_pass_the_limit_per_user,
     test_an_event_reaches_every_connection_of_its_user_and_no_one_else,
     test_bad_credentials_and_parameters_are_refused_with_a_close_code,
@@ -37,12 +34,15 @@ from tests.test_gateway import (  # noqa: F401
     test_presence_follows_connections,
     test_slow_client_is_closed_and_others_are_unaffected,
 )
-from tests.test_gateway_live import (  # noqa: F401
+from tests.gateway.test_gateway_live import (  # noqa: F401
     stack,
     test_a_client_too_far_behind_is_told_to_reset,
     test_a_resume_while_the_api_server_is_away_is_told_to_retry_then_resumes,
     test_resume_after_a_disconnect_replays_20_posts_in_order_once_then_goes_live,
 )
+from tests.support.api import sign_up
+from tests.support.gateway_server import serve_gateway, websockets_of
+from tests.support.live import ws_json
 
 Client = TestClient[web.Request, web.Application]
 gateway_settings, gw = test_gateway.gateway_settings, test_gateway.gw  # their fixtures

@@ -14,7 +14,7 @@ import pytest
 from core.settings import Settings
 
 # Collected again in this module, so they see the settings below.
-from tests.test_gateway_protocol import (  # noqa: F401
+from tests.gateway.test_gateway_protocol import (  # noqa: F401
     gateway_settings,
     gw,
     new_user,

@@ -13,11 +13,10 @@ from aiohttp.test_utils import TestClient
 
 from core.settings import Settings
 from server.http.fast_feed import FeedFront
-from tests.support.api import sign_up
 
 # Collected again in this module, so they see the settings below (pytest resolves a
 # test's fixtures from the module it is collected in).
-from tests.test_api_feed import (  # noqa: F401
+from tests.server.test_api_feed import (  # noqa: F401
     test_delta_returns_only_newer_posts,
     test_feed_shows_followed_authors_and_my_own_posts_newest_first,
     test_metrics_count_requests_by_route_and_timeline_sources,
@@ -25,7 +24,7 @@ from tests.test_api_feed import (  # noqa: F401
     test_paging_500_posts_while_new_ones_arrive_has_no_gap_or_duplicate,
     test_unfollowed_and_deleted_posts_disappear_from_the_feed,
 )
-from tests.test_front import (  # noqa: F401
+from tests.server.test_front import (  # noqa: F401
     connect,
     test_a_head_arriving_byte_by_byte_is_answered,
     test_connection_close_is_honoured,
@@ -33,6 +32,7 @@ from tests.test_front import (  # noqa: F401
     test_pipelined_requests_are_answered_in_order_across_the_hand_off,
     test_refusals_are_aiohttps_in_the_one_error_shape,
 )
+from tests.support.api import sign_up
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.timeout(60)

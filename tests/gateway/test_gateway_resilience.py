@@ -1,6 +1,6 @@
 """The gateway under stress and when things break: a burst of disconnects, a killed
 pub/sub link, Redis that cannot confirm a subscription, a task that dies (the supervisor
-itself: tests/test_supervision.py); and what it reports (post-to-socket latency). Real
+itself: tests/core/test_supervision.py); and what it reports (post-to-socket latency). Real
 Redis, Postgres, API server and fan-out."""
 
 import asyncio

@@ -1,0 +1,1 @@
+"""Tests of the push worker (push/) and the push stand-ins (standins/)."""

@@ -1,0 +1,1 @@
+"""Tests of the ranked feed (ranking/, server/ranked.py)."""

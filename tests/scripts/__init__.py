@@ -1,0 +1,1 @@
+"""Tests of the tooling: the local stack, the supervisor (scripts/run.py), benchmarks."""

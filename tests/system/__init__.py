@@ -1,0 +1,1 @@
+"""The whole system: processes and servers killed or missing, the docs and packaging."""

@@ -1,0 +1,1 @@
+"""The web client and the ops dashboard in Chromium (web/static/)."""
