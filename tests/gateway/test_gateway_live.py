@@ -4,7 +4,6 @@ resume after a disconnect, several gateway processes, graceful shutdown."""
 import asyncio
 import dataclasses
 import signal
-import uuid
 
 import aiohttp
 import pytest
@@ -14,14 +13,13 @@ from aiohttp.test_utils import TestClient
 
 from core import events, keys
 from core.settings import Settings
-from fanout.app import CONSUMER
-from fanout.app import create_app as create_fanout
 from gateway.codes import Close
 from gateway.endpoints import NODE
 from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.env import free_port
 from tests.support.gateway_server import serve_gateway
+from tests.support.in_process import in_process_system
 from tests.support.live import SSEClient, ws_json
 from tests.support.procs import start_service, wait_ready
 from tests.support.wait import eventually
@@ -31,18 +29,8 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client, Client, Client]:
-    live = dataclasses.replace(
-        settings,
-        fanout_group=f"fanout-{uuid.uuid4().hex[:8]}",
-        fanout_offset_reset="latest",
-        gateway_connects_per_ip=1000,
-    )
-    api = await aiohttp_client(serve_api(live))
-    worker = await aiohttp_client(create_fanout(live))
-    await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
-    gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))
-    gw = await aiohttp_client(serve_gateway(gw_settings))
-    return api, worker, gw
+    system = await in_process_system(settings, aiohttp_client)
+    return system.api, system.worker, system.gw
 
 
 async def live_on(gw: Client, user: User, count: int = 1) -> None:

@@ -21,13 +21,11 @@ from core import events, keys
 from core.auth import TokenSigner
 from core.ids import min_id_for_ms
 from core.settings import Settings
-from fanout.app import CONSUMER
-from fanout.app import create_app as create_fanout
 from gateway.codes import Close
 from gateway.endpoints import NODE
 from tests.support.api import MakeClient, User, follow, post, sign_up
-from tests.support.api_server import serve_api
 from tests.support.gateway_server import serve_gateway
+from tests.support.in_process import in_process_system
 from tests.support.live import SSEClient, ws_json
 from tests.support.wait import eventually
 
@@ -130,18 +128,8 @@ async def test_2000_connections_dropping_at_once_clear_every_presence_key(
 @pytest.fixture
 async def stack(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client, Client]:
     """API server, fan-out worker and gateway, in this process."""
-    live = dataclasses.replace(
-        settings,
-        fanout_group=f"fanout-{uuid.uuid4().hex[:8]}",
-        fanout_offset_reset="latest",
-        gateway_connects_per_ip=1000,
-    )
-    api = await aiohttp_client(serve_api(live))
-    worker = await aiohttp_client(create_fanout(live))
-    await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
-    gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))
-    gw = await aiohttp_client(serve_gateway(gw_settings))
-    return api, gw
+    system = await in_process_system(settings, aiohttp_client)
+    return system.api, system.gw
 
 
 async def test_a_killed_pubsub_link_makes_clients_resume_and_miss_nothing(

@@ -4,10 +4,7 @@ and the live stream, each with public URLs the browser fetches without credentia
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import io
-import uuid
 from typing import Any
 
 import aiohttp
@@ -19,12 +16,9 @@ from PIL import Image
 
 from core import keys
 from core.settings import Settings
-from fanout.app import CONSUMER
-from fanout.app import create_app as create_fanout
 from gateway.endpoints import NODE
 from tests.support.api import MakeClient, User, follow, sign_up
-from tests.support.api_server import serve_api
-from tests.support.gateway_server import serve_gateway
+from tests.support.in_process import in_process_system
 from tests.support.live import ws_json
 from tests.support.media import jpeg_with_gps, png, processed, upload
 from tests.support.wait import eventually
@@ -35,15 +29,8 @@ Client = TestClient[web.Request, web.Application]
 @pytest.fixture
 async def system(settings: Settings, aiohttp_client: MakeClient) -> tuple[Client, Client]:
     """The API server, a fan-out worker and a gateway, in this process."""
-    live = dataclasses.replace(
-        settings, fanout_group=f"fanout-{uuid.uuid4().hex[:8]}", fanout_offset_reset="latest"
-    )
-    api = await aiohttp_client(serve_api(live))
-    worker = await aiohttp_client(create_fanout(live))
-    await asyncio.wait_for(worker.app[CONSUMER].assigned.wait(), 30)
-    gw_settings = dataclasses.replace(live, gateway_api_url=str(api.make_url("")).rstrip("/"))
-    gw = await aiohttp_client(serve_gateway(gw_settings))
-    return api, gw
+    running = await in_process_system(settings, aiohttp_client)
+    return running.api, running.gw
 
 
 async def ready_media(api: Client, user: User, data: bytes, content_type: str, alt: str) -> str:

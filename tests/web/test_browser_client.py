@@ -8,19 +8,15 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser, WebSocketRoute, expect
 
 from core.auth import TokenSigner
-from core.settings import Settings
 from tests.support.api import User, new_handle
 from tests.support.browser import (
     Api,
-    client_system,
     expect_live,
     feed_post,
     feed_texts,
@@ -29,31 +25,13 @@ from tests.support.browser import (
     sign_in,
     sign_up,
 )
-from tests.support.system import System, chromium
+from tests.support.system import System
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 LIVE = 1000  # ms: a post reaches a follower's open page within a second
 expect.set_options(timeout=15_000)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def system(settings: Settings) -> AsyncIterator[System]:
-    async with client_system(settings) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as browser:
-        yield browser
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(system: System) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        yield Api(session, system.api_url)
 
 
 async def test_follow_post_and_like_live_between_two_browsers(

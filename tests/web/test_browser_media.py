@@ -9,27 +9,22 @@ from __future__ import annotations
 import base64
 import io
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-import pytest_asyncio
 from PIL import Image, ImageDraw
 from playwright.async_api import Browser, FilePayload, Page, expect
 
-from core.settings import Settings
 from tests.support.api import User
 from tests.support.browser import (
     Api,
-    client_system,
     expect_live,
     feed_post,
     opened,
     screenshot,
     sign_in,
 )
-from tests.support.system import System, chromium, publish_screenshot
+from tests.support.system import System, publish_screenshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -66,24 +61,6 @@ def harbour_png(size: tuple[int, int] = (800, 500)) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def system(settings: Settings) -> AsyncIterator[System]:
-    async with client_system(settings) as system:
-        yield system
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as browser:
-        yield browser
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(system: System) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        yield Api(session, system.api_url)
 
 
 async def attach(page: Page, file: FilePayload) -> None:

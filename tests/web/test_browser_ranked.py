@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser, Page, Request, expect
 
 from core.settings import Settings
 from tests.support.api import User
 from tests.support.browser import (
     Api,
-    client_system,
     expect_live,
     feed_post,
     feed_texts,
@@ -28,7 +25,7 @@ from tests.support.browser import (
     screenshot,
     sign_in,
 )
-from tests.support.system import System, chromium, running_system
+from tests.support.system import System, running_system
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -36,24 +33,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 expect.set_options(timeout=15_000)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def system(settings: Settings) -> AsyncIterator[System]:
+@pytest.fixture(scope="module")
+def client_settings(settings: Settings) -> Settings:
     # A generous ranking budget: on this noisy machine the default 50 ms can be missed,
     # and a page served chronologically would hide the reasons this test is about.
-    async with client_system(dataclasses.replace(settings, ranking_budget_ms=5000)) as system:
-        yield system
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as browser:
-        yield browser
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(system: System) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        yield Api(session, system.api_url)
+    return dataclasses.replace(settings, ranking_budget_ms=5000)
 
 
 async def like(api: Api, user: User, post_id: str) -> None:
