@@ -38,17 +38,40 @@ class Signals:
 
 
 def vector(s: Signals) -> list[float]:
-    age = max(0.0, s.age_hours)
-    engagements = s.likes + 2 * s.reposts + s.replies
+    return row(
+        s.affinity,
+        s.followee_engagers,
+        s.likes + 2 * s.reposts + s.replies,
+        s.age_hours,
+        s.is_reply,
+        s.is_repost,
+        s.has_media,
+        s.seen,
+    )
+
+
+def row(
+    affinity: float,
+    followee_engagers: int,
+    engagements: int,
+    age_hours: float,
+    is_reply: bool,
+    is_repost: bool,
+    has_media: bool,
+    seen: bool,
+) -> list[float]:
+    """vector() without a Signals object: the server's scorer builds a few hundred rows a
+    page (ranking/scorer.py); `engagements` is likes + 2 * reposts + replies."""
+    age = max(0.0, age_hours)
     return [
-        math.log1p(max(0.0, s.affinity)),
-        math.log1p(s.followee_engagers),
+        math.log1p(max(0.0, affinity)),
+        math.log1p(followee_engagers),
         math.log1p(engagements / (age + VELOCITY_PRIOR_HOURS)),
         math.exp(-age / RECENCY_HOURS),
-        float(s.is_reply),
-        float(s.is_repost),
-        float(s.has_media),
-        float(s.seen),
+        float(is_reply),
+        float(is_repost),
+        float(has_media),
+        float(seen),
     ]
 
 

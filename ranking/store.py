@@ -1,5 +1,5 @@
 """The feature store: the few per-reader and per-post signals the ranker needs, in Redis,
-kept current from the event stream (fanout/handlers.py calls `record_engagement`) and by
+kept current from the event stream (fanout/event_handlers.py calls `record_engagement`) and by
 ranked pages (`log_impressions`). Counters and post bodies it does not copy: those come
 hydrated with the candidates. It never decides an order (ranking/scorer.py does)."""
 
@@ -38,6 +38,9 @@ class ReaderFeatures:
     affinity: dict[int, float]  # author -> decayed engagement count
     engagers: dict[int, list[int]]  # post -> who liked or reposted it lately
     seen: set[int]  # posts shown to the reader on ranked pages
+    # read(following=True): the following cache's members as ids ("0" included: the
+    # cache exists; empty: it does not), else None.
+    following: set[int] | None = None
 
 
 class FeatureStore:
@@ -66,6 +69,9 @@ class FeatureStore:
             self._seen(pipe, actor, [post_id], int(at * 1000))
         await pipe.execute()
 
+    def pipeline(self) -> Pipeline:
+        return self._redis.pipeline(transaction=False)
+
     async def read(
         self,
         reader: int,
@@ -73,12 +79,16 @@ class FeatureStore:
         posts: list[int],
         engaged: list[int],
         at: float | None = None,
+        following: bool = False,
     ) -> ReaderFeatures:
         """Affinity to `authors`, which of `posts` were seen, who engaged with `engaged`
-        (the posts with likes or reposts): one pipelined round trip (per node on a
-        cluster)."""
+        (the posts with likes or reposts), and with `following` the members of the
+        reader's following cache (keys.following): one pipelined round trip (per node on
+        a cluster)."""
         at = time.time() if at is None else at
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.pipeline()
+        if following:
+            pipe.smembers(keys.following(reader))
         if authors:
             pipe.zmscore(keys.ranking_affinity(reader), [str(a) for a in authors])
         if posts:
@@ -87,6 +97,7 @@ class FeatureStore:
         for post_id in engaged:
             pipe.zrange(keys.ranking_engagers(post_id), 0, -1)
         replies = list(await pipe.execute())
+        followed = {int(m) for m in replies.pop(0)} if following else None
         decay = 1.0 / _growth(at)
         affinity: dict[int, float] = {}
         if authors:
@@ -99,14 +110,21 @@ class FeatureStore:
         engagers = {
             p: [int(u) for u in users] for p, users in zip(engaged, replies, strict=True) if users
         }
-        return ReaderFeatures(affinity, engagers, seen)
+        return ReaderFeatures(affinity, engagers, seen, followed)
 
     async def log_impressions(self, reader: int, posts: list[int], at: float | None = None) -> None:
         if not posts:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        self._seen(pipe, reader, posts, int((time.time() if at is None else at) * 1000))
+        pipe = self.pipeline()
+        self.queue_impressions(pipe, reader, posts, at)
         await pipe.execute()
+
+    def queue_impressions(
+        self, pipe: Pipeline, reader: int, posts: list[int], at: float | None = None
+    ) -> None:
+        """log_impressions()'s commands, added to a pipeline that may carry others."""
+        if posts:
+            self._seen(pipe, reader, posts, int((time.time() if at is None else at) * 1000))
 
     @staticmethod
     def _seen(pipe: Pipeline, reader: int, posts: list[int], stamp: int) -> None:
