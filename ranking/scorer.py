@@ -1,7 +1,7 @@
 """Re-ranks a reader's hydrated candidates: features, model scores, then the page rules
 (seen posts after unseen ones, a post and its reposts once, at most MAX_PER_AUTHOR posts
 of one author in any WINDOW in a row) and a short reason per post. No I/O here: the
-server hands in the candidates and the features it read (server/ranked.py)."""
+server hands in the candidates and the features it read (server/feed/ranked.py)."""
 
 from __future__ import annotations
 

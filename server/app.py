@@ -32,6 +32,7 @@ from core.topics import Topics
 from server import auth
 from server.context import CTX, ServerContext
 from server.feed.home import FEED, Celebrities, HomeFeed
+from server.feed.ranked import RANKED, RankedFeed
 from server.handlers import devices, home, media, ops, posts, users
 from server.http.errors import ApiError
 from server.http.fast_feed import FrontRunner
@@ -39,7 +40,6 @@ from server.http.middleware import api_middleware
 from server.http.openapi import openapi
 from server.metrics import METRICS, ServerMetrics
 from server.outbox import Outbox, OutboxRelay
-from server.ranked import RANKED, RankedFeed
 from server.stats import SERVER_STATS, ServerStats, stats_ctx
 from web import STATIC_DIR
 

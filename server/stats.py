@@ -20,8 +20,8 @@ from core.metric_totals import counter_by, counter_total
 from core.resources import REDIS
 from core.service import OPS
 from core.supervision import SUPERVISOR
+from server.feed.ranked import RANKED
 from server.metrics import METRICS, ServerMetrics
-from server.ranked import RANKED
 
 CACHE_HIT_SOURCES = frozenset({"redis"})  # rebuild and postgres are misses
 
@@ -31,7 +31,7 @@ class ServerStats:
     feed_reads: stats.LatencyWindow = field(default_factory=stats.LatencyWindow)
 
     def snapshot(self, metrics: ServerMetrics, ranker: stats.LatencyWindow) -> dict[str, object]:
-        """`ranker`: the ranked feed's window of ranking times (server/ranked.py feeds it
+        """`ranker`: the ranked feed's window of ranking times (server/feed/ranked.py feeds it
         where it observes `feed_ranker_seconds`), the same mechanism as the feed reads'."""
         window = self.feed_reads.percentiles()
         by_source = counter_by(metrics.timeline_reads, "source")

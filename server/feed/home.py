@@ -289,7 +289,7 @@ class HomeFeed:
 
     async def visible(self, user_id: int, ids: list[int]) -> list[tuple[int, bytes]]:
         """These posts hydrated (id, JSON) in the given order, minus deleted ones and
-        authors no longer followed (the ranked feed's later pages, server/ranked.py)."""
+        authors no longer followed (the ranked feed's later pages, server/feed/ranked.py)."""
         found = dict(await self._visible(user_id, ids))
         return [(i, found[i]) for i in ids if i in found]
 

@@ -12,11 +12,11 @@ from server.contract.fields import has_bad_characters
 from server.contract.queries import DELTA_LIMIT, SEARCH_MAX, FeedQuery
 from server.domain import reads
 from server.feed.home import FEED, FeedPage, page_body
+from server.feed.ranked import CURSOR_KIND, RANKED
 from server.handlers.posts import post_list
 from server.http import validation as v
 from server.http.errors import ApiError, invalid
 from server.http.service_json import json, json_bytes
-from server.ranked import CURSOR_KIND, RANKED
 
 ALGORITHMS: tuple[str, ...] = typing.get_args(FeedQuery.model_fields["algorithm"].annotation)
 

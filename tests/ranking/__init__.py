@@ -1,1 +1,1 @@
-"""Tests of the ranked feed (ranking/, server/ranked.py)."""
+"""Tests of the ranked feed (ranking/, server/feed/ranked.py)."""

@@ -22,7 +22,7 @@ from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from ranking.model import SHIPPED_MODEL, Model, load
 from ranking.store import FeatureStore, ReaderFeatures
-from server.ranked import RANKED
+from server.feed.ranked import RANKED
 from tests.support.api import MakeClient, User, error_of, follow, post, sign_up
 from tests.support.api_server import serve_api
 from tests.support.wait import eventually
