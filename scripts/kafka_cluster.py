@@ -62,37 +62,6 @@ class LocalKafkaCluster:
         _wait_started([broker])
 
 
-def _properties(broker: Broker, brokers: list[Broker], replicas: int) -> str:
-    voters = ",".join(f"{b.node_id}@{stack.HOST}:{b.controller_port}" for b in brokers)
-    min_insync = str(min(2, replicas))
-    properties = {
-        "process.roles": "broker,controller",
-        "node.id": str(broker.node_id),
-        "controller.quorum.voters": voters,
-        "listeners": (
-            f"PLAINTEXT://{stack.HOST}:{broker.port},"
-            f"CONTROLLER://{stack.HOST}:{broker.controller_port}"
-        ),
-        "advertised.listeners": f"PLAINTEXT://{stack.HOST}:{broker.port}",
-        "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "log.dirs": str(broker.home / "data"),
-        "num.partitions": "6",
-        "default.replication.factor": str(replicas),
-        "min.insync.replicas": min_insync,
-        "unclean.leader.election.enable": "false",
-        "offsets.topic.replication.factor": str(replicas),
-        "offsets.topic.num.partitions": "10",
-        "transaction.state.log.replication.factor": str(replicas),
-        "transaction.state.log.min.isr": min_insync,
-        "group.initial.rebalance.delay.ms": "0",
-        "auto.create.topics.enable": "false",
-        "delete.topic.enable": "true",
-    }
-    return "".join(f"{key}={value}\n" for key, value in properties.items())
-
-
 def _launch(java: list[str], broker: Broker) -> None:
     props = broker.home / "server.properties"
     binary, *rest = java
@@ -134,7 +103,11 @@ def kafka_cluster(workdir: Path, brokers: int = 3) -> Iterator[LocalKafkaCluster
     for broker in nodes:
         broker.home.mkdir(parents=True)
         props = broker.home / "server.properties"
-        props.write_text(_properties(broker, nodes, brokers))
+        voters = {b.node_id: b.controller_port for b in nodes}
+        properties = stack.broker_properties(
+            broker.node_id, broker.port, voters, broker.home / "data", replicas=brokers
+        )
+        props.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
         stack.run(
             [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
             what=f"kafka broker {broker.node_id} storage format",

@@ -254,6 +254,13 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def guarded_pid(pidfile: Path, marker: str) -> int | None:
+    """The pid in `pidfile` if that process's command line has `marker`: a pidfile left
+    by a crash or a reboot may name a pid since reused by another process."""
+    pid = read_pidfile(pidfile)
+    return pid if pid and marker in proc_cmdline(pid) else None
+
+
 def pid_alive(pid: int | None) -> bool:
     """True if `pid` exists and is not a zombie.
 
@@ -770,9 +777,14 @@ class LocalService(Service):
         self.settings = settings
         self.home = settings.stack_dir / self.name
 
-    # -- to implement per service
+    # The pidfile the service's process writes, and a word of that process's command line.
+    pidfile: Path
+    process_marker: str
+
     def pid(self) -> int | None:
-        raise NotImplementedError
+        return guarded_pid(self.pidfile, self.process_marker)
+
+    # -- to implement per service
 
     def url(self) -> str:
         raise NotImplementedError
@@ -963,9 +975,7 @@ class Postgres(LocalService):
         return f"postgresql://feed:feed@{HOST}:{self.port}/feed"
 
     def pid(self) -> int | None:
-        pid = read_pidfile(self.data / "postmaster.pid")
-        # A stale postmaster.pid (after a crash or reboot) may name a reused pid.
-        return pid if pid and "postgres" in proc_cmdline(pid) else None
+        return guarded_pid(self.data / "postmaster.pid", "postgres")  # postgres writes it
 
     @property
     def as_postgres_user(self) -> bool:
@@ -1484,10 +1494,7 @@ class Redis(LocalService):
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        # Guard against pid reuse after a reboot or a crash that left the pidfile.
-        return pid if pid and "redis" in proc_cmdline(pid) else None
+    process_marker = "redis"
 
     @property
     def persistence(self) -> str:
@@ -1685,6 +1692,39 @@ class JvmService(LocalService):
         self.pidfile.unlink(missing_ok=True)
 
 
+def broker_properties(
+    node_id: int, port: int, voters: dict[int, int], data: Path, replicas: int
+) -> dict[str, str]:
+    """A KRaft node that is both broker and controller, on loopback: the stack's single
+    broker (replicas=1) and each of scripts/kafka_cluster.py's (replicas=3: every topic,
+    Kafka's own included, that many copies, writes acknowledged by two, no unclean
+    leader election). `voters`: node id -> controller port, this node's included."""
+    min_insync = str(min(2, replicas))
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(f"{n}@{HOST}:{p}" for n, p in voters.items()),
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{voters[node_id]}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "6",
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": min_insync,
+        "unclean.leader.election.enable": "false",
+        "offsets.topic.replication.factor": str(replicas),
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": min_insync,
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "log.retention.hours": "168",
+        "delete.topic.enable": "true",
+    }
+
+
 class Kafka(JvmService):
     name = "kafka"
     port_setting = "STACK_KAFKA_PORT"
@@ -1702,10 +1742,7 @@ class Kafka(JvmService):
     def extra_ports(self) -> dict[int, str]:
         return {self.controller_port: "STACK_KAFKA_CONTROLLER_PORT"}
 
-    def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        # Guard against pid reuse: it must be *our* broker's JVM.
-        return pid if pid and "kafka.Kafka" in proc_cmdline(pid) else None
+    process_marker = "kafka.Kafka"  # our broker's JVM, not any java
 
     def classpath(self) -> str:
         return f"{self.libs}/*"
@@ -1720,26 +1757,8 @@ class Kafka(JvmService):
 
     # -- configuration & storage
     def write_properties(self) -> None:
-        properties = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
-            "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(self.data),
-            "num.partitions": "6",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "false",
-            "log.retention.hours": "168",
-            "delete.topic.enable": "true",
-        }
+        voters = {1: self.controller_port}
+        properties = broker_properties(1, self.port, voters, self.data, replicas=1)
         lines = ["# Written by scripts/stack.py on every start; edit the script, not this file."]
         lines += [f"{key}={value}" for key, value in properties.items()]
         self.props.write_text("\n".join(lines) + "\n")
@@ -1840,9 +1859,7 @@ class S3(JvmService):
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        return pid if pid and "org.gaul.s3proxy.Main" in proc_cmdline(pid) else None
+    process_marker = "org.gaul.s3proxy.Main"
 
     def write_properties(self) -> None:
         properties = {
