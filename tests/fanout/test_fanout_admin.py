@@ -1,5 +1,4 @@
 import subprocess
-import sys
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -7,19 +6,11 @@ import redis.asyncio as aioredis
 from core import keys
 from core.settings import Settings
 from core.tiers import TierPolicy
-from tests.support.env import ROOT, settings_env
+from tests.support.env import run_module
 
 
 def admin(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fanout.admin", *args],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module(settings, "fanout.admin", *args, timeout=60)
 
 
 async def test_tier_override_and_thresholds_apply_at_runtime(

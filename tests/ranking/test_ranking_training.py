@@ -4,12 +4,8 @@ labels them by whether the reader engaged within a day and fits the next model."
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +19,7 @@ from ranking.impressions import load_sessions
 from ranking.model import Model
 from tests.support.api import MakeClient, User, follow, post, sign_up
 from tests.support.api_server import serve_api
-from tests.support.env import ROOT
+from tests.support.env import run_module
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
@@ -165,7 +161,7 @@ async def test_the_training_command_fits_a_model_on_logged_impressions(
     )
 
     out = tmp_path / "model.json"
-    done = await train_command(settings, "--from-database", "--out", str(out))
+    done = run_module(settings, "ranking.train", "--from-database", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "held-out AUC" in done.stdout
     model = Model.loads(out.read_bytes())
@@ -177,31 +173,9 @@ async def test_too_few_labelled_pages_is_a_clear_refusal(
     settings: Settings, tmp_path: Path
 ) -> None:
     out = tmp_path / "model.json"
-    done = await train_command(settings, "--from-database", "--days", "1", "--out", str(out))
+    done = run_module(
+        settings, "ranking.train", "--from-database", "--days", "1", "--out", str(out)
+    )
     assert done.returncode == 2
     assert "ranked pages with final labels" in done.stderr
     assert not out.exists()
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def train_command(settings: Settings, *args: str) -> Done:
-    """`python -m ranking.train ...` on this test run's database."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ranking.train",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": settings.database_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())

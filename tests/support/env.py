@@ -62,6 +62,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def run_module(
+    settings: Settings, module: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m module args...` as an operator runs it, with `settings` in its
+    environment; its output captured, its exit code not checked."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def stack(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "stack.py"), *args],
