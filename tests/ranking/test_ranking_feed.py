@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -28,12 +27,6 @@ from tests.support.api_server import serve_api
 from tests.support.wait import eventually
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-def ranked_settings(settings: Settings) -> Settings:
-    # A generous budget: these tests are about orders, not this noisy machine's speed.
-    return dataclasses.replace(settings, ranking_budget_ms=5000)
 
 
 async def ranked(

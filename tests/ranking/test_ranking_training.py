@@ -4,7 +4,6 @@ labels them by whether the reader engaged within a day and fits the next model."
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -26,10 +25,8 @@ Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-async def api(settings: Settings, aiohttp_client: MakeClient) -> Client:
-    """The API server with a generous ranking budget: these tests are about what ranked
-    pages log, not this busy machine's speed (over budget, a page is chronological)."""
-    return await aiohttp_client(serve_api(dataclasses.replace(settings, ranking_budget_ms=5000)))
+async def api(ranked_settings: Settings, aiohttp_client: MakeClient) -> Client:
+    return await aiohttp_client(serve_api(ranked_settings))
 
 
 async def ranked_first_page(api: Client, reader: User) -> list[str]:
