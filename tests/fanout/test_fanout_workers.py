@@ -194,6 +194,26 @@ async def test_two_workers_share_partitions_and_one_dying_loses_nothing(
     await asyncio.sleep(0)
 
 
+async def throttled_worker(
+    db: asyncpg.Pool, redis_client: aioredis.Redis, workers: Workers, ids: IdGenerator, others: int
+) -> tuple[int, int, list[int], list[int]]:
+    """A worker throttled to 2 000 timeline writes/s, in batches of 500 (started first: its
+    start overlaps the seeding), a throttle-tier author with 20 000 followers, and
+    `others` more users. Returns (the worker's port once it has its partitions, the
+    author, the others, the followers)."""
+    worker = workers.spawn(FANOUT_BATCH_SIZE="500", FANOUT_THROTTLE_RATE="2000")
+    big, *rest = await seed_users(db, ids, 20_001 + others)
+    extra, followers = rest[:others], rest[others:]
+    await db.copy_records_to_table(
+        "follows", columns=["follower_id", "followee_id"], records=[(f, big) for f in followers]
+    )
+    await db.execute("UPDATE users SET fanout_tier = 'throttle' WHERE id = $1", big)
+    await build_timelines(redis_client, followers)
+    workers.ready(worker)
+    await assigned(worker[1])
+    return worker[1], big, extra, followers
+
+
 async def test_a_throttled_author_does_not_hold_up_other_posts_on_its_partition(
     settings: Settings,
     db: asyncpg.Pool,
@@ -201,19 +221,11 @@ async def test_a_throttled_author_does_not_hold_up_other_posts_on_its_partition(
     producer: AIOKafkaProducer,
     workers: Workers,
 ) -> None:
-    worker = workers.spawn(FANOUT_BATCH_SIZE="500", FANOUT_THROTTLE_RATE="2000")
     ids = IdGenerator(1019)
-    big, small, *followers = await seed_users(db, ids, 20_002)
-    await db.copy_records_to_table(
-        "follows",
-        columns=["follower_id", "followee_id"],
-        records=[(f, big) for f in followers] + [(followers[0], small)],
+    _, big, (small,), followers = await throttled_worker(db, redis_client, workers, ids, 1)
+    await db.execute(
+        "INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)", followers[0], small
     )
-    await db.execute("UPDATE users SET fanout_tier = 'throttle' WHERE id = $1", big)
-    await build_timelines(redis_client, followers)
-    workers.ready(worker)
-    port = worker[1]
-    await assigned(port)
     topics = Topics.for_settings(settings)
     # Same partition, huge post first: in a strictly sequential partition the small post
     # would wait ~10 s behind it. The small one is sent once the huge one is under way
@@ -243,17 +255,8 @@ async def test_a_delete_during_a_throttled_fanout_stops_it_and_is_applied_after_
     producer: AIOKafkaProducer,
     workers: Workers,
 ) -> None:
-    worker = workers.spawn(FANOUT_BATCH_SIZE="500", FANOUT_THROTTLE_RATE="2000")
     ids = IdGenerator(1017)
-    big, *followers = await seed_users(db, ids, 20_001)
-    await db.copy_records_to_table(
-        "follows", columns=["follower_id", "followee_id"], records=[(f, big) for f in followers]
-    )
-    await db.execute("UPDATE users SET fanout_tier = 'throttle' WHERE id = $1", big)
-    await build_timelines(redis_client, followers)
-    workers.ready(worker)
-    port = worker[1]
-    await assigned(port)
+    port, big, _, followers = await throttled_worker(db, redis_client, workers, ids, 0)
     topics = Topics.for_settings(settings)
     post_id = await publish_post(db, producer, topics, ids, big)
     checkpoint = keys.fanout_checkpoint(post_id)
