@@ -15,7 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_REDIS_DB = 9
+# Overridable so that several test runs can share one stack (each with its own db: a run
+# flushes its db at start).
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "9"))
 
 
 def base_settings() -> Settings:
