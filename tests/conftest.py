@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -10,6 +12,7 @@ from core.clients import build_redis, create_admin, ensure_topics
 from core.migrate import migrate
 from core.settings import Settings
 from core.topics import Topics
+from scripts.redis_cluster import LocalCluster, redis_cluster
 from tests.support.api import Client, MakeClient
 from tests.support.env import base_settings, isolated_settings, new_run_id
 
@@ -93,3 +96,17 @@ async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = build_redis(settings)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster of 3 masters for this test run, started on first use. Keys are
+    not isolated per test as a db is: tests on it use the ids their own seeding made."""
+    with redis_cluster(Path(tmp_path_factory.mktemp("redis-cluster"))) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, local_cluster: LocalCluster) -> Settings:
+    """This run's settings with every service on the Redis Cluster (REDIS_CLUSTER=true)."""
+    return dataclasses.replace(settings, redis_url=local_cluster.url, redis_cluster=True)
