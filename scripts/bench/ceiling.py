@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from scripts.bench import cpu
-from scripts.bench.loadgen import Plan
+from scripts.bench.loadgen import Plan, run_load
 from scripts.bench.progress import note
 from scripts.bench.report import Row, summarize
-from scripts.bench.runner import run_load
 from scripts.bench.server_proc import RunningServer
 
 HEALTHZ_SECONDS = 10.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from core.settings import Settings
+from scripts.supervise.procs import ProcError
 
 BENCH_DB = "feed_bench"
 BENCH_REDIS_DB = 5
@@ -23,8 +24,9 @@ BENCH_PORT = 18080
 BENCH_PASSWORD = "bench-password"  # noqa: S105 - local benchmark only
 
 
-class BenchError(RuntimeError):
-    """A precondition failed; reported as one line."""
+# The benchmarks' one error, reported as one line: a precondition that failed, or a
+# service that did not start (the process runner's error).
+BenchError = ProcError
 
 
 def database_url(base: str, name: str) -> str:
@@ -33,6 +35,15 @@ def database_url(base: str, name: str) -> str:
         raise BenchError(f"refusing to use database {name!r} for benchmarks")
     parts = urlsplit(base)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def read_url_for(database_url: str, replica: str) -> str:
+    """DATABASE_READ_URL for a service on `database_url`: the `replica` this environment
+    names, on the same database ("" for none: every read goes to the primary). Left as it
+    is, a service on a bench database would read the dev database through the replica."""
+    if not replica:
+        return ""
+    return urlunsplit(urlsplit(replica)._replace(path=urlsplit(database_url).path))
 
 
 def maintenance_url(base: str) -> str:

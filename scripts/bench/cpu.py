@@ -1,5 +1,6 @@
-"""The bench scripts' one CPU accountant, read from /proc (Linux only): per process group
-over a window (`snapshot`/`usage`), per named pid (`CpuWindow`), and the machine's busy time.
+"""The bench scripts' one CPU accountant and reader of /proc (Linux only): CPU per process
+group over a window (`snapshot`/`usage`), per named pid (`CpuWindow`), the machine's busy
+time and a wait for a quiet machine, a process's RSS and write calls, the machine line.
 
 The load generator, the server and the data stores share one machine; this shows who
 spent the cores while latency was measured, including anything else that was running:
@@ -10,9 +11,10 @@ started and ended inside the window and time the hypervisor gave to other guests
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,9 +194,6 @@ class CpuWindow:
         ours = sum(self.used.values())
         return 100.0 * max(self.machine - ours, 0.0) / max(self.wall, 1e-9)
 
-    def machine_percent(self) -> float:
-        return 100.0 * self.machine / max(self.wall, 1e-9)
-
 
 def machine_busy(seconds: float = 1.0) -> float:
     """Percent of one core in use over `seconds` (all processes; 200 = two cores full)."""
@@ -205,12 +204,79 @@ def machine_busy(seconds: float = 1.0) -> float:
     return 100.0 * cores * (after.busy - before.busy) / max(1, after.total - before.total)
 
 
-def wait_quiet(threshold: float, timeout: float) -> float:
-    """Wait until the machine is (almost) idle before measuring: other work on these cores
-    (a test suite, a build) would be measured as our latency. Returns the last reading."""
+def wait_quiet(threshold: float, timeout: float, ours: Sequence[int] = ()) -> float:
+    """Wait (bounded) until the machine is (almost) idle before measuring: other work on
+    these cores (a test suite, a build) would be measured as our latency. What `ours` use
+    does not count. Returns the last reading, in percent of one core; never fails: a busy
+    machine is reported with the numbers, not hidden."""
     deadline = time.monotonic() + timeout
-    busy = machine_busy()
+    busy = _busy(ours, 1.0)
     while busy > threshold and time.monotonic() < deadline:
         sys.stderr.write(f"machine busy ({busy:.0f}% of a core); waiting to measure\n")
-        busy = machine_busy(2.0)
+        busy = _busy(ours, 2.0)
     return busy
+
+
+def _busy(ours: Sequence[int], seconds: float) -> float:
+    if not ours:
+        return machine_busy(seconds)
+    window = CpuWindow({"ours": list(ours)}).start()
+    time.sleep(seconds)
+    return window.stop().other_percent()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise OSError(f"no VmRSS for pid {pid}")
+
+
+def write_calls(pid: int) -> int:
+    """Write-class system calls (write, writev, send...) the process has made, from
+    /proc/PID/io: per delivered message, how well the gateway coalesces its sends."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    return int(text.split("syscw:", 1)[1].split(None, 1)[0])
+
+
+def machine() -> str:
+    """The reports' machine line."""
+    return (
+        f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def machine_info() -> dict[str, str]:
+    """The machine, for a JSON report."""
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model(),
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+    }
+
+
+def kernel_tcp() -> str:
+    """The kernel's view (sockets in use, buffer pages): connections cost memory there
+    too, on both ends of loopback, outside any process's RSS."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            return line
+    return ""
+
+
+def children_of(pid: int) -> list[int]:
+    """Child processes of `pid` (any of its threads' children), from /proc."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass  # gone: nothing of it left to count
+    return found

@@ -8,8 +8,6 @@ the test suite's (Redis db 9, `test-*` topics).
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,6 @@ from core.settings import Settings
 
 # One BenchError for every bench module: the shared helpers (common, runner) raise it too.
 from scripts.bench.common import TAKEN_REDIS_DBS, BenchError
-from scripts.bench.cpu import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_NAME = "feed_bench_fanout"
@@ -121,7 +118,3 @@ class Target:
 
 def _with_path(url: str, path: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def machine() -> str:
-    return f"{os.cpu_count()} cores ({cpu_model()}), {platform.system()} {platform.release()}"

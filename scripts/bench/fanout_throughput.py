@@ -36,13 +36,14 @@ from core.settings import Settings
 from core.topics import Topics
 from scripts.bench import cpu as load
 from scripts.bench.common import BenchError
+from scripts.bench.cpu import machine
 from scripts.bench.fanout_ceiling import (
     follower_query_rate,
     writer_rate,
     writer_rate_at_cap,
     zadd_ceilings,
 )
-from scripts.bench.fanout_common import ROOT, Shape, Target, machine
+from scripts.bench.fanout_common import ROOT, Shape, Target
 from scripts.bench.fanout_report import Report, dataset_line, render
 from scripts.bench.fanout_scenarios import Run, celebrity, stream, warm_up
 from scripts.bench.fanout_seed import Dataset, build_timelines, seed_postgres
@@ -161,6 +162,10 @@ async def _layers(
         await client.aclose()
 
 
+def _profile_env(out: Path) -> dict[str, str]:
+    return {"BENCH_PROFILE_SERVICE": "fanout", "BENCH_PROFILE_OUT": str(out)}
+
+
 async def _scenarios(
     report: Report, args: argparse.Namespace, settings: Settings, data: Dataset, target: Target
 ) -> None:
@@ -168,10 +173,10 @@ async def _scenarios(
         target=target,
         settings_env=_worker_settings(args),
         root=args.worker_root,
-        module="scripts.bench.fanout_profiled" if args.profile_out else "fanout",
+        module="scripts.bench.profiled" if args.profile_out else "fanout",
         extra_env={
             **_extra_env(args.worker_env),
-            **({"BENCH_PROFILE_OUT": str(args.profile_out)} if args.profile_out else {}),
+            **(_profile_env(args.profile_out) if args.profile_out else {}),
         },
     )
     client = target.redis_client(socket_timeout=60)

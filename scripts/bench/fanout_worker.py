@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.bench import procs
+from scripts.bench import common
 from scripts.bench.common import BenchError
 from scripts.bench.fanout_common import ROOT, Target
 from scripts.bench.progress import note
+from scripts.supervise import procs
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -32,13 +33,16 @@ class WorkerConfig:
     target: Target
     settings_env: Mapping[str, str]  # FANOUT_* etc. the run was asked for
     root: Path = ROOT  # another checkout (a patched copy) to compare against
-    module: str = "fanout"  # scripts.bench.fanout_profiled to profile it
+    module: str = "fanout"  # scripts.bench.profiled to profile it
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def env(self, port: int, group: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.target.database_url,
+            DATABASE_READ_URL=common.read_url_for(
+                self.target.database_url, env.get("DATABASE_READ_URL", "")
+            ),
             REDIS_URL=self.target.redis_url,
             REDIS_CLUSTER="true" if self.target.cluster_url else "false",
             KAFKA_BOOTSTRAP=self.target.base.kafka_bootstrap,
@@ -66,11 +70,8 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+    def log_tail(self) -> str:
+        return procs.tail_of(self.log_path)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -129,14 +130,8 @@ def running_worker(config: WorkerConfig, log_dir: Path) -> Iterator[Worker]:
     port = procs.free_port()
     group = f"bench-fanout-{uuid.uuid4().hex[:8]}"
     log_path = log_dir / f"fanout-worker-{port}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", config.module],
-            cwd=config.root,
-            env=config.env(port, group),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    args = [sys.executable, "-m", config.module]
+    proc = procs.start(args, log_path, cwd=config.root, env=config.env(port, group))
     worker = Worker(proc, port, group, log_path)
     note(f"worker: pid {proc.pid}, port {port}, group {group}, log {log_path}")
     try:

@@ -45,10 +45,18 @@ from scripts.bench.bench_data import (
     prepare_redis,
 )
 from scripts.bench.ceiling import Ceiling, measure_ceiling
-from scripts.bench.loadgen import Plan, Result
+from scripts.bench.cpu import machine
+from scripts.bench.loadgen import (
+    CLIENT_NAMES,
+    CLIENTS,
+    Plan,
+    Result,
+    default_client,
+    go_binary,
+    run_load,
+)
 from scripts.bench.progress import note
-from scripts.bench.report import Row, machine, revision, summarize, table
-from scripts.bench.runner import CLIENT_NAMES, CLIENTS, default_client, go_binary, run_load
+from scripts.bench.report import Row, revision, summarize, table
 from scripts.bench.server_proc import ROOT, RunningServer, ServerConfig, running_server
 
 
@@ -368,7 +376,7 @@ def run(args: argparse.Namespace) -> str:
     if args.profile:
         config = replace(
             config,
-            module="scripts.bench.profiled_server",
+            module="scripts.bench.profiled",
             extra_env=(
                 *config.extra_env,
                 ("BENCH_PROFILE", args.profile),

@@ -12,7 +12,6 @@ machine gave a server that does nothing; the feed's cannot be better by design.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -21,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scripts.bench import common, procs, tail
-from scripts.bench.loadgen import Plan
+from scripts.bench import common, tail
+from scripts.bench.loadgen import Plan, build_go, run_load
 from scripts.bench.report import Row, summarize
-from scripts.bench.runner import build_go, run_load
+from scripts.supervise import procs
 
 SOURCE = Path(__file__).resolve().parent / "floor_go"
 PORT = common.BENCH_PORT + 10
@@ -58,33 +57,19 @@ def running_floor(body: bytes, port: int = PORT) -> Iterator[Floor]:
     if procs.answers_ready(base_url + "/readyz"):
         raise common.BenchError(f"something already answers on port {port}")
     binary = build_go(SOURCE, "floor")
-    with tempfile.NamedTemporaryFile(prefix="bench-floor-", suffix=".json") as page:
-        page.write(body)
-        page.flush()
-        with subprocess.Popen(  # closes its stderr pipe on the way out
-            [str(binary), "-addr", f"127.0.0.1:{port}", "-body", page.name],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        page = Path(tmp) / "page.json"
+        page.write_bytes(body)
+        with procs.running(
+            f"floor server on {base_url}",
+            [str(binary), "-addr", f"127.0.0.1:{port}", "-body", str(page)],
+            lambda: procs.answers_ready(base_url + "/readyz"),
+            Path(tmp) / "floor.log",
+            timeout=READY_TIMEOUT,
+            grace=5.0,
+            interval=0.05,
         ) as proc:
-            try:
-                procs.wait_ready(
-                    f"floor server on {base_url}",
-                    lambda: procs.answers_ready(base_url + "/readyz"),
-                    [proc],
-                    timeout=READY_TIMEOUT,
-                    interval=0.05,
-                    log_tail=lambda: _stderr_if_exited(proc),
-                )
-                yield Floor(proc.pid, base_url)
-            finally:
-                procs.stop([proc], 5.0)
-
-
-def _stderr_if_exited(proc: subprocess.Popen[bytes]) -> str:
-    """What the floor server said; only once it has exited (reading sooner would block)."""
-    if proc.stderr is None or proc.poll() is None:
-        return ""
-    return proc.stderr.read().decode(errors="replace")
+            yield Floor(proc.pid, base_url)
 
 
 def measure_floor(args: argparse.Namespace, plan: Plan, body: bytes) -> tuple[Row, list[str]]:

@@ -23,12 +23,13 @@ from typing import Any
 
 import hiredis
 
+from core import keys
 from gateway.outgoing import ws_frame
-from scripts.bench import procs
 from scripts.bench.cpu import CpuWindow
-from scripts.bench.gateway_common import note
-from scripts.bench.gateway_publisher import Publisher, PublishPlan, Template, channel_prefix
+from scripts.bench.gateway_publisher import Publisher, PublishPlan, Template
 from scripts.bench.gateway_wsclient import LOST, RECEIVED, SLOTS
+from scripts.bench.progress import note
+from scripts.supervise import procs
 
 SUBSCRIBE_CHUNK = 1000
 
@@ -141,8 +142,7 @@ def _lua_ceiling(
     counters = ctx.Array("q", len(SLOTS), lock=False)
     ready, stop = ctx.Event(), ctx.Event()
     port = int(re.findall(r":(\d+)", redis_url)[0])
-    prefix = channel_prefix()
-    channels = [f"{prefix}{plan.user_base + i}" for i in range(plan.users)]
+    channels = [keys.user_channel(plan.user_base + i) for i in range(plan.users)]
     sub = ctx.Process(
         target=subscriber_main, args=("127.0.0.1", port, channels, counters, ready, stop)
     )
@@ -226,7 +226,7 @@ def measure(
     template = Template.build(text_chars)
     payload = template.head + b"1" + template.mid + b"1" + template.tail(time.time_ns(), 0)
     bench_rps, bench_delivered, bench_cpu, dropped = _benchmark_ceiling(
-        redis_url, f"{channel_prefix()}{user_base}", payload, 1_000_000, redis_pid
+        redis_url, keys.user_channel(user_base), payload, 1_000_000, redis_pid
     )
     note(f"ceiling: redis-benchmark {bench_rps:,.0f} PUBLISH/s")
     note("ceiling: send() of one frame to loopback TCP sockets")

@@ -1,6 +1,6 @@
 """What the gateway benchmarks share: a private Redis, gateway processes on one
-SO_REUSEPORT port, /proc readings (CPU, RSS, who else is using the machine), and
-cleanup that stops every child on exit, error or Ctrl-C.
+SO_REUSEPORT port (started through procs.Children, which stops them on exit, error or
+Ctrl-C).
 
 Nothing here opens a connection at import time; every process it starts is ours and
 is stopped by its pid, never by name.
@@ -8,142 +8,36 @@ is stopped by its pid, never by name.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import orjson
 import redis
 
-# One BenchError for every bench module: the shared helpers (common, runner) raise it too.
-from scripts.bench import procs
 from scripts.bench.common import BenchError
-from scripts.bench.cpu import CpuWindow, cpu_model
+
+# One BenchError for every bench module: the shared helpers (common, runner) raise it too.
+from scripts.supervise import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # User ids far above anything the app or the other benchmarks create: pub/sub is global
 # across Redis db indexes, so our channels must never collide with someone else's.
 USER_BASE = 9_000_000_000
 SECRET = "gateway-bench-secret-not-for-production"  # noqa: S105 - local benchmark only
 
 
-def note(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-# -- /proc ---------------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-def machine_info() -> dict[str, str]:
-    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu_model(),
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "kernel": os.uname().release,
-        "python": sys.version.split()[0],
-    }
-
-
-def write_calls(pid: int) -> int:
-    """Write-class system calls (write, writev, send...) the process has made, from
-    /proc/PID/io: per delivered message, how well the gateway coalesces its sends."""
-    try:
-        text = Path(f"/proc/{pid}/io").read_text()
-    except OSError:
-        return 0
-    return int(text.split("syscw:", 1)[1].split(None, 1)[0])
-
-
-def wait_quiet(ours: Sequence[int], below_percent: float, max_wait: float) -> float:
-    """Wait (bounded) until processes that are not ours use less than `below_percent` of
-    one core over 2 s; returns what they used last. Never fails: a busy machine is
-    reported with the numbers, not hidden."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        window = CpuWindow({"ours": list(ours)}).start()
-        time.sleep(2.0)
-        other = window.stop().other_percent()
-        if other < below_percent or time.monotonic() > deadline:
-            return other
-        note(f"machine busy ({other:.0f}% of a core used by others); waiting")
-
-
-# -- children ------------------------------------------------------------------------------
-
-
-class Children:
-    """Every process a benchmark starts. stop_all() runs on normal exit, on an error, on
-    Ctrl-C and on SIGTERM; it signals each child by pid (TERM, then KILL)."""
-
-    def __init__(self) -> None:
-        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._stoppers: list[Callable[[], None]] = []
-        self._stopped = False
-
-    def install(self) -> Children:
-        atexit.register(self.stop_all)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
-        return self
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def popen(self, name: str, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
-        self._procs.append((name, proc))
-        return proc  # type: ignore[no-any-return]
-
-    def on_stop(self, stopper: Callable[[], None]) -> None:
-        self._stoppers.append(stopper)
-
-    def stop_all(self, grace: float = 15.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        for stopper in reversed(self._stoppers):
-            with contextlib.suppress(Exception):  # best effort: keep stopping the rest
-                stopper()
-        # Gateways before Redis: a gateway that loses Redis while shutting down logs
-        # errors that are ours, not its.
-        last = [(n, p) for n, p in self._procs if n == "redis"]
-        self._stop([(n, p) for n, p in self._procs if n != "redis"], grace)
-        self._stop(last, grace)
-
-    def _stop(self, named: list[tuple[str, subprocess.Popen[bytes]]], grace: float) -> None:
-        names = {proc.pid: name for name, proc in named}
-
-        def on_kill(proc: subprocess.Popen[bytes]) -> None:
-            note(f"{names[proc.pid]} (pid {proc.pid}) did not stop; killing it")
-
-        procs.stop([proc for _, proc in named], grace, on_kill)
-
-
 # -- the stack -----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def private_redis(children: Children) -> Iterator[str]:
+def private_redis(children: procs.Children) -> Iterator[str]:
     """A Redis of our own on a free port, configured like scripts/stack.py's: pub/sub
     load from a benchmark then neither disturbs nor is disturbed by other sessions'
     commands (pub/sub is global across db indexes). It shares the CPU all the same."""
@@ -204,7 +98,7 @@ class Gateway:
 
 
 def start_gateways(
-    children: Children,
+    children: procs.Children,
     count: int,
     env: dict[str, str],
     redis_url: str,
@@ -267,13 +161,6 @@ def _until_digit(text: str) -> str:
         if char.isdigit():
             return text[:i] + "..."
     return text
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100.0 * len(ordered)) - 1))
-    return float(ordered[index])
 
 
 def loopback_sources(count: int) -> list[str]:

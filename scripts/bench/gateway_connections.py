@@ -28,30 +28,27 @@ from typing import Any
 
 import orjson
 
-from scripts.bench import procs
 from scripts.bench.common import BenchError
-from scripts.bench.cpu import CpuWindow
+from scripts.bench.cpu import CpuWindow, kernel_tcp, machine_info, rss_kib
 from scripts.bench.gateway_common import (
     ROOT,
     SECRET,
     USER_BASE,
-    Children,
     Gateway,
     gateway_env,
     gateway_stats,
     log_summary,
     loopback_sources,
-    machine_info,
-    note,
     private_redis,
     redis_pid,
-    rss_kib,
     start_gateways,
 )
 from scripts.bench.gateway_fleet import CLIENTS, Fleet, PhaseResult, split_plans
 from scripts.bench.gateway_publisher import PublishPlan, publisher_main
 from scripts.bench.gateway_wsclient import RECEIVED, SLOTS
-from scripts.bench.runner import default_client
+from scripts.bench.loadgen import default_client
+from scripts.bench.progress import note
+from scripts.supervise import procs
 
 FD_LIMIT = 20_000
 FD_HEADROOM = 1_000  # Redis/Postgres pools, the listening socket, logs
@@ -100,15 +97,6 @@ def check_limits(args: argparse.Namespace) -> None:
         raise BenchError(f"~{per_client:,.0f} fds per client process > {limit:,}: add --clients")
     if args.connections / args.clients > 25_000:
         raise BenchError("more than 25 000 connections per source address: add --clients")
-
-
-def kernel_tcp() -> str:
-    """The kernel's view (sockets in use, buffer pages): connections cost memory there
-    too, on both ends of loopback, outside any process's RSS."""
-    for line in Path("/proc/net/sockstat").read_text().splitlines():
-        if line.startswith("TCP:"):
-            return line
-    return ""
 
 
 def held(redis_url: str, gateways: list[Gateway]) -> dict[int, int]:
@@ -184,7 +172,7 @@ def broadcast(redis_url: str, fleet: Fleet, users: int, rate: float) -> PhaseRes
         proc.join(5)
 
 
-def run(args: argparse.Namespace, children: Children, log_dir: Path) -> Report:
+def run(args: argparse.Namespace, children: procs.Children, log_dir: Path) -> Report:
     with private_redis(children) as redis_url:
         rpid = redis_pid(redis_url)
         port = procs.free_port()
@@ -312,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    children = Children().install()
+    children = procs.Children(last=("redis",)).install()
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-connections-"))
     try:
         check_limits(args)

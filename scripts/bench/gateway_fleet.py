@@ -1,5 +1,5 @@
 """A fleet of benchmark client processes (the Go client, scripts/bench/wsclient_go, through
-gateway_goclient): splits the planned connections over processes and loopback source
+gateway_wsclient): splits the planned connections over processes and loopback source
 addresses, starts them, shows their progress, merges what they received per phase and
 stops them (also on errors)."""
 
@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
+from scripts.bench import cpu
 from scripts.bench.common import BenchError
-from scripts.bench.gateway_common import note, percentile
-from scripts.bench.gateway_goclient import go_client_main, wsclient_binary
-from scripts.bench.gateway_wsclient import SLOTS, ClientPlan
+from scripts.bench.gateway_wsclient import SLOTS, ClientPlan, go_client_main, wsclient_binary
+from scripts.bench.progress import note
+from scripts.bench.report import percentile
 
 CLIENTS = {
     "go": "Go (one thread, own epoll loop, scripts/bench/wsclient_go)",
@@ -103,7 +103,7 @@ class Fleet:
         """The client processes and their children (the Go clients): everything whose CPU
         is the client side's."""
         pids = [p.pid or 0 for p in self._procs]
-        return pids + [child for pid in pids for child in _children(pid)]
+        return pids + [child for pid in pids for child in cpu.children_of(pid)]
 
     @property
     def expected(self) -> int:
@@ -128,7 +128,7 @@ class Fleet:
         """Until every client process has started its Go client, so that `pids` (taken
         by CPU windows right after start) is complete."""
         deadline = time.monotonic() + timeout
-        while not all(_children(proc.pid or 0) for proc in self._procs):
+        while not all(cpu.children_of(proc.pid or 0) for proc in self._procs):
             for proc in self._procs:
                 if not proc.is_alive():
                     raise BenchError(f"client process {proc.name} died ({proc.exitcode})")
@@ -212,14 +212,3 @@ class Fleet:
                 proc.kill()
                 proc.join(5)
         self._procs, self._pipes = [], []
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of `pid` (any of its threads' children), from /proc."""
-    found: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass  # gone: nothing of it left to count
-    return found

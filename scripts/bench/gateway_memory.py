@@ -29,21 +29,20 @@ from types import FrameType
 import orjson
 import redis
 
-from scripts.bench import procs
 from scripts.bench.common import BenchError
+from scripts.bench.cpu import rss_kib
 from scripts.bench.gateway_common import (
     PYTHON,
     ROOT,
     SECRET,
     USER_BASE,
-    Children,
     gateway_env,
     loopback_sources,
-    note,
     private_redis,
-    rss_kib,
 )
 from scripts.bench.gateway_fleet import Fleet, split_plans
+from scripts.bench.progress import note
+from scripts.supervise import procs
 
 USER_OFFSET = 3 * 10**6  # our id range, apart from the other gateway benchmarks'
 GROUPS = ("aiohttp", "multidict", "yarl", "uvloop", "asyncio", "gateway", "redis", "core")
@@ -106,7 +105,7 @@ def _wait_stats(redis_url: str, pid: int, connections: int, timeout: float) -> N
 
 
 def one_run(args: argparse.Namespace, trace: bool) -> dict[str, object]:
-    children = Children().install()
+    children = procs.Children(last=("redis",)).install()
     out = Path(tempfile.mkdtemp(prefix="gateway-memory-")) / "heap.json"
     try:
         with private_redis(children) as redis_url:

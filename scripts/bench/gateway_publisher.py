@@ -23,15 +23,15 @@ import redis
 
 from core import events, keys
 
-# ARGV: head, mid, tail, first seq, count, user base, users, channel prefix.
-# Message s goes to <prefix><base + s % users> as head..s..mid..s..tail.
+# ARGV: head, mid, tail, first seq, count, user base, users, channel prefix, suffix.
+# Message s goes to <prefix><base + s % users><suffix> as head..s..mid..s..tail.
 PUBLISH_BATCH = """
 local head, mid, tail = ARGV[1], ARGV[2], ARGV[3]
 local seq, n = tonumber(ARGV[4]), tonumber(ARGV[5])
-local base, users, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local base, users, prefix, suffix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], ARGV[9]
 for s = seq, seq + n - 1 do
   local id = string.format('%d', s)
-  redis.call('PUBLISH', prefix .. string.format('%d', base + s % users),
+  redis.call('PUBLISH', prefix .. string.format('%d', base + s % users) .. suffix,
              head .. id .. mid .. id .. tail)
 end
 return n
@@ -87,10 +87,11 @@ class Template:
         return len(self.head + b"1" + self.mid + b"1" + self.tail(time.time_ns(), 1))
 
 
-def channel_prefix() -> str:
-    prefix = keys.user_channel(0).removesuffix("0")
-    assert keys.user_channel(123) == f"{prefix}123", "user_channel is no longer <prefix><id>"
-    return prefix
+def channel_affixes() -> tuple[str, str]:
+    """What a user channel holds before and after the user id (core/keys.py)."""
+    prefix, found, suffix = keys.user_channel(987654321).partition("987654321")
+    assert found, "user_channel no longer holds the user id"
+    return prefix, suffix
 
 
 class Publisher:
@@ -100,7 +101,7 @@ class Publisher:
         self._client = redis.Redis.from_url(plan.redis_url)
         self._script = self._client.register_script(PUBLISH_BATCH)
         self._template = Template.build(plan.text_chars)
-        self._prefix = channel_prefix()
+        self._affixes = channel_affixes()
         self.seq = 0
 
     def close(self) -> None:
@@ -116,7 +117,7 @@ class Publisher:
                 count,
                 self.plan.user_base,
                 self.plan.users,
-                self._prefix,
+                *self._affixes,
             ]
         )
         self.seq += count

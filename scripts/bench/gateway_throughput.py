@@ -33,31 +33,28 @@ from typing import Any
 
 import orjson
 
-from scripts.bench import gateway_ceiling, procs, tail
+from scripts.bench import gateway_ceiling, tail
 from scripts.bench.common import BenchError
-from scripts.bench.cpu import CpuWindow
+from scripts.bench.cpu import CpuWindow, machine_info, wait_quiet, write_calls
 from scripts.bench.gateway_common import (
     ROOT,
     SECRET,
     USER_BASE,
-    Children,
     Gateway,
     gateway_env,
     gateway_stats,
     log_summary,
     loopback_sources,
-    machine_info,
-    note,
     private_redis,
     redis_pid,
     start_gateways,
-    wait_quiet,
-    write_calls,
 )
 from scripts.bench.gateway_fleet import CLIENTS, Fleet, PhaseResult, split_plans
 from scripts.bench.gateway_publisher import PublishPlan, publisher_main
 from scripts.bench.gateway_wsclient import RECEIVED, SLOTS, SLOW_US
-from scripts.bench.runner import default_client
+from scripts.bench.loadgen import default_client
+from scripts.bench.progress import note
+from scripts.supervise import procs
 
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
 WARMUP_RATE = 5_000.0
@@ -97,7 +94,7 @@ class PhaseReport:
 @dataclass(slots=True)
 class Bench:
     args: argparse.Namespace
-    children: Children
+    children: procs.Children
     redis_url: str
     redis_pid: int
     gateway: Gateway
@@ -202,7 +199,7 @@ class PhaseRunner:
         args = self.bench.args
         if quiet:
             ours = [pid for group in self.pids.values() for pid in group]
-            other = wait_quiet(ours, args.quiet_below, args.quiet_wait)
+            other = wait_quiet(args.quiet_below, args.quiet_wait, ours)
             note(f"{self.mode.name}: {name} (others used {other:.0f}% of a core just before)")
         before = self._stats()
         received = self.fleet.total("received")
@@ -367,7 +364,7 @@ def modes(args: argparse.Namespace) -> list[Mode]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    children = Children().install()
+    children = procs.Children(last=("redis",)).install()
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-throughput-"))
     results: dict[str, Any] = {
         "machine": machine_info(),
@@ -379,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         with private_redis(children) as redis_url:
             rpid = redis_pid(redis_url)
             if not args.skip_ceiling:
-                wait_quiet([rpid], args.quiet_below, args.quiet_wait)
+                wait_quiet(args.quiet_below, args.quiet_wait, [rpid])
                 ceiling = gateway_ceiling.measure(
                     redis_url, rpid, USER_BASE, args.fanin_users, args.text_chars
                 )

@@ -44,10 +44,10 @@ from PIL import Image
 from core.object_store import ObjectStore, ObjectStoreError
 from scripts.bench import common, cpu
 from scripts.bench.bench_data import dataset_info, mint_tokens
-from scripts.bench.loadgen import Plan
+from scripts.bench.cpu import machine
+from scripts.bench.loadgen import Plan, run_load
 from scripts.bench.progress import note
-from scripts.bench.report import Row, machine, revision, summarize
-from scripts.bench.runner import run_load
+from scripts.bench.report import Row, revision, summarize
 from scripts.bench.server_proc import ROOT, ServerConfig, running_server
 from server import media_processing as mp
 from server.media_processing import process

@@ -52,5 +52,5 @@ class Progress:
 
 
 def note(message: str) -> None:
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
-import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.bench.cpu import cpu_model
 from scripts.bench.loadgen import Result
 
 CPU_COLUMNS = ("server", "postgres", "redis", "loadgen", "other")
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list (q in 0..100)."""
     if not sorted_values:
         return math.nan
@@ -95,10 +93,3 @@ def revision(root: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown revision"
     return out.stdout.strip()
-
-
-def machine() -> str:
-    return (
-        f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
-    )

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.bench import common, procs
+from scripts.bench import common
+from scripts.supervise import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
@@ -27,7 +28,7 @@ class ServerConfig:
     redis_url: str
     port: int
     throttle_max: int
-    module: str = "server"  # or scripts.bench.profiled_server to profile it
+    module: str = "server"  # or scripts.bench.profiled to profile it
     root: Path = ROOT  # another checkout's root compares a patched server (A/B)
     # More than one needs a server that binds with SO_REUSEPORT (the gateway does; the API
     # server at the time of writing does not, so the second one exits: "port in use").
@@ -38,6 +39,9 @@ class ServerConfig:
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.database_url,
+            DATABASE_READ_URL=common.read_url_for(
+                self.database_url, env.get("DATABASE_READ_URL", "")
+            ),
             REDIS_URL=self.redis_url,
             SERVER_PORT=str(self.port),
             FANOUT_THROTTLE_MAX=str(self.throttle_max),
@@ -67,7 +71,7 @@ def _wait_ready(children: list[subprocess.Popen[bytes]], base_url: str, log_path
         return procs.answers_ready(base_url + "/readyz")
 
     def log_tail() -> str:
-        return f"(log: {log_path})\n" + log_path.read_text(errors="replace")[-2000:]
+        return procs.tail_of(log_path)
 
     procs.wait_ready("server", ready, children, timeout=READY_TIMEOUT, log_tail=log_tail)
     if len(children) > 1:  # give the others time to bind, or to fail binding
@@ -77,26 +81,17 @@ def _wait_ready(children: list[subprocess.Popen[bytes]], base_url: str, log_path
 
 @contextmanager
 def running_server(config: ServerConfig) -> Iterator[RunningServer]:
-    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, kept for reading
-        prefix="bench-server-", suffix=".log", delete=False
-    )
-    log_path = Path(log_file.name)
     base_url = f"http://127.0.0.1:{config.port}"
     if procs.answers_ready(base_url + "/readyz"):
         raise common.BenchError(f"something already answers on port {config.port}")
+    log_path = Path(tempfile.mkdtemp(prefix="bench-server-")) / "server.log"
+    args = [sys.executable, "-m", config.module]
+    env = config.env()
     children = [
-        subprocess.Popen(
-            [sys.executable, "-m", config.module],
-            cwd=config.root,
-            env=config.env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(config.processes)
+        procs.start(args, log_path, cwd=config.root, env=env) for _ in range(config.processes)
     ]
     try:
         _wait_ready(children, base_url, log_path)
         yield RunningServer(tuple(p.pid for p in children), base_url, log_path)
     finally:
         procs.stop(children, STOP_TIMEOUT)
-        log_file.close()

@@ -122,7 +122,7 @@ def test_start_reserves_its_ports_from_the_ephemeral_range(
 ) -> None:
     """An outgoing connection given a stack port would make a restart of that service
     fail to bind; reserving adds to what the machine reserves already."""
-    from scripts import stack as stack_script
+    from scripts.stack import host as stack_script
 
     reserved = tmp_path / "ip_local_reserved_ports"
     reserved.write_text("100-102,56379\n")

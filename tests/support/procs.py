@@ -1,16 +1,17 @@
-"""Start our services as real processes on free ports, the way `make run` does."""
+"""Start our services as real processes on free ports, the way `make run` does, and wait
+for them with the process runner of scripts/ (scripts/supervise/procs.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 from core.settings import Settings
+from scripts.supervise import procs
 from tests.support.env import ROOT, free_port, settings_env
 
 PORT_FIELD = {
@@ -54,16 +55,24 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def wait_ready(proc: subprocess.Popen[str], port: int, timeout: float = 30.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited early:\n{proc.communicate()[0]}")
+    """/readyz's body once it answers 200; fails with the process's output when it exits
+    first or is not ready in `timeout` seconds (then it is killed)."""
+    answer = [b""]
+
+    def ready() -> bool:
         try:
-            status, body = get(f"http://127.0.0.1:{port}/readyz")
+            status, answer[0] = get(f"http://127.0.0.1:{port}/readyz")
         except (urllib.error.URLError, OSError):
-            status, body = 0, b""
-        if status == 200:
-            return body
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"not ready in {timeout} s:\n{proc.communicate()[0]}")
+            return False
+        return status == 200
+
+    def output() -> str:
+        if proc.poll() is None:
+            proc.kill()
+        return proc.communicate()[0]
+
+    try:
+        procs.wait_ready("service", ready, [proc], timeout=timeout, interval=0.05, log_tail=output)
+    except procs.ProcError as exc:
+        raise AssertionError(str(exc)) from None
+    return answer[0]

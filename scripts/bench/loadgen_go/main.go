@@ -4,7 +4,7 @@
 // replaced an aiohttp one that cost 0.2-0.35 ms of CPU per request, taken from the 2 cores
 // the system under test runs on.
 //
-// It reads a JSON plan (file path argument, or stdin) written by scripts/bench/runner.py
+// It reads a JSON plan (file path argument, or stdin) written by scripts/bench/loadgen.py
 // and prints one JSON object on stdout with exactly the fields of scripts/bench/loadgen.py's Result.
 //
 // Scheduling. Requests are scheduled at a fixed rate whatever the responses do, and each

@@ -1,9 +1,8 @@
 //go:build linux
 
-// Command wsclient is one client process of the gateway benchmarks, a cheaper twin of
-// scripts/bench/gateway_wsclient.py (whose asyncio protocols cost 55-80% of a core, taken
-// from the 2 cores the gateway under test runs on). scripts/bench/gateway_goclient.py
-// starts it and relays what it prints.
+// Command wsclient is one client process of the gateway benchmarks; it replaced an asyncio
+// client whose protocols cost 55-80% of a core, taken from the 2 cores the gateway under
+// test runs on. scripts/bench/gateway_wsclient.py starts it and relays what it prints.
 //
 // Protocol. The first line of stdin is the JSON plan (see type plan); every later line is
 // a command: "report" prints what was received since the last report and forgets it,
