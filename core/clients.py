@@ -11,7 +11,7 @@ import asyncio
 import codecs
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,6 +34,11 @@ from core.settings import Settings, mask_url
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# What a service holds for Redis: one Redis, or a cluster client (REDIS_CLUSTER=true).
+# Code that takes either keeps to what both do the same: single-key commands, scripts
+# over one user's hash-tagged keys, pipelines without transactions, and mget_any.
+AnyRedis = aioredis.Redis | RedisCluster
+
 # What "cannot reach a dependency" looks like from each client library.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -42,7 +47,21 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A Redis Cluster: no node reachable to load the slot map from (RedisClusterException),
+    # a slot without a master (CLUSTERDOWN), redirections that never settle.
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ClusterError,
     KafkaError,
+)
+
+
+# Redis unreachable, one node or a cluster: what a caller that degrades without Redis
+# catches (CONNECT_ERRORS's Redis part).
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ClusterError,
 )
 
 
@@ -333,11 +352,23 @@ def build_redis_cluster(url: str, **options: Any) -> RedisCluster:
     return client
 
 
+def cluster_options(settings: Settings) -> dict[str, Any]:
+    """build_redis's connection bounds for a cluster client. Its own retries stay:
+    redis-py's cluster client follows MOVED and ASK, waits out TRYAGAIN and reloads the
+    slot map after a connection error, within them."""
+    return {
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "max_connections": settings.redis_max_connections,
+        "health_check_interval": 15,
+    }
+
+
 async def create_redis_cluster(settings: Settings) -> RedisCluster:
     """A cluster client (REDIS_CLUSTER=true), connected and with the slot map loaded."""
 
     async def factory() -> RedisCluster:
-        client = build_redis_cluster(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        client = build_redis_cluster(settings.redis_url, **cluster_options(settings))
         try:
             await client.initialize()
         except BaseException:
@@ -364,6 +395,32 @@ async def create_redis(settings: Settings) -> aioredis.Redis:
     except DependencyUnavailable:
         await client.aclose()
         raise
+
+
+async def create_any_redis(settings: Settings) -> AnyRedis:
+    """The service's Redis client as settings say: a cluster client (REDIS_CLUSTER=true)
+    or a single-node one; connected, or DependencyUnavailable."""
+    if settings.redis_cluster:
+        return await create_redis_cluster(settings)
+    return await create_redis(settings)
+
+
+async def mget_any(client: AnyRedis, names: Sequence[str]) -> list[Any]:
+    """MGET on either client: one command on a single Redis; on a cluster one MGET per
+    hash slot, pipelined per node (redis-py's mget_nonatomic), since a cluster refuses
+    an MGET of keys of several slots. For reads off the feed's hot path."""
+    if isinstance(client, RedisCluster):
+        return await client.mget_nonatomic(list(names))
+    return list(await client.mget(names))
+
+
+async def ping_all(client: AnyRedis) -> None:
+    """The readiness probe: every master of a cluster must answer (PING goes to one node
+    otherwise), or the one Redis."""
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.ping()
 
 
 def kafka_common(settings: Settings) -> dict[str, Any]:

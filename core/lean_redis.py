@@ -19,7 +19,9 @@ keep one `except REDIS_ERRORS`:
 - RedisUnavailable (a ConnectionError) at once, while the RedisGate (core/redis_gate.py,
   shared with the redis-py client of the same Redis) says Redis is unreachable: one call
   at a time probes, the others do not wait for a connect or a timeout of their own;
-- ResponseError for an error reply (a script error, a wrong type).
+- ResponseError for an error reply (a script error, a wrong type); on a cluster node,
+  its redis-py subclass for a redirection (MovedError, AskError, TryAgainError,
+  ClusterDownError), which core/lean_cluster.py follows.
 NOSCRIPT (a Redis restarted or flushed its scripts) loads the script and retries once.
 """
 
@@ -29,11 +31,11 @@ import asyncio
 import collections
 import hashlib
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import hiredis
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.redis_address import Arg as Arg  # re-exported: callers type their arguments by it
@@ -49,6 +51,40 @@ class LeanScript:
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+
+class LeanClient(Protocol):
+    """What the feed's read path asks of its wire client: LeanRedis on one Redis,
+    core.lean_cluster.LeanCluster on a cluster (`cluster` tells which, for the few reads
+    whose shape differs: keys of several posts live on several nodes there)."""
+
+    cluster: ClassVar[bool]
+
+    async def run(self, script: LeanScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any: ...
+
+    async def command(self, *args: Arg) -> Any: ...
+
+    async def mget(self, names: Sequence[Arg]) -> list[Any]: ...
+
+    async def close(self) -> None: ...
+
+
+# Error replies a cluster node gives instead of an answer, as redis-py's exceptions.
+_REDIRECTS: dict[str, type[ResponseError]] = {
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+}
+
+
+def reply_error(reply: hiredis.ReplyError) -> ResponseError:
+    """The exception an error reply raises: a redirection's own type (its message is
+    what follows the code, as redis-py's parser gives it), else ResponseError."""
+    text = str(reply)
+    code, _, rest = text.partition(" ")
+    kind = _REDIRECTS.get(code)
+    return ResponseError(text) if kind is None else kind(rest)
 
 
 class LinkLost(RedisConnectionError):
@@ -139,9 +175,17 @@ class _Link(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
+def _ignored(answer: asyncio.Future[Any]) -> None:
+    """An answer nobody waits for (ASKING's OK): its failure is the next call's too."""
+    if not answer.cancelled():
+        answer.exception()
+
+
 class LeanRedis:
     """`gate`: the RedisGate of the redis-py client of the same Redis (core.clients.gate_of),
     so that both fail fast together; without one, a gate of its own."""
+
+    cluster: ClassVar[bool] = False
 
     def __init__(
         self, address: RedisAddress, timeout: float = 5.0, gate: RedisGate | None = None
@@ -155,29 +199,43 @@ class LeanRedis:
         self._link: _Link | None = None
         self._connecting: asyncio.Lock | None = None
 
-    async def run(self, script: LeanScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """EVALSHA `script` (loading it first if Redis does not know it)."""
-        reply = await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+    async def run(
+        self, script: LeanScript, keys: Sequence[Arg], args: Sequence[Arg], asking: bool = False
+    ) -> Any:
+        """EVALSHA `script` (loading it first if Redis does not know it). `asking`: sent
+        right after ASKING on the same link (a cluster's ASK redirection)."""
+        reply = await self._call("EVALSHA", script.sha, len(keys), *keys, *args, asking=asking)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             await self._call("SCRIPT", "LOAD", script.text)
-            reply = await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await self._call("EVALSHA", script.sha, len(keys), *keys, *args, asking=asking)
         if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
+            raise reply_error(reply)
         return reply
 
-    async def command(self, *args: Arg) -> Any:
+    async def command(self, *args: Arg, asking: bool = False) -> Any:
         """One plain command (MGET, ...), pipelined with the scripts in flight."""
-        reply = await self._call(*args)
+        reply = await self._call(*args, asking=asking)
         if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
+            raise reply_error(reply)
         return reply
+
+    async def mget(self, names: Sequence[Arg]) -> list[Any]:
+        values: list[Any] = await self.command("MGET", *names)
+        return values
+
+    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Several commands in one write, their replies in order; an error reply is
+        returned as its exception (reply_error), not raised: the caller decides about
+        each (a cluster's per-key redirections)."""
+        replies = await self._call_many(commands)
+        return [reply_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
     async def close(self) -> None:
         if self._link is not None and self._link.transport is not None:
             self._link.transport.close()
         self._link = None
 
-    async def _call(self, *args: Arg) -> Any:
+    async def _call(self, *args: Arg, asking: bool = False) -> Any:
         gate = self._gate
         caller = object()  # this call, to the gate (its probe, if it is one)
         retried = False
@@ -188,6 +246,8 @@ class LeanRedis:
             if gate.down:
                 gate.admit(caller)
             try:
+                if asking:  # written in the same batch, just before: ASKING covers it
+                    link.call("ASKING").add_done_callback(_ignored)
                 reply = await link.call(*args)
             except LinkLost:
                 if retried:
@@ -200,6 +260,31 @@ class LeanRedis:
             if gate.down:
                 gate.answered()
             return reply
+
+    async def _call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """_call for several commands at once (the same link, gate and one retry)."""
+        gate = self._gate
+        caller = object()
+        retried = False
+        while True:
+            link = self._link
+            if link is None or not link.open:
+                link = await self._open(caller)
+            if gate.down:
+                gate.admit(caller)
+            try:
+                replies = await asyncio.gather(*[link.call(*command) for command in commands])
+            except LinkLost:
+                if retried:
+                    raise
+                retried = True
+                continue
+            except RedisTimeoutError as exc:
+                gate.failed(caller, exc)
+                raise
+            if gate.down:
+                gate.answered()
+            return list(replies)
 
     async def _open(self, caller: object) -> _Link:
         gate = self._gate

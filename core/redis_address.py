@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
 P = TypeVar("P", bound=asyncio.Protocol)
@@ -54,6 +55,24 @@ class RedisAddress:
             password=kwargs.get("password"),
             ssl_context=context,
             db=int(kwargs.get("db") or 0),
+        )
+
+    @classmethod
+    def of_cluster(cls, client: RedisCluster) -> RedisAddress:
+        """Where a cluster client's first startup node is, with its credentials and TLS
+        (core/lean_cluster.py finds the other nodes from there)."""
+        kwargs: dict[str, Any] = dict(client.connection_kwargs)
+        node = next(iter(client.nodes_manager.startup_nodes.values()))
+        connection_class = kwargs.pop("connection_class", None)
+        context = None
+        if isinstance(connection_class, type) and issubclass(connection_class, SSLConnection):
+            context = connection_class(**kwargs).ssl_context.get()
+        return cls(
+            host=node.host,
+            port=int(node.port),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            ssl_context=context,
         )
 
     def hello(self, *, select: bool = True) -> list[tuple[Arg, ...]]:

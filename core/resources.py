@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from core.clients import (
+    REDIS_DOWN,
+    AnyRedis,
     build_redis,
+    build_redis_cluster,
+    cluster_options,
+    create_any_redis,
     create_db_pool,
     create_producer,
-    create_redis,
+    ping_all,
     producer_options,
 )
 from core.service import OPS, SETTINGS, Check
@@ -30,10 +34,12 @@ from core.supervision import SUPERVISOR, Child
 log = logging.getLogger(__name__)
 
 DB = web.AppKey("db", asyncpg.Pool)
-REDIS = web.AppKey("redis", aioredis.Redis)
+# A cluster client when settings.redis_cluster.
+REDIS: web.AppKey[AnyRedis] = web.AppKey("redis")
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+UNREACHABLE: tuple[type[BaseException], ...] = (OSError, *REDIS_DOWN)
 
 
 async def _db_probe(pool: asyncpg.Pool) -> None:
@@ -52,28 +58,38 @@ def postgres_ctx(critical: bool = True) -> CleanupCtx:
 
 
 def redis_ctx(critical: bool = True) -> CleanupCtx:
-    """critical=False: start even when Redis is down (the service degrades, it does not fail)."""
+    """critical=False: start even when Redis is down (the service degrades, it does not fail).
+    With settings.redis_cluster the client is a cluster client (core.clients.AnyRedis),
+    and readiness asks every master."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
+        client: AnyRedis
         if critical:
-            client = await create_redis(settings)
+            client = await create_any_redis(settings)
+        elif settings.redis_cluster:
+            client = build_redis_cluster(settings.redis_url, **cluster_options(settings))
+            await _degraded_start(settings, client.initialize())
         else:
             client = build_redis(settings)
-            try:
-                await client.ping()
-            except (OSError, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                log.warning(
-                    "Redis at %s is unreachable (%s); running degraded until it returns",
-                    mask_url(settings.redis_url),
-                    exc,
-                )
+            await _degraded_start(settings, client.ping())
         app[REDIS] = client
-        app[OPS].checks.append(Check("redis", client.ping, critical))
+        app[OPS].checks.append(Check("redis", lambda: ping_all(client), critical))
         yield
         await client.aclose()
 
     return ctx
+
+
+async def _degraded_start(settings: Settings, first: Awaitable[object]) -> None:
+    try:
+        await first
+    except UNREACHABLE as exc:
+        log.warning(
+            "Redis at %s is unreachable (%s); running degraded until it returns",
+            mask_url(settings.redis_url),
+            exc,
+        )
 
 
 def producer_ctx() -> CleanupCtx:

@@ -11,16 +11,17 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from core import keys
+from core.clients import REDIS_DOWN, AnyRedis, mget_any
+from core.keys import CLUSTER_SLOTS
 from core.supervision import Child
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _rank(totals: list[int], count: int, q: float) -> float:
 
 
 def reporter(
-    client: aioredis.Redis | RedisCluster,
+    client: AnyRedis,
     service: str,
     node: str,
     snapshot: Callable[[], Snapshot],
@@ -108,7 +109,7 @@ def reporter(
 
 
 async def report_forever(
-    client: aioredis.Redis | RedisCluster,
+    client: AnyRedis,
     service: str,
     node: str,
     snapshot: Callable[[], Snapshot],
@@ -128,12 +129,12 @@ async def report_forever(
         pipe.expire(index, INDEX_TTL)
         try:
             await pipe.execute()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("%s stats not reported: %s", service, exc)
         await asyncio.sleep(every)
 
 
-async def live_snapshots(client: aioredis.Redis, service: str) -> list[tuple[str, bytes]]:
+async def live_snapshots(client: AnyRedis, service: str) -> list[tuple[str, bytes]]:
     """(node, raw snapshot) of every node of a service that reported within STATS_TTL,
     from the service's index: a few keys read, whatever else Redis holds. (A SCAN for
     `stats:<service>:*` walked every key, timelines included: with millions of users,
@@ -148,11 +149,45 @@ async def live_snapshots(client: aioredis.Redis, service: str) -> list[tuple[str
     nodes = [entry.decode() for entry in cast(list[bytes], entries)]
     if not nodes:
         return []
-    raw = cast(list[bytes | None], await client.mget([keys.node_stats(service, n) for n in nodes]))
+    # The nodes' keys hash to several slots: on a cluster, one MGET per slot.
+    names = [keys.node_stats(service, n) for n in nodes]
+    raw = cast(list[bytes | None], await mget_any(client, names))
     # A node whose key expired since its last report is down: left out.
     return [(node, value) for node, value in zip(nodes, raw, strict=True) if value is not None]
 
 
-async def read_all(client: aioredis.Redis, service: str) -> list[dict[str, Any]]:
+async def redis_nodes(client: AnyRedis) -> dict[str, Any]:
+    """The Redis a service talks to, for the dashboard: every master of a cluster with the
+    hash slots it serves and its key count (`up` false when it does not answer), or the
+    one Redis. Asks each node once, side by side."""
+    if not isinstance(client, RedisCluster):
+        kwargs = client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return {
+            "cluster": False,
+            "nodes": [await _node_state(client.dbsize(), where, CLUSTER_SLOTS)],
+        }
+    slots: Counter[str] = Counter(
+        nodes[0].name for nodes in client.nodes_manager.slots_cache.values() if nodes
+    )
+    masters = sorted(client.get_primaries(), key=lambda n: n.name)
+    states = await asyncio.gather(
+        *(
+            _node_state(client.execute_command("DBSIZE", target_nodes=n), n.name, slots[n.name])
+            for n in masters
+        )
+    )
+    return {"cluster": True, "nodes": list(states)}
+
+
+async def _node_state(size: Awaitable[Any], node: str, slots: int) -> dict[str, Any]:
+    try:
+        keys_held: int | None = int(await size)
+    except (redis.exceptions.RedisError, OSError):
+        keys_held = None
+    return {"node": node, "slots": slots, "keys": keys_held, "up": keys_held is not None}
+
+
+async def read_all(client: AnyRedis, service: str) -> list[dict[str, Any]]:
     """Every live node's latest snapshot of one service."""
     return [orjson.loads(raw) for _, raw in await live_snapshots(client, service)]

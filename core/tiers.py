@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from core import keys
+from core.clients import REDIS_DOWN
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class TierPolicy:
             self._read_at = time.monotonic()
             try:
                 raw = await self._redis.hgetall(keys.FANOUT_CONFIG)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 log.warning("tier thresholds from settings (Redis unavailable: %s)", exc)
                 return self._current
             self._current = Thresholds(

@@ -55,7 +55,7 @@ class Page:
     complete: bool
 
 
-async def build(client: aioredis.Redis, user_id: int, post_ids: list[int], cap: int) -> None:
+async def build(client: Client, user_id: int, post_ids: list[int], cap: int) -> None:
     """Fill a missing timeline with `post_ids` (newest first). The sentinel marks it
     complete only when Postgres had no more than `cap` posts (callers pass up to cap + 1
     ids).
@@ -71,7 +71,7 @@ async def build(client: aioredis.Redis, user_id: int, post_ids: list[int], cap: 
     await client.zadd(keys.timeline(user_id), mapping)
 
 
-async def drop(client: aioredis.Redis, user_id: int) -> None:
+async def drop(client: Client, user_id: int) -> None:
     """Forget the timeline: the next read rebuilds it from Postgres."""
     await client.delete(keys.timeline(user_id))
 
@@ -93,7 +93,7 @@ async def remove_posts(client: Client, user_id: int, post_ids: list[int]) -> int
     return int(await client.zrem(keys.timeline(user_id), *members))
 
 
-async def page(client: aioredis.Redis, user_id: int, before: int | None, count: int) -> Page | None:
+async def page(client: Client, user_id: int, before: int | None, count: int) -> Page | None:
     """Up to `count` ids older than `before`, newest first; None if the timeline is missing."""
     key = keys.timeline(user_id)
     upper = b"+" if before is None else b"(" + keys.timeline_member(before)

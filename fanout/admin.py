@@ -4,6 +4,9 @@ them up within a few seconds, no restart):
     python -m fanout.admin tier <handle> push|throttle|pull|auto
     python -m fanout.admin thresholds [--push-max N] [--throttle-max N] [--reset]
     python -m fanout.admin show
+
+With REDIS_CLUSTER=true the thresholds are written through a cluster client (their hash
+lives on whichever node serves its slot; REDIS_URL names any node).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import asyncpg
 
 from core import keys
-from core.clients import CONNECT_ERRORS, build_redis
+from core.clients import CONNECT_ERRORS, AnyRedis, build_redis, build_redis_cluster, cluster_options
 from core.settings import Settings, SettingsError
 from core.tiers import Tier
 
@@ -55,7 +58,7 @@ async def set_tier(settings: Settings, handle: str, tier: str) -> str:
 async def set_thresholds(
     settings: Settings, push_max: int | None, throttle_max: int | None, reset: bool
 ) -> str:
-    client = build_redis(settings)
+    client = await _redis(settings)
     try:
         if reset:
             await client.delete(keys.FANOUT_CONFIG)
@@ -78,6 +81,18 @@ async def set_thresholds(
     finally:
         await client.aclose()
     return f"push below {push} followers, throttled up to {throttle}, pull above"
+
+
+async def _redis(settings: Settings) -> AnyRedis:
+    if not settings.redis_cluster:
+        return build_redis(settings)
+    cluster = build_redis_cluster(settings.redis_url, **cluster_options(settings))
+    try:
+        await cluster.initialize()
+    except BaseException:
+        await cluster.aclose()
+        raise
+    return cluster
 
 
 async def show(settings: Settings) -> str:

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from core import keys
+from core.clients import AnyRedis
 from core.events import PushJob
 from core.settings import Settings
 from push import retry
@@ -53,7 +53,7 @@ class Dispatcher:
         self,
         settings: Settings,
         db: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: AnyRedis,
         channels: dict[str, Channel],
         metrics: PushMetrics,
     ) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from argon2 import PasswordHasher
 from asyncpg.pool import PoolConnectionProxy
 
 from core.auth import TokenSigner
+from core.clients import AnyRedis
 from core.ids import IdGenerator
 from core.replica import ReplicaReads
 from core.resources import KafkaLink
@@ -26,7 +26,7 @@ class ServerContext:
     # Read-only queries that may run on the read replica, as fresh as the primary
     # (core/replica.py): rebuilds, the feed's Postgres reads, profile posts, search.
     reads: ReplicaReads
-    redis: aioredis.Redis
+    redis: AnyRedis  # a cluster client when settings.redis_cluster
     kafka: KafkaLink
     ids: IdGenerator
     signer: TokenSigner

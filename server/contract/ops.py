@@ -124,10 +124,28 @@ class OpsTotals(TypedDict):
 
 
 @with_config(CLOSED)
+class RedisNode(TypedDict):
+    node: Annotated[str, Field(description="host:port")]
+    slots: Annotated[int, Field(ge=0, le=16384, description="Hash slots it serves.")]
+    keys: Annotated[int | None, Field(ge=0, description="DBSIZE; null when unreachable.")]
+    up: bool
+
+
+@with_config(CLOSED)
+class RedisTopology(TypedDict):
+    """The Redis behind the API server: one node, or every master of a Redis Cluster
+    (REDIS_CLUSTER=true) with its share of the hash slots."""
+
+    cluster: bool
+    nodes: list[RedisNode]
+
+
+@with_config(CLOSED)
 class OpsStats(TypedDict):
     server_time_ms: Annotated[int, Field(description="Unix time in ms.")]
     services: OpsServices
     totals: OpsTotals
+    redis: RedisTopology
 
 
 @with_config(CLOSED)

@@ -19,9 +19,9 @@ import secrets
 from pathlib import Path
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from core import keys
+from core.clients import AnyRedis
 from core.expiry import spread
 from core.lua_files import read_lua
 from server.feed.hydrate import REDIS_ERRORS
@@ -40,7 +40,7 @@ FOLLOWEES_SQL = "SELECT followee_id FROM follows WHERE follower_id = $1"
 
 
 class FollowingCache:
-    def __init__(self, db: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
+    def __init__(self, db: asyncpg.Pool, redis_client: AnyRedis) -> None:
         self._db = db
         self._redis = redis_client
         self._fill = redis_client.register_script(FILL)

@@ -34,10 +34,12 @@ import asyncpg
 import orjson
 from aiohttp import web
 from prometheus_client import Counter
+from redis.asyncio.cluster import RedisCluster
 
 from core import keys, timelines
 from core.clients import gate_of
-from core.lean_redis import LeanRedis
+from core.lean_cluster import LeanCluster
+from core.lean_redis import LeanClient, LeanRedis
 from core.media_urls import media_base_url
 from core.recent import Recent
 from core.redis_address import RedisAddress
@@ -246,9 +248,19 @@ class HomeFeed:
         # The page's script calls skip redis-py (core/lean_redis.py); one deadline each,
         # past which the page comes from Postgres. They share the redis-py client's gate:
         # a Redis that one found unreachable fails the other's calls fast too.
-        self._lean = LeanRedis(
-            RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT, gate=gate_of(c.redis)
-        )
+        # On a Redis Cluster, one such link per master (core/lean_cluster.py), each with
+        # its own gate: one master unreachable fails fast the pages that need it.
+        self._lean: LeanClient
+        # On a cluster, the authors of posts read before (a post's author never changes):
+        # with a page's all known, its unfollow filter travels with its counters.
+        self.post_authors: Recent[int, bytes] | None = None
+        if isinstance(c.redis, RedisCluster):
+            self._lean = LeanCluster(RedisAddress.of_cluster(c.redis), timeout=REDIS_READ_TIMEOUT)
+            self.post_authors = Recent(c.settings.feed_held_posts)
+        else:
+            self._lean = LeanRedis(
+                RedisAddress.of(c.redis), timeout=REDIS_READ_TIMEOUT, gate=gate_of(c.redis)
+            )
         # Post bodies held without expiry: a body never changes (core/post_cache.py), and
         # a deleted post is told by its counters, which every page still reads from Redis.
         self._hydrator = Hydrator(
@@ -272,7 +284,9 @@ class HomeFeed:
         celebs = await self.celebs.ids()
         try:
             held = await self.celebs.held(celebs, before, limit + 1)
-            first = await store.read_page(self._lean, user_id, before, limit, celebs, held)
+            first = await store.read_page(
+                self._lean, user_id, before, limit, celebs, held, self.post_authors
+            )
             if isinstance(first, store.ReadyPage):
                 self._redis_reads.inc()
                 hydrator, ids = self._hydrator, first.ids

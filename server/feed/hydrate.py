@@ -11,12 +11,12 @@ from typing import Any, cast
 
 import asyncpg
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from core import keys
+from core.clients import AnyRedis, mget_any
 from core.expiry import spread
-from core.lean_redis import LeanRedis, LeanScript
+from core.lean_redis import LeanClient, LeanScript
 from core.lua_files import read_lua
 from core.post_cache import (
     COUNTER_NAMES,
@@ -35,7 +35,15 @@ __all__ = ["REDIS_ERRORS", "Hydrator", "bump_counter", "forget_post", "iso", "sp
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# Redis unreachable, or (on a cluster) a slot without a master or redirections that do
+# not settle: the caller serves from Postgres instead.
+REDIS_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+)
 
 # A post's counters are one string, "author,likes,reposts,replies" (core/post_cache.py),
 # so that a feed page learns who wrote each post, whether it still exists and its counts
@@ -84,7 +92,7 @@ class Hydrator:
     def __init__(
         self,
         db: asyncpg.Pool,
-        redis_client: aioredis.Redis,
+        redis_client: AnyRedis,
         media_base: str,
         held: Recent[int, bytes] | None = None,
     ) -> None:
@@ -111,7 +119,7 @@ class Hydrator:
         }
 
     async def spliced_page(
-        self, lean: LeanRedis, ids: list[int], counters: list[bytes]
+        self, lean: LeanClient, ids: list[int], counters: list[bytes]
     ) -> tuple[list[bytes], list[int]]:
         """The JSON of a page's posts whose counters the page script has checked, and
         their ids: bodies held by this process, else from Redis, else from Postgres. A
@@ -129,7 +137,7 @@ class Hydrator:
                 kept.append(post_id)
         return posts, kept
 
-    async def bodies(self, lean: LeanRedis, ids: list[int]) -> dict[int, bytes]:
+    async def bodies(self, lean: LeanClient, ids: list[int]) -> dict[int, bytes]:
         """The cached bodies (JSON without counts) of the live posts among `ids`: held by
         this process, else read from Redis (one MGET), else from Postgres (then cached in
         both)."""
@@ -144,7 +152,7 @@ class Hydrator:
                 found[post_id] = body
         if not missing:
             return found
-        raw = await lean.command("MGET", *[keys.post_cache(i) for i in missing])
+        raw = await lean.mget([keys.post_cache(i) for i in missing])
         unknown: list[int] = []
         for post_id, body in zip(missing, raw, strict=True):
             if body is None:
@@ -158,7 +166,7 @@ class Hydrator:
         return found
 
     async def for_reader(
-        self, lean: LeanRedis, reader: int, ids: list[int]
+        self, lean: LeanClient, reader: int, ids: list[int]
     ) -> tuple[dict[int, bytes], dict[int, int], dict[int, int]]:
         """For `reader`'s home feed: the JSON of each live post by id, counts included
         (spliced into the cached bytes, nothing parsed), whether `reader` follows each
@@ -169,8 +177,11 @@ class Hydrator:
         if not ids:
             return {}, {}, {}
         names = [keys.post_counters(i) for i in ids]
-        names.append(keys.following(reader))
-        found = await lean.run(READ_VISIBLE_SCRIPT, names, [reader])
+        if lean.cluster:
+            found = await _read_visible_split(lean, reader, names)
+        else:
+            names.append(keys.following(reader))
+            found = await lean.run(READ_VISIBLE_SCRIPT, names, [reader])
         n = len(ids)
         live: dict[int, bytes] = {}  # counters, checked
         flags: dict[int, int] = {}
@@ -198,7 +209,7 @@ class Hydrator:
 
     async def _from_cache(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         names = [keys.post_cache(i) for i in ids] + [keys.post_counters(i) for i in ids]
-        found = await self._redis.mget(names)
+        found = await mget_any(self._redis, names)
         return await self._decode(ids, found[: len(ids)], found[len(ids) :])
 
     async def _decode(
@@ -246,10 +257,36 @@ class Hydrator:
         return filled
 
 
+async def _read_visible_split(lean: LeanClient, reader: int, names: list[str]) -> list[Any]:
+    """server/feed/lua/read_visible.lua's answer on a cluster, where the posts' counters
+    live on every node: read with one call per node, then the authors looked up in the
+    reader's following set with one SMISMEMBER on the reader's node."""
+    found: list[Any] = await lean.mget(names)
+    n = len(names)
+    flags = [-1] * n
+    own = b"%d" % reader
+    authors: list[bytes] = []
+    at: list[int] = []
+    for i, counters in enumerate(found):
+        author = None if counters is None else counters.partition(b",")[0]
+        if author == own:
+            flags[i] = 1
+        elif author and author.isdigit():
+            authors.append(author)
+            at.append(i)
+    if authors:
+        # "0" first: the set always holds it once cached (server/feed/following.py).
+        cached, *followed = await lean.command("SMISMEMBER", keys.following(reader), b"0", *authors)
+        if cached:
+            for i, flag in zip(at, followed, strict=True):
+                flags[i] = flag
+    return found + flags
+
+
 BUMP_COUNTER = read_lua(LUA_DIR, "bump_counter")
 
 
-async def bump_counter(redis_client: aioredis.Redis, post_id: int, name: str, by: int) -> None:
+async def bump_counter(redis_client: AnyRedis, post_id: int, name: str, by: int) -> None:
     try:
         which = COUNTER_NAMES.index(name) + 1
         await redis_client.eval(BUMP_COUNTER, 1, keys.post_counters(post_id), which, by)
@@ -257,7 +294,7 @@ async def bump_counter(redis_client: aioredis.Redis, post_id: int, name: str, by
         log.warning("counter of post %d not updated in Redis: %s", post_id, exc)
 
 
-async def forget_post(redis_client: aioredis.Redis, post_id: int) -> None:
+async def forget_post(redis_client: AnyRedis, post_id: int) -> None:
     try:
         await tombstone(redis_client, post_id)
     except REDIS_ERRORS as exc:

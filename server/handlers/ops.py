@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from aiohttp import web
 
+from core.clients import AnyRedis
 from core.resources import REDIS
 from core.service import SETTINGS
-from core.stats import live_snapshots
+from core.stats import live_snapshots, redis_nodes
 from server.feed.hydrate import REDIS_ERRORS
 from server.http.errors import ApiError
 from server.http.service_json import json
@@ -58,7 +58,7 @@ async def page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "ops.html", headers={"Cache-Control": "no-cache"})
 
 
-async def read_nodes(client: aioredis.Redis, service: str) -> list[Node]:
+async def read_nodes(client: AnyRedis, service: str) -> list[Node]:
     """Every live node's latest snapshot (core.stats.live_snapshots), named after its
     index entry when the snapshot does not carry its own name; one that is not a JSON
     object is skipped."""
@@ -184,6 +184,7 @@ async def stats(request: web.Request) -> web.Response:
     client = request.app[REDIS]
     try:
         services = {service: await read_nodes(client, service) for service in SERVICES}
+        topology = await redis_nodes(client)
     except REDIS_ERRORS:
         # The stats live in Redis: without it there is nothing to show, which is not the
         # caller's fault. Say so plainly; the dashboard keeps its history and retries.
@@ -193,5 +194,6 @@ async def stats(request: web.Request) -> web.Response:
             "server_time_ms": int(time.time() * 1000),
             "services": services,
             "totals": {service: TOTALS[service](nodes) for service, nodes in services.items()},
+            "redis": topology,
         },
     )

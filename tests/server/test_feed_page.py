@@ -5,17 +5,23 @@ it must decline (hand over to the general path) whenever a cache misses."""
 
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import keys, timelines
+from core.clients import AnyRedis, create_any_redis
 from core.post_cache import TOMBSTONE, encode_counters, tombstone
+from core.settings import Settings
 from server.feed import timeline_reads as store
 from server.feed.home import CELEB_INLINE_MAX, FEED, FeedPage, HomeFeed
+from tests.support.api import MakeClient
+from tests.support.api_server import serve_api
 
 FAR_FUTURE = 1e12  # a fetch time that never goes stale
 
@@ -41,7 +47,7 @@ def body(post_id: int, author: int) -> bytes:
     return orjson.dumps({"id": str(post_id), "author": {"id": str(author)}, "text": 'héllo "}'})
 
 
-async def build(redis_client: aioredis.Redis, feed: HomeFeed, rng: random.Random) -> Scenario:
+async def build(redis_client: AnyRedis, feed: HomeFeed, rng: random.Random) -> Scenario:
     """A reader with a timeline of posts by authors they follow or no longer follow,
     deleted posts, and followed and unfollowed pull-tier authors."""
     reader = rng.randrange(10**12, 2 * 10**12)
@@ -84,7 +90,7 @@ async def build(redis_client: aioredis.Redis, feed: HomeFeed, rng: random.Random
 
 
 async def general_page(
-    redis_client: aioredis.Redis, feed: HomeFeed, s: Scenario, before: int | None, limit: int
+    redis_client: AnyRedis, feed: HomeFeed, s: Scenario, before: int | None, limit: int
 ) -> FeedPage:
     page = await timelines.page(redis_client, s.reader, before, limit + 1)
     following = {int(m) for m in await redis_client.smembers(keys.following(s.reader))}
@@ -92,9 +98,26 @@ async def general_page(
     return await feed._general(s.reader, s.celebs, before, limit, first)
 
 
+@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+async def served(
+    request: pytest.FixtureRequest, settings: Settings, aiohttp_client: MakeClient
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], AnyRedis]]:
+    """The API server and a client of its Redis: one Redis, or a 3-master cluster (where
+    the page script stops after its merge and the server reads the counters node by
+    node: server/feed/timeline_reads.py)."""
+    if request.param == "cluster":
+        settings = request.getfixturevalue("cluster_settings")
+    client = await create_any_redis(settings)
+    try:
+        yield await aiohttp_client(serve_api(settings)), client
+    finally:
+        await client.aclose()
+
+
 async def test_every_page_the_script_makes_is_the_general_paths_page(
-    api: TestClient[web.Request, web.Application], redis_client: aioredis.Redis
+    served: tuple[TestClient[web.Request, web.Application], AnyRedis],
 ) -> None:
+    api, redis_client = served
     feed = api.app[FEED]
     rng = random.Random(20261121)
     made = declined = 0
@@ -103,7 +126,9 @@ async def test_every_page_the_script_makes_is_the_general_paths_page(
         for before in s.cursors:
             limit = rng.choice([1, 2, 3, 5, 20])
             held = await feed.celebs.held(s.celebs, before, limit + 1)
-            fast = await store.read_page(feed._lean, s.reader, before, limit, s.celebs, held)
+            fast = await store.read_page(
+                feed._lean, s.reader, before, limit, s.celebs, held, feed.post_authors
+            )
             expected = await general_page(redis_client, feed, s, before, limit)
             if isinstance(fast, store.FirstRead):
                 declined += 1

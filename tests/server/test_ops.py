@@ -56,7 +56,9 @@ async def test_stats_refuse_anyone_without_the_operator_token(
     resp = await api.get("/v1/ops/stats", headers=operator_auth(settings))
     assert resp.status == 200
     body = await resp.json()
-    assert set(body) == {"server_time_ms", "services", "totals"}
+    assert set(body) == {"server_time_ms", "services", "totals", "redis"}
+    assert body["redis"]["cluster"] is False
+    assert [(n["slots"], n["up"]) for n in body["redis"]["nodes"]] == [(16_384, True)]
     assert set(body["services"]) == set(body["totals"]) == {"gateway", "fanout", "push", "server"}
 
 

@@ -5,8 +5,12 @@
 -- from.
 --
 -- KEYS[1] the reader's timeline (keys.timeline), KEYS[2] their following set
--- (keys.following). Post counters are read by name (@COUNTS@<id>), undeclared: this
--- script is for a single Redis, as the feed read path is.
+-- (keys.following). Post counters are read by name (@COUNTS@<id>), undeclared: on a
+-- single Redis. On a Redis Cluster (its split form) they live on other nodes: the script
+-- stops after the merge and returns {2, candidates, more, general} (more: 1 when the
+-- page's boundary is set, general: the {0, ...} answer below), and the server reads the
+-- counters with one call per node and filters as the stages below do
+-- (server/feed/timeline_reads.py).
 -- ARGV[1] reader id; ARGV[2] upper lex bound of the timeline ('+' or '(' .. member);
 -- ARGV[3] page size; ARGV[4] n, the number of pull-tier authors; ARGV[5 .. 4+n] their
 -- ids; optionally ARGV[5+n] and ARGV[6+n], their posts held by the server below the
@@ -109,6 +113,7 @@ while true do
   if m < boundary then break end
   candidates[#candidates + 1] = m
 end
+if @SPLIT@ then return {2, candidates, boundary ~= '' and 1 or 0, general} end
 
 --@stage counters
 -- The candidates' counters in one MGET: "author,likes,reposts,replies", or '-' for a

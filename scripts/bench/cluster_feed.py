@@ -1,0 +1,226 @@
+"""Feed pages per Redis CPU-second: a 3-master Redis Cluster beside one Redis, same run.
+
+    .venv/bin/python -m scripts.bench.cluster_feed [--readers 2000] [--posts 200]
+        [--authors 300] [--seconds 10] [--concurrency 32] [--rounds 3]
+
+What a feed page costs Redis is the part of a page that does not scale out on one
+Redis: issue 24 wants a cluster to keep at least 0.8 of one Redis's per-core efficiency.
+Both Redis setups are private (started here, on free ports) and get the same data: each
+reader's timeline (`--posts` posts of followed authors and a sentinel), following set
+and every post's cached counters; the page's bodies are held by the server process in
+steady state, so a page's Redis work is server/feed/timeline_reads.read_page: on one
+Redis one script call (LeanRedis), on the cluster the page script on the reader's node,
+one counters read per node and an SMISMEMBER (LeanCluster). `--concurrency` readers ask
+at `--rate` pages/s in all, the same for both setups (a Redis answers more commands
+per wake-up under more load, so per-page costs compare at equal load). Redis CPU is
+`INFO cpu` (user + sys) summed over the nodes before and after each timed run; the two
+setups alternate for `--rounds`.
+Prints pages per Redis CPU-second for each and their ratio (cluster / single).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from core import keys, timelines
+from core.clients import AnyRedis, build_redis_cluster
+from core.lean_cluster import LeanCluster
+from core.lean_redis import LeanClient, LeanRedis
+from core.post_cache import encode_counters
+from core.recent import Recent
+from core.redis_address import RedisAddress
+from scripts.redis_cluster import redis_cluster
+from server.feed import timeline_reads as store
+
+PAGE = 20
+
+
+@contextmanager
+def single_redis(workdir: Path) -> Iterator[int]:
+    """A private redis-server (no persistence) on a free port."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("redis-server is installed by scripts/stack.py")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def seed(client: AnyRedis, readers: int, posts: int, authors: int) -> list[int]:
+    rng = random.Random(24)  # noqa: S311 - test data
+    author_ids = list(range(10_000_000, 10_000_000 + authors))
+    reader_ids = list(range(20_000_000, 20_000_000 + readers))
+    next_post = 3_000_000_000
+    for start in range(0, readers, 200):
+        pipe = client.pipeline(transaction=False)
+        for reader in reader_ids[start : start + 200]:
+            followed = rng.sample(author_ids, 50)
+            members: dict[bytes, int] = {timelines.SENTINEL: 0}
+            for _ in range(posts):
+                next_post += 1
+                author = rng.choice(followed)
+                members[keys.timeline_member(next_post)] = 0
+                pipe.set(keys.post_counters(next_post), encode_counters(author, 1, 0, 0))
+            pipe.zadd(keys.timeline(reader), members)
+            pipe.sadd(keys.following(reader), "0", *map(str, followed))
+        await pipe.execute()
+    return reader_ids
+
+
+async def redis_cpu(client: AnyRedis) -> float:
+    if isinstance(client, RedisCluster):
+        infos = [await client.info("cpu", target_nodes=n) for n in client.get_primaries()]
+    else:
+        infos = [await client.info("cpu")]
+    return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in infos)
+
+
+async def pages_for(
+    lean: LeanClient, readers: Sequence[int], seconds: float, concurrency: int, rate: float
+) -> int:
+    """Pages read for `seconds` by `concurrency` readers at `rate` pages/s in all (0: as
+    fast as they can)."""
+    rng = random.Random(7)  # noqa: S311 - which reader asks
+    # As HomeFeed holds them on a cluster (server/feed/home.py).
+    post_authors: Recent[int, bytes] | None = Recent(200_000) if lean.cluster else None
+    started = time.monotonic()
+    stop = started + seconds
+    done = 0
+
+    async def worker(first: int) -> None:
+        nonlocal done
+        due = started + first / rate if rate else 0.0
+        while time.monotonic() < stop:
+            if rate:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                due += concurrency / rate
+            page = await store.read_page(
+                lean, rng.choice(readers), None, PAGE, [], [], post_authors
+            )
+            assert isinstance(page, store.ReadyPage) and len(page.ids) == PAGE, page
+            done += 1
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return done
+
+
+async def measure(
+    client: AnyRedis,
+    lean: LeanClient,
+    readers: Sequence[int],
+    seconds: float,
+    concurrency: int,
+    rate: float,
+) -> tuple[int, float, float]:
+    """(pages, Redis CPU-seconds they took, Redis CPU-seconds of as long idle: the
+    nodes' own timers and, on a cluster, its bus)."""
+    await pages_for(lean, readers, 1.0, concurrency, rate)  # scripts loaded, links open
+    before = await redis_cpu(client)
+    started = time.monotonic()
+    pages = await pages_for(lean, readers, seconds, concurrency, rate)
+    used = await redis_cpu(client) - before
+    elapsed = time.monotonic() - started
+    before = await redis_cpu(client)
+    await asyncio.sleep(elapsed)
+    idle = await redis_cpu(client) - before
+    return pages, used, idle
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp, single_redis(Path(tmp)) as port:
+        (Path(tmp) / "cluster").mkdir()
+        with redis_cluster(Path(tmp) / "cluster", masters=3) as local:
+            single: AnyRedis = aioredis.Redis(port=port)
+            cluster = build_redis_cluster(local.url)
+            await cluster.initialize()
+            await _wait_up(single)
+            readers = await seed(single, args.readers, args.posts, args.authors)
+            await seed(cluster, args.readers, args.posts, args.authors)
+            one = LeanRedis(RedisAddress(port=port))
+            many = LeanCluster(RedisAddress.of_cluster(cluster))
+            rates: dict[str, list[float]] = {"single": [], "cluster": []}
+            try:
+                for round_ in range(args.rounds):
+                    for name, client, lean in (("single", single, one), ("cluster", cluster, many)):
+                        pages, used, idle = await measure(
+                            client, lean, readers, args.seconds, args.concurrency, args.rate
+                        )
+                        rates[name].append(pages / used)
+                        print(
+                            f"round {round_ + 1} {name:8} {pages / used:9.0f} pages per Redis "
+                            f"CPU-second ({pages} pages, {used:.2f} s CPU, {idle:.2f} s of it "
+                            f"idle cost; without it {pages / max(used - idle, 1e-9):.0f})"
+                        )
+            finally:
+                await one.close()
+                await many.close()
+                await single.aclose()
+                await cluster.aclose()
+    single_rate = statistics.median(rates["single"])
+    cluster_rate = statistics.median(rates["cluster"])
+    print(f"median   single   {single_rate:9.0f} pages per Redis CPU-second")
+    print(f"median   cluster  {cluster_rate:9.0f} pages per Redis CPU-second (3 masters)")
+    print(
+        f"per-core efficiency, cluster / single: {cluster_rate / single_rate:.2f} (target >= 0.8)"
+    )
+
+
+async def _wait_up(client: AnyRedis) -> None:
+    for _ in range(100):
+        try:
+            await client.ping()
+            return
+        except (OSError, aioredis.ConnectionError):
+            await asyncio.sleep(0.05)
+    raise SystemExit("the private Redis did not start")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readers", type=int, default=2000)
+    parser.add_argument("--posts", type=int, default=200)
+    parser.add_argument("--authors", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=800.0,
+        help="pages/s for both setups (the same load: Redis batches more under more); 0: flat out",
+    )
+    asyncio.run(main_async(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
