@@ -115,13 +115,17 @@ def node_stats_index(service: str) -> str:
     return f"stats-nodes:{service}"
 
 
-# Pub/sub channels (not keys: no slot, no TTL).
+# Pub/sub channels (not keys: no TTL, nothing stored). Hash-tagged like the keys, in
+# both modes: on Redis Cluster a sharded channel (SPUBLISH/SSUBSCRIBE) lives on the node
+# of its slot, so a user's channel shares the slot of the user's timeline and presence
+# (fan-out's script publishes it on the node it already runs on), and an author's channel
+# sits in the author's slot. One channel per slot spreads channels over every node.
 def user_channel(user_id: int) -> str:
-    return f"u:{user_id}"
+    return f"u:{{{user_id}}}"
 
 
 def author_channel(author_id: int) -> str:
-    return f"a:{author_id}"
+    return f"a:{{{author_id}}}"
 
 
 # The ranked feed's feature store and page snapshots (ranking/store.py).

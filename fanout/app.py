@@ -39,10 +39,10 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     topics = Topics.for_settings(settings)
     lease = IdLease(app[DB], holder=f"{socket.gethostname()}:fanout:{os.getpid()}")
     metrics = FanoutMetrics.create(app[OPS].registry)
-    # On a cluster, timelines go through a cluster client (slot-aware); the plain client
-    # of redis_ctx then only serves the readiness probe.
+    # On a cluster, timelines go through a cluster client (slot-aware): redis_ctx's own
+    # when it made one, else one of ours (its plain client then only serves the probe).
     timelines: aioredis.Redis | RedisCluster = app[REDIS]
-    if settings.redis_cluster:
+    if settings.redis_cluster and not isinstance(timelines, RedisCluster):
         timelines = await create_redis_cluster(settings)
     writer = TimelineWriter(timelines, settings.timeline_cap, settings.timeline_trim_slack)
     deps = Deps(

@@ -239,7 +239,7 @@ class Handlers:
         # The author's own timeline (the API did it too; this covers Redis being down then).
         await self.d.writer.add_posts(event.author_id, [event.post_id])
         if tier is Tier.PULL:
-            await self.d.redis.publish(keys.author_channel(event.author_id), payload)
+            await self.d.writer.publish(keys.author_channel(event.author_id), payload)
             self.d.metrics.live_publishes.inc()
         else:
             await self._push_to_followers(event, payload, tier)
@@ -338,7 +338,7 @@ class Handlers:
         await d.writer.remove_posts(event.author_id, [event.post_id])
         tier, _ = await self._tier(event.author_id)
         if tier is Tier.PULL:
-            await d.redis.publish(keys.author_channel(event.author_id), payload)
+            await d.writer.publish(keys.author_channel(event.author_id), payload)
             return
         removed = 0
         batch_size = d.settings.fanout_batch_size
@@ -415,7 +415,7 @@ class Handlers:
             created_at=row["created_at"],
         )
         if await d.redis.exists(keys.presence(event.recipient_id)):
-            await d.redis.publish(
+            await d.writer.publish(
                 keys.user_channel(event.recipient_id), events.live_notification(notification)
             )
             d.metrics.live_publishes.inc()

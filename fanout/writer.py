@@ -22,7 +22,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from core import keys, timelines
 
 LUA_DIR = timelines.LUA_DIR  # read by scripts/bench/fanout_script_cost.py
-CHANNEL_PREFIX = keys.user_channel(0)[:-1].encode()  # "u:"
+# A follower's channel as the scripts build it: what goes before and after the id.
+CHANNEL_PREFIX, CHANNEL_SUFFIX = (part.encode() for part in keys.user_channel(0).split("0"))
+assert keys.user_channel(123) == f"{CHANNEL_PREFIX.decode()}123{CHANNEL_SUFFIX.decode()}"
+# Live events: classic pub/sub on a single Redis; sharded pub/sub on a cluster, where a
+# classic PUBLISH is copied to every node over the cluster bus (DESIGN.md, known traps).
+PUBLISH, SPUBLISH = b"PUBLISH", b"SPUBLISH"
 # What a cluster node answers a script that touches a key of a slot it no longer serves
 # (a resharding moved it since the slot map was read).
 NOT_LOCAL = "non local key"
@@ -67,6 +72,7 @@ class TimelineWriter:
         self._remove = _script(client, timelines.REMOVE)
         self._add_posts = _script(client, timelines.ADD_POSTS)
         self._nodes = _NodeCalls(client) if isinstance(client, RedisCluster) else None
+        self._publish = PUBLISH if self._nodes is None else SPUBLISH
 
     def _add_args(
         self, post_id: int, payload: bytes, group: Sequence[int], with_device: Collection[int]
@@ -76,7 +82,9 @@ class TimelineWriter:
             self._cap,
             self._limit,
             payload,
+            self._publish,
             CHANNEL_PREFIX,
+            CHANNEL_SUFFIX,
             _device_flags(group, with_device),
             *group,
         ]
@@ -142,12 +150,20 @@ class TimelineWriter:
         member = keys.timeline_member(post_id)
 
         def args(group: Sequence[int]) -> Args:
-            return [member, payload, CHANNEL_PREFIX, *group]
+            return [member, payload, self._publish, CHANNEL_PREFIX, CHANNEL_SUFFIX, *group]
 
         if self._nodes is None:
             return int(await self._remove(keys=_keys(followers), args=args(followers)))
         (replies,) = await self._nodes.run(self._remove, [(followers, args)])
         return sum(int(r) for r in replies)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """One live event on one channel (an author's, a user's notification): SPUBLISH on
+        a cluster, routed by the client to the node of the channel's slot."""
+        if self._nodes is None:
+            await self._client.publish(channel, payload)
+        else:
+            await self._client.spublish(channel, payload)
 
     async def add_posts(self, user_id: int, post_ids: Sequence[int]) -> int:
         if not post_ids:
@@ -178,9 +194,11 @@ class _NodeCalls:
     node that serves all of them. Redis allows a script without a `#!lua` line to touch
     keys of several slots as long as the node serves every one; a resharding between
     reading the slot map and the call makes it fail on the first key that moved, and the
-    jobs are then regrouped on a fresh map and run again. What ran before the failure is
-    harmless: a replayed add writes and publishes nothing, a replayed remove removes
-    nothing and at most tells an online follower again that the post is gone.
+    jobs are then regrouped on a fresh map and run again; a second failure means a slot
+    is still migrating, and the jobs run once more one follower at a time (_per_user).
+    What ran before the failure is harmless: a replayed add writes and publishes
+    nothing, a replayed remove removes nothing and at most tells an online follower
+    again that the post is gone.
     """
 
     def __init__(self, client: RedisCluster) -> None:
@@ -209,7 +227,7 @@ class _NodeCalls:
         if script.sha not in self._loaded:
             await self._client.script_load(script.script)  # every primary
             self._loaded.add(script.sha)
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             pipe = self._client.pipeline()
             owner: list[int] = []
             for index, (users, args_for) in enumerate(jobs):
@@ -223,7 +241,7 @@ class _NodeCalls:
                 # A node that restarted or joined has not got the script yet.
                 await self._client.script_load(script.script)
             except ResponseError as exc:
-                if NOT_LOCAL not in str(exc) or attempt == 2:
+                if NOT_LOCAL not in str(exc):
                     raise
                 await self._client.nodes_manager.initialize()
             else:
@@ -231,4 +249,27 @@ class _NodeCalls:
                 for index, reply in zip(owner, replies, strict=True):
                     grouped[index].append(reply)
                 return grouped
-        raise ResponseError("timeline script failed twice on Redis Cluster")
+        return await self._per_user(script, jobs)
+
+    async def _per_user(
+        self,
+        script: AsyncScript,
+        jobs: Sequence[tuple[Sequence[int], Callable[[Sequence[int]], Args]]],
+    ) -> list[list[Any]]:
+        """The jobs again, one call per user with its two keys declared: what a slot in
+        the middle of a migration needs. While a slot is MIGRATING, its source refuses
+        an undeclared key that is absent there (already moved, or an offline follower's
+        presence key, which never existed), however fresh the slot map, and a reshard
+        can last minutes; declared keys get the ASK redirect that redis-py's pipeline
+        follows. One round trip per node still, but a call per follower: only for this."""
+        pipe = self._client.pipeline()
+        owner: list[int] = []
+        for index, (users, args_for) in enumerate(jobs):
+            for user in users:
+                pipe.execute_command("EVALSHA", script.sha, 2, *_keys([user]), *args_for([user]))
+                owner.append(index)
+        replies = await pipe.execute()
+        grouped: list[list[Any]] = [[] for _ in jobs]
+        for index, reply in zip(owner, replies, strict=True):
+            grouped[index].append(reply)
+        return grouped

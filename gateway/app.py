@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 
-from core.clients import connect_with_retry
-from core.resources import DB, REDIS, CleanupCtx, postgres_ctx
+from core.clients import connect_with_retry, create_redis_cluster
+from core.resources import DB, CleanupCtx, postgres_ctx
 from core.service import (
     OPS,
     SETTINGS,
@@ -36,6 +37,9 @@ from gateway.resume import Resumer
 # A caller waits at most this long for a pooled Redis connection, then gets an error
 # (the pool blocks instead of failing at once with "Too many connections").
 REDIS_POOL_WAIT = 2.0
+# The node's Redis: one server, or a cluster client (REDIS_CLUSTER=true) for presence,
+# tier thresholds and stats; its pub/sub is then sharded (gateway/sharded_broker.py).
+GATEWAY_REDIS: web.AppKey[aioredis.Redis | RedisCluster] = web.AppKey("gateway_redis")
 
 
 def redis_ctx() -> CleanupCtx:
@@ -45,6 +49,13 @@ def redis_ctx() -> CleanupCtx:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
+        if settings.redis_cluster:
+            cluster = await create_redis_cluster(settings)
+            app[GATEWAY_REDIS] = cluster
+            app[OPS].checks.append(Check("redis", cluster.ping))
+            yield
+            await cluster.aclose()
+            return
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
@@ -68,7 +79,7 @@ def redis_ctx() -> CleanupCtx:
         except BaseException:
             await client.aclose()
             raise
-        app[REDIS] = client
+        app[GATEWAY_REDIS] = client
         app[OPS].checks.append(Check("redis", client.ping))
         yield
         await client.aclose()
@@ -82,7 +93,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     node = GatewayNode(
         settings,
         app[OPS].node,
-        app[REDIS],
+        app[GATEWAY_REDIS],
         app[DB],
         Resumer(session, settings.gateway_api_url),
         GatewayMetrics.create(app[OPS].registry),

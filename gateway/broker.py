@@ -1,4 +1,5 @@
-"""The node's one Redis pub/sub connection, read by hiredis on its own asyncio Protocol.
+"""The node's one Redis pub/sub connection, read by hiredis on its own asyncio Protocol
+(on a Redis Cluster: gateway/sharded_broker.py, on the same PubSubProtocol).
 
 - Opened and subscribed at start-up (redis-py opens pub/sub lazily, and concurrent first
   subscribes can each open their own connection and orphan subscriptions).
@@ -57,14 +58,20 @@ class _Expected:
         self.done = done
 
 
-class _PubSubProtocol(asyncio.Protocol):
+class PubSubProtocol(asyncio.Protocol):
+    """One pub/sub connection: replies parsed by hiredis; messages (`kind`: b"message", or
+    b"smessage" on a sharded link) go to on_message, every other reply to on_reply.
+    Shared with gateway/sharded_broker.py."""
+
     def __init__(
         self,
         on_message: Callable[[bytes, bytes], None],
         on_reply: Callable[[object], None],
-        on_lost: Callable[[_PubSubProtocol], None],
+        on_lost: Callable[[PubSubProtocol], None],
+        kind: bytes = b"message",
     ) -> None:
         self._reader = hiredis.Reader()
+        self._kind = kind
         self._on_message = on_message
         self._on_reply = on_reply
         self._on_lost = on_lost
@@ -99,9 +106,9 @@ class _PubSubProtocol(asyncio.Protocol):
                 log.exception("pub/sub message dispatch failed")
 
     def _drain(self) -> None:
-        gets, on_message = self._reader.gets, self._on_message
+        gets, on_message, kind = self._reader.gets, self._on_message, self._kind
         while (reply := gets()) is not False:
-            if type(reply) is list and reply[0] == b"message":
+            if type(reply) is list and reply[0] == kind:
                 on_message(reply[1], reply[2])
             else:
                 self._on_reply(reply)
@@ -139,7 +146,7 @@ class RedisBroker:
         self._on_message = on_message
         self._on_gap = on_gap
         self.subscribe_timeout = subscribe_timeout
-        self._proto: _PubSubProtocol | None = None
+        self._proto: PubSubProtocol | None = None
         self._up = asyncio.Event()  # connected and every wanted channel confirmed
         self._wanted: set[bytes] = {self._control}  # subscribed, or SUBSCRIBE sent
         self._unconfirmed: set[bytes] = set()  # SUBSCRIBE sent, not confirmed yet
@@ -149,7 +156,7 @@ class RedisBroker:
         self._expected: collections.deque[_Expected] = collections.deque()
         self._kick = asyncio.Event()
         self._closed = False
-        self._gap_reported: _PubSubProtocol | None = None
+        self._gap_reported: PubSubProtocol | None = None
         self.reconnects = 0
 
     @property
@@ -269,7 +276,7 @@ class RedisBroker:
             except TimeoutError:
                 await self._ping(proto)
 
-    async def _ping(self, proto: _PubSubProtocol) -> None:
+    async def _ping(self, proto: PubSubProtocol) -> None:
         pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             self._send(pack(b"PING"), 1, pong)
@@ -282,7 +289,7 @@ class RedisBroker:
             log.warning("pub/sub link silent for %.0f s after PING; dropping it", PING_TIMEOUT)
             proto.abort()
 
-    def _lost(self, proto: _PubSubProtocol) -> None:
+    def _lost(self, proto: PubSubProtocol) -> None:
         if proto is self._proto:
             self._up.clear()  # at once: no batch may be answered on a dead link
 
@@ -313,8 +320,8 @@ class RedisBroker:
     async def _connect(self) -> None:
         address = self._address
 
-        def factory() -> _PubSubProtocol:
-            return _PubSubProtocol(self._on_message, self._on_reply, self._lost)
+        def factory() -> PubSubProtocol:
+            return PubSubProtocol(self._on_message, self._on_reply, self._lost)
 
         proto = await asyncio.wait_for(address.open(factory), CONNECT_TIMEOUT)
         self._proto = proto

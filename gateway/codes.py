@@ -22,7 +22,7 @@ class Close(enum.IntEnum):
     UNAUTHORIZED = 4001  # token missing/invalid/expired: get a new token, do not retry as is
     TOO_MANY_CONNECTIONS = 4002  # per-user connection limit reached: close another one first
     SLOW_CONSUMER = 4008  # could not keep up: reconnect with ?since= (nothing is lost)
-    RESUME = 4010  # this node's pub/sub link dropped, events may be lost: resume with ?since=
+    RESUME = 4010  # pub/sub link dropped or channel's slot moved, events may be lost: resume
     RATE_LIMITED = 4029  # too many new connections from this address: back off, then retry
 
 

@@ -77,6 +77,13 @@ class Hub:
                 stale.append(channel)
         return stale
 
+    def listeners(self, channels: list[bytes]) -> set[Client]:
+        """The connections any of `channels` reaches."""
+        found: set[Client] = set()
+        for channel in channels:
+            found.update(self._listeners.get(channel, ()))
+        return found
+
     def dispatch(self, channel: bytes, payload: bytes) -> int:
         clients = self._listeners.get(channel)
         if not clients:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from core.auth import TokenError, TokenSigner
 from core.redis_address import RedisAddress
@@ -29,9 +32,38 @@ from gateway.metrics import GatewayMetrics
 from gateway.outgoing import control
 from gateway.presence import Presence, PresenceUnavailable
 from gateway.resume import Resumer, ResumeUnavailable
+from gateway.sharded_broker import ShardedBroker
 from gateway.transport import Transport
 
 log = logging.getLogger(__name__)
+
+
+class Broker(Protocol):
+    """What the node needs of its pub/sub: broker.RedisBroker (one link to a single
+    Redis) or sharded_broker.ShardedBroker (one link per master of a cluster)."""
+
+    reconnects: int
+    subscribe_timeout: float
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def probe(self) -> None: ...
+
+    async def subscribe(self, channels: Iterable[bytes]) -> None: ...
+
+    def unsubscribe(self, channels: Iterable[bytes]) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def run_subscriptions(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +83,7 @@ class GatewayNode:
         self,
         settings: Settings,
         name: str,
-        redis_client: aioredis.Redis,
+        redis_client: aioredis.Redis | RedisCluster,
         db: asyncpg.Pool,
         resumer: Resumer,
         metrics: GatewayMetrics,
@@ -69,9 +101,13 @@ class GatewayNode:
         self.hub = Hub()
         self.flusher = Flusher()
         self.latency = DeliveryLatency(metrics.post_latency)
-        self.broker = RedisBroker(
-            RedisAddress.of(redis_client), f"gw:{name}", self._dispatch, self._on_gap
-        )
+        self.broker: Broker
+        if isinstance(redis_client, RedisCluster):
+            self.broker = ShardedBroker(redis_client, self._dispatch, self._on_channels_gap)
+        else:
+            self.broker = RedisBroker(
+                RedisAddress.of(redis_client), f"gw:{name}", self._dispatch, self._on_gap
+            )
         self.presence = Presence(
             redis_client,
             name,
@@ -219,6 +255,20 @@ class GatewayNode:
             client.close(Close.RESUME, "events may have been lost; resume with since")
         self._metrics.pubsub_reconnects.inc()
         log.warning("pub/sub link lost: %d connections told to resume", len(clients))
+
+    def _on_channels_gap(self, channels: list[bytes]) -> None:
+        """A cluster link lost, or a slot moved away under a subscription: events on
+        these channels may have been lost. Only the clients listening to them resume (a
+        user's own channel, or a pull-tier author's they follow); the others keep going."""
+        clients = self.hub.listeners(channels)
+        for client in clients:
+            client.close(Close.RESUME, "events may have been lost; resume with since")
+        self._metrics.pubsub_reconnects.inc()
+        log.warning(
+            "sharded pub/sub gap on %d channels: %d connections told to resume",
+            len(channels),
+            len(clients),
+        )
 
     async def shutdown(self, wait: float) -> None:
         """Tell every client to reconnect elsewhere, then wait (bounded) for the closes."""

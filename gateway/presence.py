@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from core import keys
 
@@ -38,7 +39,7 @@ class PresenceUnavailable(ConnectionError):
 class Presence:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         node: str,
         ttl: int,
         connected: Callable[[int], bool],

@@ -3,12 +3,16 @@
 --
 -- KEYS[1..n]     timeline keys (tl:{uid})      KEYS[n+1..2n] presence keys (online:{uid})
 -- ARGV[1] member (zero-padded post id)  ARGV[2] cap  ARGV[3] trim limit (cap + slack)
--- ARGV[4] live event payload  ARGV[5] channel prefix ("u:")
--- ARGV[6] one byte per follower, "1" where they have a push device, else "0"
--- ARGV[7..6+n] follower ids, same order as KEYS
+-- ARGV[4] live event payload  ARGV[5] publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[6], ARGV[7] what goes before and after a follower id in their channel ("u:{", "}")
+-- ARGV[8] one byte per follower, "1" where they have a push device, else "0"
+-- ARGV[9..8+n] follower ids, same order as KEYS
 -- With no KEYS, the 2n keys follow the ids in ARGV instead (Redis Cluster: one call per
 -- node, whose followers hash to many slots, so their keys cannot be declared; see
 -- fanout/writer.py).
+-- On a cluster a follower's channel shares the slot of their timeline (core/keys.py), so
+-- SPUBLISH reaches only this node's subscribers, and a slot this node no longer serves
+-- fails the script at that follower's ZCARD, before anything is published for them.
 --
 -- Only timelines that exist are written (core/timelines.py): a missing one is rebuilt when its
 -- owner reads it, so writing into it would make a partial timeline look complete.
@@ -27,11 +31,11 @@
 --   and returning every offline id cost more than the timeline write itself.
 local K, at, n = KEYS, 0, #KEYS / 2
 if n == 0 then
-  n = (#ARGV - 6) / 3
-  K, at = ARGV, 6 + n
+  n = (#ARGV - 8) / 3
+  K, at = ARGV, 8 + n
 end
 local member, cap, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local payload, prefix, devices = ARGV[4], ARGV[5], ARGV[6]
+local payload, publish, prefix, suffix, devices = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local written, published, offline = 0, 0, {}
 -- One command's keys must share a slot even inside a script, so with undeclared keys
 -- (a cluster) presence is asked one follower at a time.
@@ -55,11 +59,11 @@ for first = 1, n, CHUNK do
     end
     if anyone_online and (CHUNK == 1 or redis.call('EXISTS', K[at + n + i]) == 1) then
       if fresh then
-        redis.call('PUBLISH', prefix .. ARGV[6 + i], payload)
+        redis.call(publish, prefix .. ARGV[8 + i] .. suffix, payload)
         published = published + 1
       end
     elseif string.byte(devices, i) == 49 then -- "1"
-      offline[#offline + 1] = ARGV[6 + i]
+      offline[#offline + 1] = ARGV[8 + i]
     end
   end
 end

@@ -10,12 +10,16 @@ from pathlib import Path
 import asyncpg
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from core import events, keys, post_cache
-from core.clients import HiredisPackingConnection, build_redis_cluster, create_producer
+from core.clients import (
+    CONNECT_ERRORS,
+    HiredisPackingConnection,
+    build_redis_cluster,
+    create_producer,
+)
 from core.ids import IdGenerator
 from core.service import OPS, node_name
 from core.settings import Settings
@@ -25,11 +29,11 @@ from fanout.app import create_app as create_fanout
 from fanout.writer import TimelineWriter
 from scripts.redis_cluster import redis_cluster
 from tests.support.api import MakeClient
-from tests.support.redis_typed import close_pubsub
+from tests.support.cluster_ops import begin_migration, finish_migration, migrate_keys, move_slot
 from tests.support.seed import publish_post, seed_users
 from tests.support.wait import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def node_of(cluster: RedisCluster, key: str) -> ClusterNode:
@@ -65,26 +69,34 @@ async def test_batches_spanning_many_slots_are_written_and_published(
     for user in online:
         await cluster.sadd(keys.presence(user), "gateway-test-node")  # as gateways do
         await cluster.expire(keys.presence(user), 60)
-    # Cluster PUBLISH reaches subscribers on any node.
-    listener = aioredis.Redis.from_url(cluster_url)
-    pubsub = listener.pubsub()
-    await pubsub.subscribe(*(keys.user_channel(u) for u in online))
+    # Live events are sharded on a cluster: each follower's channel is SPUBLISHed on the
+    # node of its slot, where a sharded subscriber (SSUBSCRIBE) gets it.
+    pubsub = cluster.pubsub()
+    await pubsub.ssubscribe(*(keys.user_channel(u) for u in online))
     writer = TimelineWriter(cluster, cap=800)
     payload = events.live_post({"id": "77", "text": "cluster"})
     try:
         with_device = set(followers[::3])
+        await cluster.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
         result = await writer.add(77, payload, followers, with_device)
         assert result.written == len(followers) and result.published == len(online)
+        # No classic PUBLISH anywhere (it would be copied to every node); SPUBLISH on each.
+        for node in cluster.get_primaries():
+            stats = await cluster.info("commandstats", target_nodes=node)
+            assert "cmdstat_publish" not in stats, node.name
+            assert int(stats["cmdstat_spublish"]["calls"]) > 0, node.name
         assert sorted(result.offline) == sorted(with_device - set(online))
-        received = set()
-        for _ in range(200):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        channels = {keys.user_channel(u).encode(): u for u in online}
+        received: list[int] = []
+        for _ in range(400):
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.05)
             if message:
+                assert message["type"] == "smessage"
                 assert orjson.loads(message["data"])["id"] == "77"
-                received.add(int(message["channel"].decode().split(":")[1]))
-            if received == set(online):
+                received.append(channels[message["channel"]])
+            if len(received) == len(online):
                 break
-        assert received == set(online)
+        assert sorted(received) == sorted(online)  # each once
         # A replay writes nothing and publishes nothing again.
         again = await writer.add(77, payload, followers)
         assert again.written == 0 and again.published == 0 and again.offline == []
@@ -95,8 +107,7 @@ async def test_batches_spanning_many_slots_are_written_and_published(
         assert await writer.add_posts(followers[0], [1, 2, 3]) == 3
         assert await writer.remove_posts(followers[0], [1, 2]) == 2
     finally:
-        await close_pubsub(pubsub)
-        await listener.aclose()
+        await pubsub.aclose()
 
 
 async def test_fanout_service_writes_timelines_on_a_cluster(
@@ -214,29 +225,6 @@ async def test_authors_own_timelines_are_written_with_the_batches(cluster: Redis
         assert await cluster.zscore(keys.timeline(author), member) is not None, author
 
 
-async def _move_slot(
-    cluster: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode
-) -> None:
-    """Moves one slot and its keys from `source` to `target`, the way `redis-cli
-    --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, then SETSLOT NODE)."""
-    target_id = await cluster.execute_command("CLUSTER MYID", target_nodes=target)
-    source_id = await cluster.execute_command("CLUSTER MYID", target_nodes=source)
-    await cluster.execute_command(
-        "CLUSTER SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
-    )
-    await cluster.execute_command(
-        "CLUSTER SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
-    )
-    while names := await cluster.execute_command(
-        "CLUSTER GETKEYSINSLOT", slot, 100, target_nodes=source
-    ):
-        await cluster.execute_command(
-            "MIGRATE", target.host, target.port, "", 0, 5_000, "KEYS", *names, target_nodes=source
-        )
-    for node in cluster.get_primaries():
-        await cluster.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id, target_nodes=node)
-
-
 async def test_a_resharding_under_a_writer_loses_no_timeline_entry(
     cluster: RedisCluster, cluster_url: str
 ) -> None:
@@ -252,7 +240,7 @@ async def test_a_resharding_under_a_writer_loses_no_timeline_entry(
         slot = key_slot(keys.timeline(moved).encode())
         owner = node_of(cluster, keys.timeline(moved))
         target = next(n for n in cluster.get_primaries() if n.name != owner.name)
-        await _move_slot(cluster, slot, owner, target)
+        await move_slot(cluster, slot, owner, target)
 
         result = await writer.add(41, events.live_post({"id": "41"}), followers)
         # The node that lost the slot refused the first call part-way; the retry on the
@@ -267,6 +255,50 @@ async def test_a_resharding_under_a_writer_loses_no_timeline_entry(
         await stale.aclose()
 
 
+async def test_a_slot_in_the_middle_of_a_migration_is_waited_out_never_dead_lettered(
+    cluster: RedisCluster,
+) -> None:
+    """While a slot is MIGRATING, its source refuses the undeclared keys it no longer
+    (or never) holds, whatever the slot map. The writer then calls once per follower with
+    the keys declared: a follower whose keys all moved, or all stayed, is written through
+    the ASK redirect; one whose keys are split (an offline follower's presence key never
+    exists) gets TRYAGAIN until the slot's keys have moved. That failure must be one the
+    consumer waits out (CONNECT_ERRORS), not a poison event it dead-letters, and the
+    retry after the move writes every timeline."""
+    followers = list(range(50_000, 50_400))
+    for user in followers:
+        await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+    moving = followers[0]
+    slot = key_slot(keys.timeline(moving).encode())
+    source = node_of(cluster, keys.timeline(moving))
+    target = next(n for n in cluster.get_primaries() if n.name != source.name)
+    same_slot = [u for u in range(60_000, 400_000) if keys.user_slot(u) == slot][:3]
+    assert len(same_slot) == 3
+    for user in same_slot:  # more of the slot's timelines: one moves first, others stay
+        await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+    followers += same_slot
+    writer = TimelineWriter(cluster, cap=800)
+    payload = events.live_post({"id": "42"})
+    await begin_migration(cluster, slot, source, target)
+    try:
+        (name,) = await cluster.execute_command(
+            "CLUSTER GETKEYSINSLOT", slot, 1, target_nodes=source
+        )
+        await cluster.execute_command(
+            "MIGRATE", target.host, target.port, "", 0, 5_000, "KEYS", name, target_nodes=source
+        )
+        with pytest.raises(CONNECT_ERRORS):
+            await writer.add(42, payload, followers)
+    finally:
+        await migrate_keys(cluster, slot, source, target)
+        await finish_migration(cluster, slot, target)
+    result = await writer.add(42, payload, followers)  # the consumer's retry
+    assert result.written <= len(followers)
+    member = keys.timeline_member(42)
+    for user in followers:
+        assert await cluster.zscore(keys.timeline(user), member) == 0, user
+
+
 async def test_the_cluster_client_packs_with_hiredis_on_every_node(cluster: RedisCluster) -> None:
     """A batch's call per node has ~30 000 arguments: redis-py's Python packer took
     30-40 ms for one (core/clients.build_redis_cluster)."""
@@ -279,5 +311,10 @@ async def test_the_cluster_client_packs_with_hiredis_on_every_node(cluster: Redi
 async def test_user_slot_is_the_slot_redis_gives_per_user_keys(cluster: RedisCluster) -> None:
     users = [0, 1, 42, 9_999, 2**53 + 7, 7_291_028_374_650_123_456]
     for user in users:
-        for key in (keys.timeline(user), keys.presence(user)):
+        for key in (
+            keys.timeline(user),
+            keys.presence(user),
+            keys.user_channel(user),
+            keys.author_channel(user),
+        ):
             assert await cluster.cluster_keyslot(key) == keys.user_slot(user), key

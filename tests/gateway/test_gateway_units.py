@@ -12,7 +12,7 @@ from prometheus_client import Histogram
 
 from core import keys
 from core.ids import id_timestamp_ms
-from gateway.broker import FEED_SLICE, _PubSubProtocol
+from gateway.broker import FEED_SLICE, PubSubProtocol
 from gateway.client import SENT_MEMORY, Client, Flusher, QueueLimits
 from gateway.codes import Close
 from gateway.hub import Hub
@@ -131,6 +131,10 @@ async def test_hub_routes_each_channel_to_every_connection_of_its_listeners() ->
     assert hub.dispatch(mine, b'{"type":"x"}') == 2  # both tabs, not user 2
     assert hub.dispatch(author, b'{"type":"y"}') == 3  # every follower's every tab
     assert hub.dispatch(keys.user_channel(3).encode(), b"{}") == 0
+    # A gap on some channels (a cluster shard's link, a moved slot) reaches only theirs.
+    assert hub.listeners([mine]) == {first, second}
+    assert hub.listeners([author]) == {first, second, follower}
+    assert hub.listeners([keys.user_channel(2).encode(), b"nobody"]) == {follower}
     await asyncio.sleep(0)
     assert [t.writes for t in tabs] == [[[b'{"type":"x"}', b'{"type":"y"}']]] * 2
     assert other.writes == [[b'{"type":"y"}']]
@@ -207,7 +211,7 @@ async def test_pubsub_replies_split_anywhere_across_reads_and_slices_arrive_whol
         def on_message(c: bytes, p: bytes, got: list[tuple[bytes, bytes]] = got) -> None:
             got.append((c, p))
 
-        proto = _PubSubProtocol(on_message, lambda r: None, lambda p: None)
+        proto = PubSubProtocol(on_message, lambda r: None, lambda p: None)
         for start in range(0, len(stream), read):
             proto.data_received(stream[start : start + read])
         assert got == sent, read
@@ -221,7 +225,7 @@ async def test_a_failing_dispatch_skips_one_message_and_garbage_drops_the_link()
             raise RuntimeError("bug in a dispatch target")
         got.append(payload)
 
-    proto = _PubSubProtocol(on_message, lambda r: None, lambda p: None)
+    proto = PubSubProtocol(on_message, lambda r: None, lambda p: None)
     link = AbortRecorder()
     proto.transport = link  # type: ignore[assignment]
     big = b"z" * (2 * FEED_SLICE)
