@@ -15,14 +15,17 @@ this file's order, and each also works alone on a fresh system."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import aiohttp
 import pytest
@@ -32,6 +35,7 @@ from core import keys
 from core.settings import Settings
 from scripts.supervise.probe import listens
 from scripts.supervise.restarts import RestartPolicy, Restarts, exit_reason
+from tests.support.env import ROOT
 from tests.support.live_traffic import (
     MODULES,
     Supervised,
@@ -89,6 +93,55 @@ def test_exit_reasons_name_the_signal() -> None:
     assert exit_reason(3) == "exit code 3"
     assert exit_reason(-signal.SIGKILL) == "killed by SIGKILL"
     assert exit_reason(-signal.SIGSEGV) == "killed by SIGSEGV"
+
+
+def run_py(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """scripts/run.py as a module (it imports its sibling package as `supervise`)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("run_py", ROOT / "scripts" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def planned(run: ModuleType, env: dict[str, str]) -> list[tuple[str, int, dict[str, str]]]:
+    return [
+        (n.service.name, n.service.port, dict(n.env))
+        for step in run.steps(env, False)
+        for n in step
+    ]
+
+
+def test_the_plan_shares_front_ports_unless_told_and_never_a_workers_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = run_py(monkeypatch)
+    two = {f"{m}_PROCESSES": "2" for m in ("SERVER", "GATEWAY", "FANOUT", "PUSH")}
+    api = {"GATEWAY_API_URL": "http://127.0.0.1:8080"}
+    assert planned(run, two) == [
+        ("server1", 8080, {"SERVER_PORT": "8080"}),
+        ("server2", 8080, {"SERVER_PORT": "8080"}),
+        ("gateway1", 8081, {"GATEWAY_PORT": "8081", **api}),
+        ("gateway2", 8081, {"GATEWAY_PORT": "8081", **api}),
+        ("fanout1", 8082, {"FANOUT_PORT": "8082"}),
+        ("fanout2", 8182, {"FANOUT_PORT": "8182"}),
+        ("push1", 8083, {"PUSH_PORT": "8083"}),
+        ("push2", 8183, {"PUSH_PORT": "8183"}),
+    ]
+    separate = planned(run, {**two, "SEPARATE_PORTS": "true", "SERVER_PORT": "9000"})
+    assert separate[:4] == [
+        ("server1", 9000, {"SERVER_PORT": "9000"}),
+        ("server2", 9100, {"SERVER_PORT": "9100"}),
+        # Each gateway resumes clients through an API server of its own.
+        ("gateway1", 8081, {"GATEWAY_PORT": "8081", "GATEWAY_API_URL": "http://127.0.0.1:9000"}),
+        ("gateway2", 8181, {"GATEWAY_PORT": "8181", "GATEWAY_API_URL": "http://127.0.0.1:9100"}),
+    ]
+    # One worker of each keeps its plain name; a GATEWAY_API_URL given is left alone.
+    single = planned(run, {"SERVER_PROCESSES": "1", "GATEWAY_PROCESSES": "1", **api})
+    assert [name for name, _, _ in single] == ["server1", "gateway1", "fanout", "push"]
+    assert single[1][2] == {"GATEWAY_PORT": "8081"}
 
 
 # -- run.py, its children and live traffic ---------------------------------------------

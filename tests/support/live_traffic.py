@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ POST_EVERY = 0.5
 RESTART_FIRST_DELAY = 0.1
 MAX_POSTS = 250  # one author may post 300 times in 3 hours
 MODULES = {"server": 1, "gateway": 2, "fanout": 1, "push": 1}  # processes of each
+NODE_PORT_STEP = 100  # scripts/run.py's: process n of a service on its port + 100*n
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Supervised:
     redis: PrivateRedis
     settings: Settings  # what its services were given (their Redis aside)
     seen: dict[int, str] = field(default_factory=dict)  # every child pid -> its module
+    # Every process's port, by module (with SEPARATE_PORTS one each; else shared).
+    nodes: dict[str, list[int]] = field(default_factory=dict)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -101,10 +106,46 @@ def wait_for_text(supervised: Supervised, text: str, seconds: float) -> None:
         time.sleep(0.05)
 
 
+def node_ports(processes: Mapping[str, int], separate: bool) -> dict[str, list[int]]:
+    """Free ports for run.py: each module's first port, and with `separate` (or for
+    fan-out and push, which cannot share one) the next processes' at run.py's step."""
+    found: dict[str, list[int]] = {}
+    taken: set[int] = set()
+    for module, count in processes.items():
+        own = separate or module in ("fanout", "push")
+        wanted = count if own else 1
+        while True:
+            base = free_port()
+            ports = [base + NODE_PORT_STEP * n for n in range(wanted)]
+            if not taken & set(ports) and all(port_free(p) for p in ports[1:]):
+                break
+        taken.update(ports)
+        found[module] = ports if own else ports * count
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
-def supervised_system(settings: Settings, tmp_path: Path) -> Iterator[Supervised]:
-    """scripts/run.py with MODULES, ready, on free ports and a private Redis."""
-    ports = {name: free_port() for name in MODULES}
+def supervised_system(
+    settings: Settings,
+    tmp_path: Path,
+    processes: Mapping[str, int] = MODULES,
+    separate_ports: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[Supervised]:
+    """scripts/run.py with `processes` of each module (MODULES unless told), ready, on
+    free ports and a private Redis; `separate_ports`: every process on a port of its
+    own, as on machines of their own (run.py's SEPARATE_PORTS)."""
+    nodes = node_ports(processes, separate_ports)
+    ports = {name: found[0] for name, found in nodes.items()}
     tag = uuid.uuid4().hex[:8]
     env = settings_env(settings)
     env.update(
@@ -112,9 +153,11 @@ def supervised_system(settings: Settings, tmp_path: Path) -> Iterator[Supervised
         GATEWAY_PORT=str(ports["gateway"]),
         FANOUT_PORT=str(ports["fanout"]),
         PUSH_PORT=str(ports["push"]),
-        SERVER_PROCESSES="1",
-        GATEWAY_PROCESSES="2",
-        GATEWAY_API_URL=f"http://127.0.0.1:{ports['server']}",
+        SERVER_PROCESSES=str(processes["server"]),
+        GATEWAY_PROCESSES=str(processes["gateway"]),
+        FANOUT_PROCESSES=str(processes["fanout"]),
+        PUSH_PROCESSES=str(processes["push"]),
+        SEPARATE_PORTS="true" if separate_ports else "false",
         GATEWAY_CONNECTS_PER_IP="1000000",  # every client connects from 127.0.0.1
         FANOUT_GROUP=f"fanout-{tag}",  # groups of our own: no rebalance with other runs
         PUSH_GROUP=f"push-{tag}",
@@ -122,6 +165,9 @@ def supervised_system(settings: Settings, tmp_path: Path) -> Iterator[Supervised
         READY_TIMEOUT="90",
         RESTART_FIRST_DELAY=str(RESTART_FIRST_DELAY),
     )
+    # Gateways resume through this run's API servers (run.py: gateway n through server n).
+    env.pop("GATEWAY_API_URL", None)
+    env.update(extra_env or {})
     log = tmp_path / "run.log"
     # A Redis of its own: another test run starting on this machine flushes the shared
     # test db (presence and timelines gone: live posts dropped as if everyone were
@@ -137,7 +183,7 @@ def supervised_system(settings: Settings, tmp_path: Path) -> Iterator[Supervised
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        running = Supervised(proc, log, ports, redis_server, settings)
+        running = Supervised(proc, log, ports, redis_server, settings, nodes=nodes)
         try:
             wait_for_text(running, "all services ready", 150)
             running.children()
@@ -165,6 +211,7 @@ class Follower:
     resets: int = 0
     closes: Counter[int | None] = field(default_factory=Counter)
     failed_connects: int = 0
+    url: str = ""  # the gateway it connects to
 
     async def listen(self, session: aiohttp.ClientSession, url: str) -> None:
         while True:
@@ -192,8 +239,16 @@ async def call(
 ) -> Any:
     """One API call that must succeed; connection errors and 5xx (a service coming
     back) are retried for a bounded time, anything else fails the test."""
+    return await call_any(session, method, [url], expect, **kwargs)
+
+
+async def call_any(
+    session: aiohttp.ClientSession, method: str, urls: Sequence[str], expect: int, **kwargs: Any
+) -> Any:
+    """`call` to the same resource on several API servers: after a connection error or
+    a 5xx the next is tried, as a load balancer does when a node dies."""
     deadline = time.monotonic() + 90
-    while True:
+    for url in itertools.cycle(urls):
         try:
             async with session.request(method, url, **kwargs) as resp:
                 if resp.status == expect:
@@ -203,6 +258,7 @@ async def call(
             pass
         assert time.monotonic() < deadline, f"{method} {url} kept failing"
         await asyncio.sleep(0.2)
+    raise AssertionError("no URL to call")
 
 
 async def sign_up(session: aiohttp.ClientSession, base: str) -> User:
@@ -238,13 +294,18 @@ async def keep_posting(
     author: User,
     posted: list[str],
     stop: asyncio.Event,
+    bases: Sequence[str] = (),
 ) -> None:
-    """Posts until `stop`; never cancelled mid-post, whose 201 would be lost."""
+    """Posts until `stop`, through `base` or each of `bases` in turn; never cancelled
+    mid-post, whose 201 would be lost."""
     while len(posted) < MAX_POSTS and not stop.is_set():
         # The same key on every retry: a post whose 201 was lost is not made twice.
         body = {"text": f"supervised {len(posted)}", "idempotency_key": uuid.uuid4().hex}
-        answer = await call(
-            session, "POST", f"{base}/v1/posts", 201, json=body, headers=author.auth
+        # Each server in turn; a dead one's post (same key) goes to the next.
+        turn = len(posted) % len(bases) if bases else 0
+        urls = [f"{b}/v1/posts" for b in [*bases[turn:], *bases[:turn]]] if bases else []
+        answer = await call_any(
+            session, "POST", urls or [f"{base}/v1/posts"], 201, json=body, headers=author.auth
         )
         posted.append(answer["post_id"])
         with contextlib.suppress(TimeoutError):
@@ -358,8 +419,13 @@ class Traffic:
 
 @contextlib.asynccontextmanager
 async def live_traffic(running: Supervised, clients: int) -> AsyncIterator[Traffic]:
+    """Posts through each API server in turn, followers spread over the gateways (with
+    SEPARATE_PORTS; else the one port each shares)."""
     base = f"http://127.0.0.1:{running.ports['server']}"
-    stream = f"ws://127.0.0.1:{running.ports['gateway']}/v1/stream"
+    servers = running.nodes.get("server", [running.ports["server"]])
+    gateways = running.nodes.get("gateway", [running.ports["gateway"]])
+    bases = [f"http://127.0.0.1:{port}" for port in dict.fromkeys(servers)]
+    streams = [f"ws://127.0.0.1:{port}/v1/stream" for port in dict.fromkeys(gateways)]
     api = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
     live = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     tasks: list[asyncio.Task[None]] = []
@@ -379,11 +445,13 @@ async def live_traffic(running: Supervised, clients: int) -> AsyncIterator[Traff
         # Every client resumes from the start, so none misses a post made before its
         # first connection was subscribed.
         start = min_id_for_ms(int(time.time() * 1000))
-        followers = [Follower(user, start) for user in users]
-        tasks = [asyncio.create_task(f.listen(live, stream)) for f in followers]
+        followers = [
+            Follower(user, start, url=streams[n % len(streams)]) for n, user in enumerate(users)
+        ]
+        tasks = [asyncio.create_task(f.listen(live, f.url)) for f in followers]
         posted: list[str] = []
         enough = asyncio.Event()
-        poster = asyncio.create_task(keep_posting(api, base, author, posted, enough))
+        poster = asyncio.create_task(keep_posting(api, base, author, posted, enough, bases))
         tasks.append(poster)
         traffic = Traffic(base, api, author, users, followers, posted, enough, poster)
         await traffic.everyone_live()
