@@ -43,6 +43,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
     redis_cluster: bool = False
+    # On a cluster with replicas, fan-out's WAIT 1 after each batch (fanout/writer.py).
+    redis_replica_wait_ms: int = 100
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     kafka_topic_prefix: str = ""
     kafka_partitions: int = 6
@@ -240,10 +242,9 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be positive")
         self._validate_ranking()
         self._validate_media()
-        if self.feed_held_posts < 0:
-            raise SettingsError("FEED_HELD_POSTS must not be negative")
-        if self.timeline_trim_slack < 0:
-            raise SettingsError("TIMELINE_TRIM_SLACK must not be negative")
+        for name in ("feed_held_posts", "timeline_trim_slack", "redis_replica_wait_ms"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must not be negative")
         for name in ("fanout_offset_reset", "push_offset_reset"):
             if getattr(self, name) not in ("earliest", "latest"):
                 raise SettingsError(f"{name.upper()} must be earliest or latest")

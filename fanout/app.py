@@ -44,7 +44,13 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     timelines: aioredis.Redis | RedisCluster = app[REDIS]
     if settings.redis_cluster and not isinstance(timelines, RedisCluster):
         timelines = await create_redis_cluster(settings)
-    writer = TimelineWriter(timelines, settings.timeline_cap, settings.timeline_trim_slack)
+    writer = TimelineWriter(
+        timelines,
+        settings.timeline_cap,
+        settings.timeline_trim_slack,
+        settings.redis_replica_wait_ms,
+        metrics.unreplicated_batches,
+    )
     deps = Deps(
         settings=settings,
         db=app[DB],

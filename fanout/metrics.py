@@ -17,6 +17,7 @@ class FanoutMetrics:
     live_publishes: Counter
     push_jobs: Counter
     dead_letters: Counter
+    unreplicated_batches: Counter
     post_to_timeline: Histogram
     lag: Gauge
 
@@ -44,6 +45,11 @@ class FanoutMetrics:
                 "fanout_dead_letters",
                 "Events sent to the dead-letter topic",
                 ["topic"],
+                registry=registry,
+            ),
+            unreplicated_batches=Counter(
+                "fanout_unreplicated_batches",
+                "Batch writes to a cluster node no replica acknowledged in REDIS_REPLICA_WAIT_MS",
                 registry=registry,
             ),
             post_to_timeline=Histogram(

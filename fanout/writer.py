@@ -15,7 +15,8 @@ from functools import partial
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from prometheus_client import Counter
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -64,14 +65,27 @@ class TimelineWriter:
     """`slack`: a timeline may grow to cap + slack before the next write trims it back
     to the cap (one trim per `slack` writes instead of one per write)."""
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, cap: int, slack: int = 0) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        cap: int,
+        slack: int = 0,
+        replica_wait_ms: int = 0,
+        unreplicated: Counter | None = None,
+    ) -> None:
+        """`replica_wait_ms`, on a cluster: see _NodeCalls._pipeline; `unreplicated`
+        counts the batches a replica had not acknowledged within it."""
         self._client = client
         self._cap = cap
         self._limit = cap + slack
         self._add = _script(client, timelines.ADD)
         self._remove = _script(client, timelines.REMOVE)
         self._add_posts = _script(client, timelines.ADD_POSTS)
-        self._nodes = _NodeCalls(client) if isinstance(client, RedisCluster) else None
+        self._nodes = (
+            _NodeCalls(client, replica_wait_ms, unreplicated)
+            if isinstance(client, RedisCluster)
+            else None
+        )
         self._publish = PUBLISH if self._nodes is None else SPUBLISH
 
     def _add_args(
@@ -201,9 +215,19 @@ class _NodeCalls:
     again that the post is gone.
     """
 
-    def __init__(self, client: RedisCluster) -> None:
+    def __init__(
+        self, client: RedisCluster, replica_wait_ms: int = 0, unreplicated: Counter | None = None
+    ) -> None:
         self._client = client
         self._loaded: set[str] = set()  # shas loaded on every primary by this writer
+        self._wait_ms = replica_wait_ms
+        self._unreplicated = unreplicated
+
+    def _has_replica(self, group: Sequence[int]) -> bool:
+        """Whether the node serving `group` (one node's users) has a replica in the map:
+        WAIT 1 on a master without one would always wait its whole timeout."""
+        holders = self._client.nodes_manager.slots_cache.get(keys.user_slot(group[0]), [])
+        return len(holders) > 1
 
     def _by_node(self, users: Sequence[int]) -> list[tuple[ClusterNode, list[int]]]:
         slots = self._client.nodes_manager
@@ -228,13 +252,7 @@ class _NodeCalls:
             await self._client.script_load(script.script)  # every primary
             self._loaded.add(script.sha)
         for _attempt in (1, 2):
-            pipe = self._client.pipeline()
-            owner: list[int] = []
-            for index, (users, args_for) in enumerate(jobs):
-                for node, group in self._by_node(users):
-                    args = [*args_for(group), *_keys(group)]
-                    pipe.execute_command("EVALSHA", script.sha, 0, *args, target_nodes=node)
-                    owner.append(index)
+            pipe, owner = self._pipeline(script, jobs)
             try:
                 replies = await pipe.execute()
             except NoScriptError:
@@ -245,11 +263,39 @@ class _NodeCalls:
                     raise
                 await self._client.nodes_manager.initialize()
             else:
+                late = sum(1 for ack in replies[len(owner) :] if int(ack) < 1)
+                if late and self._unreplicated is not None:
+                    self._unreplicated.inc(late)
                 grouped: list[list[Any]] = [[] for _ in jobs]
-                for index, reply in zip(owner, replies, strict=True):
+                for index, reply in zip(owner, replies[: len(owner)], strict=True):
                     grouped[index].append(reply)
                 return grouped
         return await self._per_user(script, jobs)
+
+    def _pipeline(
+        self,
+        script: AsyncScript,
+        jobs: Sequence[tuple[Sequence[int], Callable[[Sequence[int]], Args]]],
+    ) -> tuple[ClusterPipeline, list[int]]:
+        """The jobs' calls, one per node and job, grouped on the current slot map, and
+        which job each call is for; then the WAITs."""
+        pipe = self._client.pipeline()
+        owner: list[int] = []
+        waited: dict[str, ClusterNode] = {}
+        for index, (users, args_for) in enumerate(jobs):
+            for node, group in self._by_node(users):
+                args = [*args_for(group), *_keys(group)]
+                pipe.execute_command("EVALSHA", script.sha, 0, *args, target_nodes=node)
+                owner.append(index)
+                if self._wait_ms and self._has_replica(group):
+                    waited[node.name] = node
+        # Replication is asynchronous: a master that dies before its replica got a write
+        # takes it along, and the offsets committed after this batch would not bring it
+        # back (a timeline that exists is not rebuilt). One WAIT per node written to,
+        # after that node's calls in the same pipeline: no round trip of its own.
+        for node in waited.values():
+            pipe.execute_command("WAIT", 1, self._wait_ms, target_nodes=node)
+        return pipe, owner
 
     async def _per_user(
         self,

@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio.cluster import RedisCluster
 
-from core import keys
+from core import events, keys
 from core.clients import build_redis_cluster
 from core.settings import Settings
+from fanout.writer import TimelineWriter
 from gateway.codes import Close
 from scripts.redis_cluster import LocalCluster, redis_cluster
 from tests.support.api import Client, MakeClient, User, post, sign_up
@@ -67,6 +71,35 @@ async def feed_ids(api: Client, user: User) -> list[str]:
     resp = await api.get("/v1/feed", params={"limit": "100"}, headers=user.auth)
     assert resp.status == 200, await resp.text()
     return [p["id"] for p in (await resp.json())["posts"]]
+
+
+async def test_a_batch_waits_for_a_replica_of_each_node_it_wrote_to(
+    cluster: RedisCluster, replicated: LocalCluster
+) -> None:
+    """WAIT 1 follows each node's part of a fan-out batch: with every replica up the
+    batch returns acknowledged; with one replica frozen, its master's part is counted
+    unreplicated after the wait (and the batch goes on: availability first)."""
+    registry = CollectorRegistry()
+    late = Counter("late_batches", "batches no replica acknowledged", registry=registry)
+    writer = TimelineWriter(cluster, cap=800, replica_wait_ms=300, unreplicated=late)
+    followers = list(range(70_000, 70_300))
+    for user in followers:
+        await cluster.zadd(keys.timeline(user), {keys.timeline_member(0): 0})
+    payload = events.live_post({"id": "1"})
+    await writer.add(1, payload, followers)
+    assert registry.get_sample_value("late_batches_total") == 0
+
+    holders = next(h for h in cluster.nodes_manager.slots_cache.values() if len(h) > 1)
+    frozen = replicated.processes[int(holders[1].port)]
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = await writer.add(2, payload, followers)
+        assert time.monotonic() - started >= 0.3  # it waited for the frozen replica
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert result.written == len(followers)
+    assert registry.get_sample_value("late_batches_total") == 1
 
 
 async def test_a_killed_master_is_replaced_and_nothing_is_lost_or_repeated(
