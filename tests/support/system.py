@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 
 from core.settings import Settings
+from scripts.supervise import procs
 from tests.support.env import ROOT, free_port, settings_env
 from tests.support.procs import get, on_port
 
@@ -64,13 +64,11 @@ class Service:
         return "\n".join(f"[{self.name}] {line}" for line in text[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
+        """`sig` (SIGKILL: a crash), then what procs.stop does: SIGTERM, then SIGKILL
+        after `timeout`."""
+        if sig != signal.SIGTERM and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop([self.proc], timeout)
 
 
 @dataclass
@@ -93,19 +91,16 @@ class System:
         settings = on_port(self.settings, name, port)
         child_env = settings_env(settings) | env
         log = self.logs / f"{name}-{port}.log"
-        out = log.open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", name], cwd=ROOT, env=child_env, stdout=out, stderr=out
-        )
-        out.close()
+        proc = procs.start([sys.executable, "-m", name], log, cwd=ROOT, env=child_env)
         service = Service(name, port, proc, log, child_env)
         self.services[name] = service
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _ready(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                service.stop(signal.SIGKILL)
-                raise AssertionError(f"{name} did not become ready:\n{service.log_tail()}")
-            time.sleep(0.05)
+        try:
+            procs.wait_ready(
+                name, lambda: _ready(port), [proc], timeout=READY_TIMEOUT, interval=0.05
+            )
+        except procs.ProcError as exc:
+            service.stop(signal.SIGKILL)
+            raise AssertionError(f"{name} did not become ready:\n{service.log_tail()}") from exc
         return service
 
     def stop_all(self) -> None:

@@ -18,7 +18,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SHIPPED = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
 TOOLING = ["scripts", "standins", "tests"]
 # Imported inside a function, installed by hand when wanted; never needed to run or test.
-OPTIONAL = {"pyinstrument"}  # scripts/bench/profiled_server.py's statistical profiler
+OPTIONAL = {"pyinstrument"}  # scripts/bench/profiled.py's statistical profiler
 
 
 def normalized(requirement: str) -> str:
