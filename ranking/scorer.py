@@ -5,13 +5,17 @@ server hands in the candidates and the features it read (server/feed/ranked.py).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from core.ids import id_timestamp_ms
-from ranking.features import row
+import numpy as np
+import numpy.typing as npt
+
+from core.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
+from ranking.features import RECENCY_HOURS, VELOCITY_PRIOR_HOURS
 from ranking.model import Model
 from ranking.store import ReaderFeatures
 
@@ -55,12 +59,43 @@ class Ranked(NamedTuple):
 
 
 class Shown(NamedTuple):
-    """A ranked post as a page shows it: its JSON and its reason in words."""
+    """A ranked post as a page shows it: its reason in words (its JSON is read for the
+    page that shows it)."""
 
     id: int
-    body: bytes
     reason: str
     features: list[float]
+
+
+class Columns(NamedTuple):
+    """Candidates column by column: what scoring reads of each, in the same order.
+    The server builds these from ids, counters and cached post facts
+    (server/feed/candidates.py), without post bodies."""
+
+    ids: list[int]
+    authors: list[int]
+    engagements: list[int]  # likes + 2 * reposts + replies
+    replies: list[bool]  # is a reply
+    reposts: list[bool]  # is a repost
+    media: list[bool]  # has media
+    originals: list[object]  # the post a repost repeats, else the post itself
+
+    @classmethod
+    def of(cls, candidates: list[Candidate]) -> Columns:
+        posts = [c.post for c in candidates]
+        counts = [p.get("counts") or _NO_COUNTS for p in posts]
+        return cls(
+            [c.id for c in candidates],
+            [c.author for c in candidates],
+            [
+                int(k.get("likes", 0)) + 2 * int(k.get("reposts", 0)) + int(k.get("replies", 0))
+                for k in counts
+            ],
+            [p.get("reply_to") is not None for p in posts],
+            [p.get("repost_of") is not None for p in posts],
+            [bool(p.get("media_ids")) for p in posts],
+            [p.get("repost_of") or str(c.id) for c, p in zip(candidates, posts, strict=True)],
+        )
 
 
 def rank(
@@ -74,17 +109,23 @@ def rank(
     """Every candidate but the repeats of a post, best first: unseen before seen, then
     by score, then newest; then the author rule (diversify). Reasons are worked out only
     for the posts kept, from what scoring already computed."""
+    return rank_columns(model, reader, Columns.of(candidates), features, followees, now)
+
+
+def rank_columns(
+    model: Model,
+    reader: int,
+    columns: Columns,
+    features: ReaderFeatures,
+    followees: set[int],
+    now: float | None = None,
+) -> list[Ranked]:
+    """rank() of candidates given as columns."""
     now_ms = int((time.time() if now is None else now) * 1000)
     affinity, engagers, seen = features.affinity, features.engagers, features.seen
-    # Column by column: a comprehension per signal costs less than a loop per candidate.
-    ids = [c.id for c in candidates]
-    posts = [c.post for c in candidates]
-    counts = [p.get("counts") or _NO_COUNTS for p in posts]
-    engagements = [
-        int(k.get("likes", 0)) + 2 * int(k.get("reposts", 0)) + int(k.get("replies", 0))
-        for k in counts
-    ]
-    proof = [0] * len(ids)
+    ids, authors, engagements = columns.ids, columns.authors, columns.engagements
+    n = len(ids)
+    proof = [0] * n
     liked: dict[int, list[int]] = {}  # position -> the followees who engaged, if any
     if engagers:
         for i, post_id in enumerate(ids):
@@ -95,38 +136,71 @@ def rank(
                     liked[i] = followed
                     proof[i] = len(followed)
     was_seen = [i in seen for i in ids]
-    rows = list(
-        map(
-            row,
-            [affinity.get(c.author, 0.0) for c in candidates],
-            proof,
-            engagements,
-            [max(0, now_ms - id_timestamp_ms(i)) / 3_600_000 for i in ids],
-            [p.get("reply_to") is not None for p in posts],
-            [p.get("repost_of") is not None for p in posts],
-            [bool(p.get("media_ids")) for p in posts],
-            was_seen,
+    # Ages in hours, never negative: id_timestamp_ms() inlined (a call per id costs more).
+    to_ms = WORKER_BITS + SEQUENCE_BITS
+    ages = [max(0, now_ms - ((i >> to_ms) + EPOCH_MS)) / 3_600_000 for i in ids]
+    matrix = _matrix(affinity, authors, proof, engagements, ages, columns, was_seen)
+    scores = model.score(matrix)
+    # By seen, then score (highest first), then id (newest first).
+    keys = (-np.array(ids, dtype=np.int64), -np.array(scores), np.array(was_seen))
+    order: list[int] = np.lexsort(keys).tolist() if n else []
+    # Without reposts every post is its own original: nothing to drop.
+    kept = _once_per_original(columns.originals, order) if any(columns.reposts) else order
+    picks = [kept[i] for i in _diversified([authors[i] for i in kept])]
+    rows: list[list[float]] = matrix.tolist()
+    reason = _reason
+    return [
+        Ranked(
+            ids[at],
+            scores[at],
+            reason(
+                reader, authors[at], liked.get(at), affinity.get(authors[at], 0.0), engagements[at]
+            ),
+            rows[at],
         )
-    )
-    scores = model.score(rows)
-    order = sorted(range(len(ids)), key=lambda i: (was_seen[i], -scores[i], -ids[i]))
-    kept = _once_per_original(candidates, order)
-    out = []
-    for i in _diversified([candidates[i].author for i in kept]):
-        at = kept[i]
-        c = candidates[at]
-        reason = _reason(reader, c, liked.get(at), affinity.get(c.author, 0.0), engagements[at])
-        out.append(Ranked(c.id, scores[at], reason, rows[at]))
-    return out
+        for at in picks
+    ]
 
 
-def _once_per_original(candidates: list[Candidate], order: list[int]) -> list[int]:
+def _matrix(
+    affinity: dict[int, float],
+    authors: list[int],
+    proof: list[int],
+    engagements: list[int],
+    ages: list[float],
+    columns: Columns,
+    seen: list[bool],
+) -> npt.NDArray[np.float64]:
+    """The feature rows, a row per candidate, each features.row() of the same signals
+    bit for bit (ages already not negative): log1p and exp by the math module, as row()
+    computes them (numpy's may differ in the last bit). Most features take a few values
+    on a page (an author's affinity, no engagement yet, the flags): each is computed once
+    per value. tests/ranking/test_ranking_scorer.py compares the rows with row()'s."""
+    log1p, exp = math.log1p, math.exp
+    by_author = {a: log1p(max(0.0, affinity.get(a, 0.0))) for a in set(authors)}
+    by_proof = {p: log1p(p) for p in set(proof)}
+    prior, hours = VELOCITY_PRIOR_HOURS, RECENCY_HOURS
+    matrix = np.empty((len(authors), 8), dtype=np.float64)
+    matrix[:, 0] = [by_author[a] for a in authors]
+    matrix[:, 1] = [by_proof[p] for p in proof]
+    # log1p(0.0) is 0.0: most posts have no engagement yet.
+    matrix[:, 2] = [
+        log1p(e / (age + prior)) if e else 0.0 for e, age in zip(engagements, ages, strict=True)
+    ]
+    matrix[:, 3] = [exp(-age / hours) for age in ages]
+    matrix[:, 4] = columns.replies
+    matrix[:, 5] = columns.reposts
+    matrix[:, 6] = columns.media
+    matrix[:, 7] = seen
+    return matrix
+
+
+def _once_per_original(originals: list[object], order: list[int]) -> list[int]:
     """A post and its reposts: only the first of them in rank order stays."""
-    seen: set[str] = set()
+    seen: set[object] = set()
     out = []
     for i in order:
-        c = candidates[i]
-        original = c.post.get("repost_of") or str(c.id)
+        original = originals[i]
         if original not in seen:
             seen.add(original)
             out.append(i)
@@ -147,11 +221,15 @@ def _diversified(authors: list[int]) -> list[int]:
     waiting author with room, else the next unread post with room. Few authors wait at a
     time (at most (WINDOW - 1) // MAX_PER_AUTHOR are full)."""
     n = len(authors)
-    out: list[int] = []
-    recent: deque[int] = deque()  # authors of the last WINDOW - 1 posts placed
+    # Up to the first post whose author is full, every post stays where it is.
+    start = _first_crowded(authors)
+    out: list[int] = list(range(start))
+    recent: deque[int] = deque(authors[max(0, start - WINDOW + 1) : start])  # last WINDOW - 1
     count: dict[int, int] = {}  # how often each author is in `recent`
+    for author in recent:
+        count[author] = count.get(author, 0) + 1
     waiting: dict[int, deque[int]] = {}
-    unread = 0
+    unread = start
     while len(out) < n:
         pick = -1
         for author, queue in waiting.items():
@@ -180,10 +258,26 @@ def _diversified(authors: list[int]) -> list[int]:
     return out
 
 
+def _first_crowded(authors: list[int]) -> int:
+    """The first position whose author already has MAX_PER_AUTHOR posts among the
+    previous WINDOW - 1 (len(authors) if none): diversify() keeps every post before it
+    in place, and this scan costs less than placing them one by one."""
+    last: dict[int, deque[int]] = {}  # author -> their last MAX_PER_AUTHOR positions
+    for i, author in enumerate(authors):
+        placed = last.get(author)
+        if placed is None:
+            last[author] = deque((i,), maxlen=MAX_PER_AUTHOR)
+            continue
+        if len(placed) == MAX_PER_AUTHOR and i - placed[0] < WINDOW:
+            return i
+        placed.append(i)
+    return len(authors)
+
+
 def _reason(
-    reader: int, c: Candidate, liked: list[int] | None, affinity: float, engagements: int
+    reader: int, author: int, liked: list[int] | None, affinity: float, engagements: int
 ) -> Reason:
-    if c.author == reader:
+    if author == reader:
         return YOURS
     if liked:
         return Reason("liked_by", liked[-1], len(liked) - 1)

@@ -33,6 +33,13 @@ def _growth(at: float) -> float:
     return math.pow(2.0, (at - EPOCH) / HALF_LIFE)
 
 
+def decayed(kept: dict[int, float], at: float) -> dict[int, float]:
+    """Affinity scores as kept in Redis (read by the caller) as of `at`, as read() gives
+    them."""
+    decay = 1.0 / _growth(at)
+    return {a: v * decay for a, v in kept.items() if v}
+
+
 @dataclass(frozen=True, slots=True)
 class ReaderFeatures:
     affinity: dict[int, float]  # author -> decayed engagement count

@@ -9,14 +9,20 @@ reads how the server actually served the ranked ones (its /metrics), and compare
 from __future__ import annotations
 
 import argparse
+import asyncio
+import cProfile
+import gc
+import logging
 import math
+import pstats
 import time
 import urllib.request
 from dataclasses import replace
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.bench import cpu
+from scripts.bench import common, cpu
 from scripts.bench.loadgen import Plan
 from scripts.bench.report import Row
 
@@ -42,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "busy (production: 50); a ranked run with any fallback is invalid and repeated",
     )
     p.add_argument(
+        "--ranking-candidates",
+        type=int,
+        help="the server's RANKING_CANDIDATES (default: the server's own default)",
+    )
+    p.add_argument(
         "--idle-seconds",
         type=float,
         default=20.0,
@@ -57,7 +68,10 @@ def algorithms(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def server_env(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    return (("RANKING_BUDGET_MS", str(args.ranking_budget_ms)),)
+    env = [("RANKING_BUDGET_MS", str(args.ranking_budget_ms))]
+    if args.ranking_candidates:
+        env.append(("RANKING_CANDIDATES", str(args.ranking_candidates)))
+    return tuple(env)
 
 
 def plan_for(args: argparse.Namespace, plan: Plan, algorithm: str) -> Plan:
@@ -150,3 +164,178 @@ def comparison(runs: list[tuple[str, Row]], idle: float) -> list[str]:
         )
         previous = None
     return [*lines, ""] if len(lines) > 1 else []
+
+
+# Where a ranked first page's CPU goes, stage by stage, in this process (no HTTP, no load
+# generator): `python -m scripts.bench.ranked_cost --readers 300`. The server's own app
+# (server/app.py) on the bench data; each reader's chronological first page, then its
+# ranked first page, one at a time; process CPU time around each stage of the real code
+# path (wrapped, not copied).
+
+STAGES = (
+    "candidates",  # their Python work; their reads below
+    "reader script",
+    "counters",
+    "postgres",
+    "features",
+    "scoring",
+    "hydration",
+    "snapshot",
+)
+
+
+class Stages:
+    """CPU per stage; a stage inside another (the candidates' own hydration of posts the
+    caches missed) counts for itself only. Pages run one at a time."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._open: list[str] = []
+
+    def _enter(self, name: str) -> float:
+        self._open.append(name)
+        return time.process_time()
+
+    def _leave(self, name: str, start: float) -> None:
+        spent = time.process_time() - start
+        self._open.pop()
+        self.cpu[name] += spent
+        if self._open:
+            self.cpu[self._open[-1]] -= spent
+
+    def timed(self, name: str, fn: Any) -> Any:
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            start = self._enter(name)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self._leave(name, start)
+
+        return run
+
+    def timed_sync(self, name: str, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = self._enter(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._leave(name, start)
+
+        return run
+
+
+async def profile_stages(readers: int, seed: int, passes: int, cprofile: bool) -> None:
+    from aiohttp import web
+
+    from ranking import scorer
+    from server.app import create_app
+    from server.feed import candidates as candidates_module
+    from server.feed.home import FEED, page_body
+    from server.feed.ranked import RANKED
+
+    base = common.base_settings()
+    settings = replace(
+        base,
+        database_url=common.database_url(base.database_url, common.BENCH_DB),
+        # The replica's copy of the bench database, if reads go to a replica.
+        database_read_url=(
+            common.database_url(base.database_read_url, common.BENCH_DB)
+            if base.database_read_url
+            else ""
+        ),
+        redis_url=common.redis_url(base.redis_url, common.BENCH_REDIS_DB),
+        fanout_throttle_max=common.THROTTLE_MAX,
+        fanout_push_max=min(common.PUSH_MAX, common.THROTTLE_MAX),
+        kafka_topic_prefix="bench.",
+        ranking_budget_ms=10_000,
+        ranking_log_impressions=False,
+        server_port=common.BENCH_PORT + 7,
+    )
+    logging.basicConfig(level=logging.WARNING)  # a ranked page that fell back says why
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    try:
+        app = runner.app
+        feed, ranked = app[FEED], app[RANKED]
+        rows = await ranked._c.db.fetch(
+            "SELECT id FROM users ORDER BY md5(id::text || $1::text) LIMIT $2", str(seed), readers
+        )
+        users = [r["id"] for r in rows]
+        stages = Stages()
+        candidates, store = ranked.candidates, ranked.store
+        candidates.read = stages.timed("candidates", candidates.read)  # type: ignore[method-assign]
+        candidates._script = stages.timed("reader script", candidates._script)
+        candidates._from_postgres = stages.timed("postgres", candidates._from_postgres)  # type: ignore[method-assign]
+        counters = stages.timed("counters", getattr(candidates_module, "mget_any"))  # noqa: B009
+        setattr(candidates_module, "mget_any", counters)  # noqa: B010 - the module's own name
+        store.read = stages.timed("features", store.read)  # type: ignore[method-assign]
+        real_visible = feed.visible
+        feed.visible = stages.timed("hydration", feed.visible)  # type: ignore[method-assign]
+        rank_columns = scorer.rank_columns
+        scorer.rank_columns = stages.timed_sync("scoring", rank_columns)
+        real_pipeline = store.pipeline
+
+        def pipeline() -> Any:
+            pipe = real_pipeline()
+            pipe.execute = stages.timed("snapshot", pipe.execute)  # type: ignore[method-assign]
+            return pipe
+
+        store.pipeline = pipeline  # type: ignore[method-assign]
+        collecting: list[float] = [0.0, 0.0]  # when the running collection began, total
+
+        def collected(phase: str, _info: dict[str, int]) -> None:
+            if phase == "start":
+                collecting[0] = time.process_time()
+            else:
+                collecting[1] += time.process_time() - collecting[0]
+
+        gc.callbacks.append(collected)
+        for done in range(passes):  # the last one counts: process caches warm
+            stages.cpu = dict.fromkeys(STAGES, 0.0)
+            collecting[1] = 0.0
+            profiler = cProfile.Profile() if cprofile and done == passes - 1 else None
+            chrono = rank = 0.0
+            fallbacks = 0
+            for user in users:
+                start = time.process_time()
+                page_body(await feed.page(user, None, 20), True, "chronological")
+                chrono += time.process_time() - start
+                if profiler is not None:
+                    profiler.enable()
+                start = time.process_time()
+                body = await ranked.page(user, None, 20)
+                rank += time.process_time() - start
+                if profiler is not None:
+                    profiler.disable()
+                fallbacks += body is None
+        scorer.rank_columns = rank_columns
+        feed.visible = real_visible  # type: ignore[method-assign]
+        n = len(users)
+        print(f"- {n} readers, one first page each, in process (no HTTP), {fallbacks} fallbacks")
+        print(
+            f"- ranked {1000 * rank / n:.2f} ms CPU, chronological {1000 * chrono / n:.2f} ms"
+            f" ({rank / chrono:.2f}x)"
+        )
+        staged = sum(stages.cpu.values())
+        parts = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in stages.cpu.items())
+        print(f"- ranked stages, ms per page: {parts}, the rest {1000 * (rank - staged) / n:.2f}")
+        gc.callbacks.remove(collected)
+        print(f"- garbage collection, both algorithms: {1000 * collecting[1] / n:.2f} ms per page")
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="A ranked first page's CPU, stage by stage.")
+    p.add_argument("--readers", type=int, default=300)
+    p.add_argument("--seed", type=int, default=26)
+    p.add_argument("--passes", type=int, default=2, help="over the same readers; the last counts")
+    p.add_argument("--cprofile", action="store_true", help="profile the last pass's ranked pages")
+    args = p.parse_args()
+    asyncio.run(profile_stages(args.readers, args.seed, args.passes, args.cprofile))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,12 @@
 """GET /v1/feed?algorithm=ranked: the home feed re-ranked by the learned model.
 
-A first page takes the newest candidates of the chronological feed (HomeFeed.page: the
-timeline and followed pull-tier authors, deleted posts and unfollowed authors already
-dropped), scores them (ranking/), snapshots the ranked list in Redis with a TTL and
-answers its first posts; later pages page through the snapshot by an opaque cursor (no
-duplicate, no gap), dropping what was deleted or unfollowed since. Ranking never fails a
+A first page reads the reader's newest candidates (server/feed/candidates.py: the
+timeline and followed pull-tier authors, deleted posts and unfollowed authors dropped, as
+ids, authors, counters and cached facts; no post bodies), scores them (ranking/),
+snapshots the ranked list (ids and reasons) in Redis with a TTL and hydrates only the
+posts it answers; later pages page through the snapshot by an opaque cursor (no
+duplicate, no gap), dropping what was deleted or unfollowed since. A reader without a
+timeline gets the chronological feed's general path, which rebuilds it. Ranking never fails a
 request: no model, a ranker error, a page over RANKING_BUDGET_MS or an open breaker give
 None, and the handler serves the chronological page marked as such.
 """
@@ -22,16 +24,20 @@ import orjson
 from aiohttp import web
 
 from core import keys
+from core.clients import mget_any
 from core.ids import min_id_for_ms
+from core.post_cache import TOMBSTONE, encode_counters
 from core.settings import Settings
 from core.stats import LatencyWindow
 from ranking import scorer
 from ranking.breaker import Breaker
 from ranking.impressions import Impression, ImpressionLog
 from ranking.model import SHIPPED_MODEL, Model, ModelHolder
-from ranking.store import FeatureStore
+from ranking.store import FeatureStore, ReaderFeatures, decayed
 from server.context import ServerContext
+from server.feed.candidates import CandidateReader, Known, Pool, Reader, facts_of
 from server.feed.home import HomeFeed
+from server.feed.hydrate import spliced
 from server.http import validation as v
 from server.metrics import ServerMetrics
 
@@ -50,6 +56,7 @@ class RankedFeed:
         self.models = ModelHolder(path)
         self.models.current()  # loaded (and logged) at start, not by the first request
         self.store = FeatureStore(c.redis)
+        self.candidates = CandidateReader(c, feed, s.feed_held_posts)
         self.breaker = Breaker(s.ranking_breaker_failures, s.ranking_breaker_seconds)
         self._budget = s.ranking_budget_ms / 1000
         self._candidates = s.ranking_candidates
@@ -90,10 +97,13 @@ class RankedFeed:
             return None
         started = time.perf_counter()
         cause = "error"
-        ranked: list[scorer.Shown] | None = None
+        ranked: list[scorer.Shown] = []
+        bodies: list[tuple[int, bytes]] = []
         try:
             async with asyncio.timeout(self._budget):
-                ranked = await self._rank(model, user)
+                ranked, known = await self._rank(model, user)
+                # Only the posts this page shows are hydrated (the rest: later pages).
+                bodies = await self._hydrated(user, [r.id for r in ranked[:limit]], known)
             cause = "ok"
         except TimeoutError:
             cause = "budget"
@@ -114,7 +124,8 @@ class RankedFeed:
             return None
         token = secrets.randbits(48)
         snapshot = orjson.dumps([[r.id, r.reason] for r in ranked])
-        shown = ranked[:limit]
+        answered = {post_id for post_id, _ in bodies}
+        shown = [r for r in ranked[:limit] if r.id in answered]
         try:  # the snapshot and the impressions: one round trip
             pipe = self.store.pipeline()
             pipe.set(keys.ranking_snapshot(user, token), snapshot, ex=self._ttl)
@@ -133,22 +144,53 @@ class RankedFeed:
             )
         self._metrics.ranked_pages.labels("ranked", "ok").inc()
         more = len(ranked) > limit
-        return _body([(r.body, r.reason) for r in shown], token, limit, more)
+        reasons = {r.id: r.reason for r in shown}
+        return _body([(b, reasons[i]) for i, b in bodies], token, limit, more)
 
-    async def _rank(self, model: Model, user: int) -> list[scorer.Shown]:
-        """Every candidate, best first."""
-        page = await self._feed.page(user, None, self._candidates)
+    async def _hydrated(
+        self, user: int, ids: list[int], known: dict[int, Known] | None
+    ) -> list[tuple[int, bytes]]:
+        """The JSON of these posts, in order, counts included: their cached bodies with the
+        counts the candidates' read just found (one MGET); the rest (no cached body, or
+        from the general path) as the chronological feed hydrates them."""
+        if known is None:
+            return await self._feed.visible(user, ids)
+        values = await mget_any(self._c.redis, [keys.post_cache(i) for i in ids])
+        found: dict[int, bytes] = {}
+        missing: list[int] = []
+        for post_id, body in zip(ids, values, strict=True):
+            if body is None:
+                missing.append(post_id)
+            elif body != TOMBSTONE:  # deleted meanwhile otherwise
+                fact, likes, reposts, replies = known[post_id]
+                found[post_id] = spliced(
+                    body, encode_counters(fact.author, likes, reposts, replies)
+                )
+        if missing:
+            found.update(await self._feed.visible(user, missing))
+        return [(i, found[i]) for i in ids if i in found]
+
+    async def _rank(
+        self, model: Model, user: int
+    ) -> tuple[list[scorer.Shown], dict[int, Known] | None]:
+        """Every candidate, best first, and the candidates' facts and counts when read."""
         now = time.time()
-        candidates, bodies = _candidates(page.ids, page.posts, int(now * 1000) - self._window_ms)
-        if not candidates:
-            return []
-        # Only posts someone liked or reposted can have engagers to look up.
-        engaged = [c.id for c in candidates if _engaged(c.post)]
-        authors = list({c.author for c in candidates})
-        # Whom the reader follows (the feed's following cache) comes in the same round trip.
-        features = await self.store.read(user, authors, list(bodies), engaged, now, following=True)
-        followees = await self._followees(user, features.following or set())
-        ranked = scorer.rank(model, user, candidates, features, followees, now)
+        oldest = min_id_for_ms(int(now * 1000) - self._window_ms)
+        pool = await self.candidates.read(user, self._candidates, oldest)
+        if pool is None:  # no timeline: the chronological feed's read rebuilds it
+            pool = await self._general(user, oldest)
+            columns = pool.columns
+            authors = list(set(columns.authors))
+            features = await self.store.read(user, authors, columns.ids, pool.engaged, now)
+        else:  # the reader's own features came with the candidates; who engaged: here
+            columns, reader = pool.columns, pool.reader
+            engaged = await self.store.read(user, [], [], pool.engaged, now)
+            affinity = decayed(reader.affinity, now)
+            features = ReaderFeatures(affinity, engaged.engagers, reader.seen)
+        if not columns.ids:
+            return [], None
+        followees = pool.reader.followees
+        ranked = scorer.rank_columns(model, user, columns, features, followees, now)
         users = list({r.reason.user for r in ranked if r.reason.user is not None})
         handles: dict[int, str] = {}
         if users:
@@ -156,14 +198,19 @@ class RankedFeed:
                 "SELECT id, handle FROM users WHERE id = ANY($1::bigint[])", users
             )
             handles = {r["id"]: r["handle"] for r in rows}
-        return _shown(ranked, candidates, bodies, handles)
+        shown = _shown(ranked, dict(zip(columns.ids, pool.handles, strict=True)), handles)
+        return shown, pool.known
 
-    async def _followees(self, user: int, members: set[int]) -> set[int]:
-        """From the feed's following cache (keys.following: always holds "0" once filled;
-        `members` as read), else from Postgres, filling it."""
-        if members:
-            return members - {0}
-        return await self._feed.following.fill(user)
+    async def _general(self, user: int, oldest: int) -> Pool:
+        """The candidates through the chronological feed's general path, bodies decoded."""
+        page = await self._feed.page(user, None, self._candidates)
+        candidates = _decoded(page.ids, page.posts, oldest)
+        for c in candidates:
+            self.candidates.facts.put(c.id, facts_of(c.post))
+        engaged = [c.id for c in candidates if _engaged(c.post)]
+        reader = Reader(await self._feed.following.fill(user), {}, set())
+        columns = scorer.Columns.of(candidates)
+        return Pool(columns, [c.handle for c in candidates], engaged, reader)
 
     async def _later(self, user: int, token: int, offset: int, limit: int) -> bytes | None:
         raw = await self._c.redis.get(keys.ranking_snapshot(user, token))
@@ -178,33 +225,36 @@ class RankedFeed:
         return _body([(b, reasons[i]) for i, b in visible], token, offset + limit, more)
 
 
-def _candidates(
-    ids: list[int], posts: list[bytes], oldest_ms: int
-) -> tuple[list[scorer.Candidate], dict[int, bytes]]:
-    """The page's posts no older than `oldest_ms`, decoded, and their bodies by id."""
-    floor = min_id_for_ms(oldest_ms)  # an id below it was made before oldest_ms
-    bodies = {post_id: body for post_id, body in zip(ids, posts, strict=True) if post_id >= floor}
+def _decoded(ids: list[int], posts: list[bytes], oldest: int) -> list[scorer.Candidate]:
+    """The page's posts with ids from `oldest` up, decoded."""
+    bodies = [body for post_id, body in zip(ids, posts, strict=True) if post_id >= oldest]
+    kept = [post_id for post_id in ids if post_id >= oldest]
     # One decode of them all: about a sixth cheaper than one call per post.
-    decoded = orjson.loads(b"[" + b",".join(bodies.values()) + b"]") if bodies else []
-    candidates = [
+    decoded = orjson.loads(b"[" + b",".join(bodies) + b"]") if bodies else []
+    return [
         scorer.Candidate(post_id, int(post["author"]["id"]), post["author"]["handle"], post)
-        for post_id, post in zip(bodies, decoded, strict=True)
+        for post_id, post in zip(kept, decoded, strict=True)
     ]
-    return candidates, bodies
 
 
 def _shown(
-    ranked: list[scorer.Ranked],
-    candidates: list[scorer.Candidate],
-    bodies: dict[int, bytes],
-    handles: dict[int, str],
+    ranked: list[scorer.Ranked], author_handle: dict[int, str], handles: dict[int, str]
 ) -> list[scorer.Shown]:
-    author_handle = {c.id: c.handle for c in candidates}
+    # A reason naming nobody but the author ("new from @bo") is worded once per author.
+    worded: dict[tuple[str, str], str] = {}
     text = scorer.reason_text
-    return [
-        scorer.Shown(r.id, bodies[r.id], text(r.reason, author_handle[r.id], handles), r.features)
-        for r in ranked
-    ]
+    shown = []
+    for r in ranked:
+        reason = r.reason
+        if reason.user is None:
+            key = (reason.kind, author_handle[r.id])
+            said = worded.get(key)
+            if said is None:
+                said = worded[key] = text(reason, key[1], handles)
+        else:
+            said = text(reason, author_handle[r.id], handles)
+        shown.append(scorer.Shown(r.id, said, r.features))
+    return shown
 
 
 def _engaged(post: dict[str, Any]) -> bool:

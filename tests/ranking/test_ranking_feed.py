@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -107,7 +109,9 @@ async def test_a_liked_author_ranks_above_newer_posts_and_without_a_model_it_is_
 async def test_paging_300_ranked_candidates_while_posts_arrive_has_no_duplicate_or_gap(
     ranked_settings: Settings, aiohttp_client: MakeClient
 ) -> None:
-    api = await aiohttp_client(serve_api(ranked_settings))
+    # 300 candidates whatever the default of RANKING_CANDIDATES.
+    three_hundred = dataclasses.replace(ranked_settings, ranking_candidates=300)
+    api = await aiohttp_client(serve_api(three_hundred))
     reader = await sign_up(api)
     authors = [await sign_up(api) for _ in range(6)]
     for author in authors:
@@ -165,7 +169,7 @@ class SlowStore(FeatureStore):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BrokenModel(Model):
-    def score(self, rows: list[list[float]]) -> list[float]:
+    def score(self, rows: list[list[float]] | npt.NDArray[np.float64]) -> list[float]:
         raise RuntimeError("the ranker broke")
 
 

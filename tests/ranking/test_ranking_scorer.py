@@ -8,6 +8,7 @@ import math
 from collections import deque
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,6 +214,19 @@ def test_model_scores_have_the_bits_of_the_feature_by_feature_sum(
 ) -> None:
     model = _model("random", weights)
     assert model.score(rows) == _ref_score(model, rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=8, max_size=8), max_size=30),
+    st.lists(st.floats(-3, 3, allow_nan=False), min_size=8, max_size=8),
+)
+def test_model_scores_of_a_matrix_have_the_bits_of_its_rows(
+    rows: list[list[float]], weights: list[float]
+) -> None:
+    model = _model("random", weights)
+    matrix = np.array(rows, dtype=np.float64).reshape(len(rows), 8)
+    assert model.score(matrix) == model.score(rows) == _ref_score(model, rows)
 
 
 @given(
