@@ -156,6 +156,13 @@ async def follow_the_system(settings: Settings, model: Path) -> None:
                 "\u2013", timeout=TIMEOUT_MS
             )
         await expect(gateway_row.locator("td").nth(4)).not_to_have_text("\u2013")  # a rate
+        # The Redis behind the server: here one node, up, holding this run's keys.
+        redis_node = settings.redis_url.split("@")[-1].split("//")[-1].split("/")[0]
+        redis_row = page.locator("#redis-table tbody tr", has_text=redis_node)
+        await expect(page.locator("#redis-mode")).to_have_text("(single node)")
+        await expect(redis_row.locator("td").nth(0)).to_have_text("up")
+        await expect(redis_row.locator("td").nth(1)).to_have_text("all")
+        await expect(redis_row.locator("td").nth(2)).to_have_text(re.compile(r"^[1-9]"))
 
         # Ranked pages: first pages ranked now and later pages from their snapshot are
         # counted, and the ranker's p50/p99 shown; no fallback yet.

@@ -608,6 +608,32 @@
       "No API server has reported.",
       6,
     );
+    renderRedis(body.redis);
+  }
+
+  /** The Redis behind the API server: one node, or each master of a cluster with its
+   * share of the hash slots (a master that does not answer shows as down). */
+  function renderRedis(redis) {
+    if (!redis) return;
+    $("#redis-mode").textContent = redis.cluster
+      ? `(cluster, ${redis.nodes.length} masters)`
+      : "(single node)";
+    fillTable(
+      "redis-table",
+      redis.nodes.map((n) => {
+        const th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = n.node;
+        return [
+          th,
+          n.up ? cell("up", "up") : cell("down", "down"),
+          cell(redis.cluster ? fmtNum(n.slots) : "all"),
+          cell(n.keys === null ? "–" : fmtNum(n.keys)),
+        ];
+      }),
+      "No Redis node known.",
+      4,
+    );
   }
 
   // How a ranked request can be served (server/metrics.py `feed_ranked_requests`), in
