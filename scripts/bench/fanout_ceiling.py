@@ -189,7 +189,7 @@ async def follower_query_rate(
     return result
 
 
-def _payload() -> bytes:
+def live_payload() -> bytes:
     """A live event the size of a real one (the script receives it once per call)."""
     post: dict[str, Any] = {
         "id": "1",
@@ -217,7 +217,7 @@ async def writer_rate(
     the caller rebuilds the timelines afterwards."""
     writer = TimelineWriter(client, cap, slack)
     ids = IdGenerator(POST_WORKER_ID)
-    payload = _payload()
+    payload = live_payload()
     progress = Progress("ceiling: TimelineWriter.add", posts * len(followers), " writes")
     before = await command_stats(client)
     started, written = time.monotonic(), 0

@@ -117,7 +117,12 @@ async def _split_page(
     found = await client.run(FEED_PAGE_SPLIT_SCRIPT, *call)
     if found[0] == 0:
         return _first_read(found, authors)
-    _, candidates, more, general = found
+    if len(found) == 5:  # no pull-tier post: the members are the candidates
+        _, candidates, more, sentinel, flags = found
+        members = [*candidates, timelines.SENTINEL] if sentinel else candidates
+        general: list[Any] = [0, 1, sentinel, members, 1, flags]
+    else:
+        _, candidates, more, general = found
     ids = [keys.post_id_from_member(m) for m in candidates]
     read = await _counters(client, user_id, ids, post_authors)
     live = None if read is None else _live(read[0], ids, user_id, post_authors)

@@ -8,7 +8,9 @@
 -- (keys.following). Post counters are read by name (@COUNTS@<id>), undeclared: on a
 -- single Redis. On a Redis Cluster (its split form) they live on other nodes: the script
 -- stops after the merge and returns {2, candidates, more, general} (more: 1 when the
--- page's boundary is set, general: the {0, ...} answer below), and the server reads the
+-- page's boundary is set, general: the {0, ...} answer below), or {2, candidates, more,
+-- sentinel, flags} when no pull-tier post is among them (the general answer's members
+-- are then the candidates, and the sentinel if it is set), and the server reads the
 -- counters with one call per node and filters as the stages below do
 -- (server/feed/timeline_reads.py).
 -- ARGV[1] reader id; ARGV[2] upper lex bound of the timeline ('+' or '(' .. member);
@@ -113,7 +115,13 @@ while true do
   if m < boundary then break end
   candidates[#candidates + 1] = m
 end
-if @SPLIT@ then return {2, candidates, boundary ~= '' and 1 or 0, general} end
+if @SPLIT@ then
+  -- Without pull-tier posts the candidates are the page's timeline members: the server
+  -- makes the general answer from them, instead of their crossing out of Lua twice.
+  local more = boundary ~= '' and 1 or 0
+  if #celebs == 0 then return {2, candidates, more, sentinel, flags} end
+  return {2, candidates, more, general}
+end
 
 --@stage counters
 -- The candidates' counters in one MGET: "author,likes,reposts,replies", or '-' for a
