@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -202,18 +201,9 @@ def _cluster_ports(count: int) -> list[int]:
     found: list[int] = []
     while len(found) < count:
         port = random.randint(20_000, 50_000)  # noqa: S311 -- a port, not a secret
-        if port not in found and _free(port) and _free(port + 10_000):
+        if port not in found and procs.port_free(port) and procs.port_free(port + 10_000):
             found.append(port)
     return found
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _ask(cli: str, port: int, *command: str) -> str:

@@ -46,6 +46,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether nobody listens on this loopback port now (for fixed port layouts)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def tail_of(path: Path, chars: int = 2000) -> str:
     """The end of a log file, for an error message ("" when there is none)."""
     try:

@@ -17,7 +17,6 @@ import itertools
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import orjson
 from core.auth import TokenSigner
 from core.ids import IdLease, min_id_for_ms
 from core.settings import Settings
+from scripts.supervise.procs import port_free
 from tests.support.api import User, new_handle
 from tests.support.env import ROOT, free_port, settings_env
 from tests.support.private_redis import PrivateRedis, private_redis
@@ -122,15 +122,6 @@ def node_ports(processes: Mapping[str, int], separate: bool) -> dict[str, list[i
         taken.update(ports)
         found[module] = ports if own else ports * count
     return found
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @contextlib.contextmanager

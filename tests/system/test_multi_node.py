@@ -41,6 +41,7 @@ from core.settings import Settings
 from core.topics import Topics
 from scripts.supervise import procs
 from scripts.supervise.probe import listens
+from scripts.supervise.procs import port_free
 from tests.support.api import User
 from tests.support.env import ROOT, settings_env
 from tests.support.live_traffic import (
@@ -51,7 +52,6 @@ from tests.support.live_traffic import (
     live_traffic,
     made_in_postgres,
     node_ports,
-    port_free,
     process_module,
     supervised_system,
 )
