@@ -29,7 +29,8 @@ from tests.support.wait import eventually
 
 # Three JVMs start in the fixture (~30 s on two busy cores); failover takes Kafka's broker
 # session timeout (9 s) plus a client metadata refresh (core/clients.kafka_common).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+# Part of the clustered-topology suite (`make test-cluster`): three KRaft brokers.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +67,20 @@ async def test_a_killed_broker_loses_no_acknowledged_post(
             return len(partitions) == replicated.kafka_partitions
 
         await eventually(placed, what="the posts topic's partitions, three replicas each")
-        (config,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topics.posts)]
-        )
-        entries = {name: value for name, value, *_ in config.resources[0][4]}
-        assert entries["min.insync.replicas"] == "2"
+
+        async def min_insync() -> str | None:
+            # The broker asked may not know the new topic yet (KRaft metadata reaches
+            # each broker in its own time): no entries from it then, ask again.
+            (config,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topics.posts)]
+            )
+            entries = {name: value for name, value, *_ in config.resources[0][4]}
+            return entries.get("min.insync.replicas")
+
+        async def configured() -> bool:
+            return await min_insync() == "2"
+
+        await eventually(configured, what="min.insync.replicas=2 on the posts topic")
     finally:
         await admin.close()
 
