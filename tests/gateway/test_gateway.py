@@ -124,11 +124,9 @@ async def test_slow_client_is_closed_and_others_are_unaffected(
                     break
         else:
             raise AssertionError("the stalled client was never closed")
-        # Read the stalled socket at once, with a normal window (a 4 KiB window drains
-        # megabytes slowly): the gateway cuts a closing connection whose peer still does
-        # not read CLOSE_TIMEOUT after the close, and on a busy machine reading the fast
-        # client's markers first could take that long.
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        # Read the stalled socket at once: the gateway cuts a closing connection whose
+        # peer still does not read CLOSE_TIMEOUT after the close, and on a busy machine
+        # reading the fast client's markers first could take that long.
         assert await close_code_of(reader) == Close.SLOW_CONSUMER
         got = [int((await ws_json(fast))["id"]) for _ in markers]
         assert got == markers
@@ -141,10 +139,17 @@ async def raw_ws_that_never_reads(
     port: int, token: str
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket client that completes the handshake and then stops reading: once its
-    small buffers fill, the server's writes back up, as with a stalled phone."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4096)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    buffers fill, the server's writes back up, as with a stalled phone.
+
+    Its receive buffer is small (so the test publishes less) but set before connecting
+    and above a loopback segment (64 KiB): with a 4 KiB buffer the kernel could never
+    open a window worth a segment, and the gateway's data, close frame and FIN then
+    crawled out on zero-window probes whose back-off reached tens of seconds."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
     writer.write(
         f"GET /v1/stream?access_token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -157,9 +162,8 @@ async def raw_ws_that_never_reads(
 
 async def close_code_of(reader: asyncio.StreamReader) -> int:
     """Reads frames until the close frame; returns its code. Megabytes may be queued
-    before it: they are read in bulk and parsed from memory (a few awaits per frame through
-    a 4 KiB StreamReader took longer than the gateway's CLOSE_TIMEOUT, after which it
-    cuts a closing connection that has not read everything)."""
+    before it: they are read in bulk and parsed from memory, not a few awaits per frame
+    through a 4 KiB StreamReader."""
     data = bytearray()
     async with asyncio.timeout(60):
         while chunk := await reader.read(1 << 20):
