@@ -30,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import hiredis
 from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
@@ -41,6 +41,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.redis_address import Arg as Arg  # re-exported: callers type their arguments by it
 from core.redis_address import RedisAddress, pack
 from core.redis_gate import RedisGate
+
+T = TypeVar("T")
 
 
 class LeanScript:
@@ -236,6 +238,23 @@ class LeanRedis:
         self._link = None
 
     async def _call(self, *args: Arg, asking: bool = False) -> Any:
+        def send(link: _Link) -> asyncio.Future[Any]:
+            if asking:  # written in the same batch, just before: ASKING covers it
+                link.call("ASKING").add_done_callback(_ignored)
+            return link.call(*args)
+
+        return await self._on_link(send)
+
+    async def _call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """_call for several commands at once (the same link, gate and one retry)."""
+        replies = await self._on_link(
+            lambda link: asyncio.gather(*[link.call(*command) for command in commands])
+        )
+        return list(replies)
+
+    async def _on_link(self, send: Callable[[_Link], Awaitable[T]]) -> T:
+        """What `send` writes on the link, answered: the gate asked first, a link closed
+        before the answer retried once on a fresh one, a timeout reported to the gate."""
         gate = self._gate
         caller = object()  # this call, to the gate (its probe, if it is one)
         retried = False
@@ -246,9 +265,7 @@ class LeanRedis:
             if gate.down:
                 gate.admit(caller)
             try:
-                if asking:  # written in the same batch, just before: ASKING covers it
-                    link.call("ASKING").add_done_callback(_ignored)
-                reply = await link.call(*args)
+                reply = await send(link)
             except LinkLost:
                 if retried:
                     raise
@@ -260,31 +277,6 @@ class LeanRedis:
             if gate.down:
                 gate.answered()
             return reply
-
-    async def _call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """_call for several commands at once (the same link, gate and one retry)."""
-        gate = self._gate
-        caller = object()
-        retried = False
-        while True:
-            link = self._link
-            if link is None or not link.open:
-                link = await self._open(caller)
-            if gate.down:
-                gate.admit(caller)
-            try:
-                replies = await asyncio.gather(*[link.call(*command) for command in commands])
-            except LinkLost:
-                if retried:
-                    raise
-                retried = True
-                continue
-            except RedisTimeoutError as exc:
-                gate.failed(caller, exc)
-                raise
-            if gate.down:
-                gate.answered()
-            return list(replies)
 
     async def _open(self, caller: object) -> _Link:
         gate = self._gate
