@@ -7,8 +7,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from core.clients import build_redis, create_admin, ensure_topics
+from core.clients import build_redis, build_redis_cluster, create_admin, ensure_topics
 from core.migrate import migrate
 from core.settings import Settings
 from core.topics import Topics
@@ -110,3 +111,13 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 def cluster_settings(settings: Settings, local_cluster: LocalCluster) -> Settings:
     """This run's settings with every service on the Redis Cluster (REDIS_CLUSTER=true)."""
     return dataclasses.replace(settings, redis_url=local_cluster.url, redis_cluster=True)
+
+
+@pytest.fixture
+async def cluster(cluster_settings: Settings) -> AsyncIterator[RedisCluster]:
+    """A client of the cluster the test's services use (cluster_settings), slot map
+    loaded."""
+    client = build_redis_cluster(cluster_settings.redis_url)
+    await client.initialize()
+    yield client
+    await client.aclose()

@@ -12,12 +12,10 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, TryAgainError
 
-from core.clients import build_redis_cluster
 from core.keys import CLUSTER_SLOTS
 from core.lean_cluster import LeanCluster, slot_owners
 from core.lean_redis import LeanScript
 from core.redis_address import RedisAddress
-from scripts.redis_cluster import LocalCluster
 from tests.support.cluster_ops import (
     begin_migration,
     finish_migration,
@@ -55,14 +53,6 @@ def test_every_slot_maps_to_the_master_of_its_range() -> None:
                     None if unserved == (start, end, (host, port)) else (host or "asked", port)
                 )
                 assert owners[slot] == expected, (slot, ranges)
-
-
-@pytest.fixture
-async def cluster(local_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    client = build_redis_cluster(local_cluster.url)
-    await client.initialize()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -39,14 +39,6 @@ class Heard:
         self.gaps.append(sorted(channels))
 
 
-@pytest.fixture
-async def cluster(local_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    client = build_redis_cluster(local_cluster.url)
-    await client.initialize()
-    yield client
-    await client.aclose()
-
-
 @dataclass
 class Running:
     broker: ShardedBroker

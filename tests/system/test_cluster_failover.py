@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio.cluster import RedisCluster
 
 from core import events, keys
-from core.clients import build_redis_cluster
 from core.settings import Settings
 from fanout.writer import TimelineWriter
 from gateway.codes import Close
@@ -50,21 +49,14 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluste
 
 
 @pytest.fixture
-def failover_settings(settings: Settings, replicated: LocalCluster) -> Settings:
+def cluster_settings(settings: Settings, replicated: LocalCluster) -> Settings:
+    """This module's services (and the `cluster` client) on the replicated cluster."""
     return dataclasses.replace(settings, redis_url=replicated.url, redis_cluster=True)
 
 
 @pytest.fixture
-async def cluster(failover_settings: Settings) -> AsyncIterator[RedisCluster]:
-    client = build_redis_cluster(failover_settings.redis_url)
-    await client.initialize()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def system(failover_settings: Settings, aiohttp_client: MakeClient) -> InProcess:
-    return await in_process_system(failover_settings, aiohttp_client)
+async def system(cluster_settings: Settings, aiohttp_client: MakeClient) -> InProcess:
+    return await in_process_system(cluster_settings, aiohttp_client)
 
 
 async def feed_ids(api: Client, user: User) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,7 +18,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from core import keys
-from core.clients import build_redis_cluster
 from core.settings import Settings
 from gateway.codes import Close
 from tests.support.api import MakeClient, post, sign_up
@@ -30,14 +28,6 @@ from tests.support.live import ws_json
 
 pytestmark = pytest.mark.cluster
 WS = aiohttp.ClientWebSocketResponse
-
-
-@pytest.fixture
-async def cluster(cluster_settings: Settings) -> AsyncIterator[RedisCluster]:
-    client = build_redis_cluster(cluster_settings.redis_url)
-    await client.initialize()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
