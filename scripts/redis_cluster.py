@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from core.keys import CLUSTER_SLOTS
 from scripts.supervise import procs
@@ -194,6 +196,41 @@ def _wait_known(port: int, replicas: int, nodes: list[subprocess.Popen[bytes]]) 
     procs.wait_ready(
         f"redis node {port} knowing {replicas} replicas", known, nodes, timeout=READY_TIMEOUT
     )
+
+
+@contextmanager
+def single_redis(workdir: Path) -> Iterator[str]:
+    """One private redis-server (no persistence) beside a cluster, for benchmarks that
+    compare the two in one run: its URL once it answers; stopped afterwards."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is installed by scripts/stack.py")
+    port = procs.free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(workdir)]
+
+    def pings() -> bool:
+        try:
+            with redis.Redis.from_url(url) as client:
+                return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    with procs.running(
+        "private redis-server", args, pings, workdir / "redis.log", timeout=10, grace=10
+    ):
+        yield url
+
+
+async def redis_cpu(client: aioredis.Redis | RedisCluster) -> float:
+    """CPU seconds the Redis server, or every master of a cluster, spent since it
+    started (INFO cpu): a benchmark's Redis cost is the difference across its window."""
+    if isinstance(client, RedisCluster):
+        infos = [await client.info("cpu", target_nodes=n) for n in client.get_primaries()]
+    else:
+        infos = [await client.info("cpu")]
+    return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in infos)
 
 
 def _cluster_ports(count: int) -> list[int]:

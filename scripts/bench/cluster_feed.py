@@ -34,17 +34,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 
 from core import keys, timelines
 from core.clients import AnyRedis, build_redis_cluster
@@ -56,39 +52,11 @@ from core.redis_address import RedisAddress
 from core.settings import Settings
 from fanout.writer import TimelineWriter
 from scripts.bench.fanout_ceiling import FILL_TO_CAP, live_payload
-from scripts.redis_cluster import redis_cluster
+from scripts.redis_cluster import redis_cluster, redis_cpu, single_redis
 from server.feed import timeline_reads as store
 
 PAGE = 20
 PAYLOAD = live_payload()  # a live event the size of a real one
-
-
-@contextmanager
-def single_redis(workdir: Path) -> Iterator[int]:
-    """A private redis-server (no persistence) on a free port."""
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("redis-server is installed by scripts/stack.py")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def seed(client: AnyRedis, readers: int, posts: int, authors: int) -> list[int]:
@@ -110,14 +78,6 @@ async def seed(client: AnyRedis, readers: int, posts: int, authors: int) -> list
             pipe.sadd(keys.following(reader), "0", *map(str, followed))
         await pipe.execute()
     return reader_ids
-
-
-async def redis_cpu(client: AnyRedis) -> float:
-    if isinstance(client, RedisCluster):
-        infos = [await client.info("cpu", target_nodes=n) for n in client.get_primaries()]
-    else:
-        infos = [await client.info("cpu")]
-    return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in infos)
 
 
 async def pages_for(
@@ -272,13 +232,12 @@ def _spread(rates: Sequence[float]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp, single_redis(Path(tmp)) as port:
+    with tempfile.TemporaryDirectory() as tmp, single_redis(Path(tmp)) as single_url:
         (Path(tmp) / "cluster").mkdir()
         with redis_cluster(Path(tmp) / "cluster", masters=3) as local:
-            single: AnyRedis = aioredis.Redis(port=port)
+            single = aioredis.Redis.from_url(single_url)
             cluster = build_redis_cluster(local.url)
             await cluster.initialize()
-            await _wait_up(single)
             if args.writes:
                 try:
                     await main_writes(args, single, cluster)
@@ -288,7 +247,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 return
             readers = await seed(single, args.readers, args.posts, args.authors)
             await seed(cluster, args.readers, args.posts, args.authors)
-            one = LeanRedis(RedisAddress(port=port))
+            one = LeanRedis(RedisAddress.of(single))
             many = LeanCluster(RedisAddress.of_cluster(cluster))
             rates: dict[str, list[float]] = {"single": [], "cluster": []}
             try:
@@ -322,16 +281,6 @@ async def main_async(args: argparse.Namespace) -> None:
         f"per-core efficiency, cluster / single: {cluster_rate / single_rate:.2f} (target >= 0.8); "
         f"round by round {_ratios(rates['single'], rates['cluster'])}"
     )
-
-
-async def _wait_up(client: AnyRedis) -> None:
-    for _ in range(100):
-        try:
-            await client.ping()
-            return
-        except (OSError, aioredis.ConnectionError):
-            await asyncio.sleep(0.05)
-    raise SystemExit("the private Redis did not start")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,14 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
@@ -43,7 +38,7 @@ from core.redis_address import RedisAddress
 from fanout.writer import CHANNEL_PREFIX, CHANNEL_SUFFIX
 from gateway.broker import RedisBroker
 from gateway.sharded_broker import ShardedBroker
-from scripts.redis_cluster import redis_cluster
+from scripts.redis_cluster import redis_cluster, redis_cpu, single_redis
 
 PUBLISH_BATCH = """
 local command, prefix, suffix, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -132,15 +127,6 @@ async def _subscribe_and_count(
 # -- the publisher -----------------------------------------------------------------------
 
 
-async def redis_cpu(client: aioredis.Redis | RedisCluster, nodes: list[ClusterNode]) -> float:
-    """CPU seconds the Redis server(s) spent since they started (every master)."""
-    if isinstance(client, RedisCluster):
-        infos = [await client.info("cpu", target_nodes=node) for node in nodes]
-    else:
-        infos = [await client.info("cpu")]
-    return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in infos)
-
-
 async def publish(
     client: aioredis.Redis | RedisCluster, messages: int, users: int, seen: Synchronized[int]
 ) -> None:
@@ -190,13 +176,11 @@ async def publish(
 
 async def measure(mode: str, url: str, users: int, messages: int) -> Result:
     client: aioredis.Redis | RedisCluster
-    nodes: list[ClusterNode] = []
     if mode == "single":
         client = aioredis.Redis.from_url(url)
     else:
         client = build_redis_cluster(url)
         await client.initialize()
-        nodes = client.get_primaries()
     # Every lane publishes a whole number of batches' worth of its share; the subscriber
     # waits for exactly what will be sent.
     expected = messages if mode == "single" else await _cluster_total(client, users, messages)
@@ -209,7 +193,7 @@ async def measure(mode: str, url: str, users: int, messages: int) -> Result:
     process.start()
     try:
         assert ours.poll(60) and ours.recv() == "ready", "the subscriber did not start"
-        before = await redis_cpu(client, nodes)
+        before = await redis_cpu(client)
         ours.send("go")
         await publish(client, messages, users, seen)
         assert ours.poll(600), "the subscriber did not receive everything"
@@ -217,7 +201,7 @@ async def measure(mode: str, url: str, users: int, messages: int) -> Result:
         if isinstance(answer, Exception):
             raise answer
         delivered, gateway_cpu, wall = answer
-        spent = await redis_cpu(client, nodes) - before
+        spent = await redis_cpu(client) - before
     finally:
         process.join(10)
         if process.is_alive():
@@ -238,33 +222,6 @@ async def _cluster_total(client: aioredis.Redis | RedisCluster, users: int, mess
 # -- the servers -------------------------------------------------------------------------
 
 
-@contextmanager
-def single_redis() -> Iterator[str]:
-    server = shutil.which("redis-server")
-    assert server, "redis-server is installed by scripts/stack.py"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=3000)
@@ -273,9 +230,9 @@ def main() -> None:
     options = parser.parse_args()
     results: dict[str, list[Result]] = {"single": [], "cluster": []}
     with (
-        single_redis() as single_url,
         tempfile.TemporaryDirectory() as workdir,
-        redis_cluster(Path(workdir)) as cluster,
+        single_redis(Path(workdir)) as single_url,
+        redis_cluster(Path(workdir) / "cluster") as cluster,
     ):
         urls = {"single": single_url, "cluster": cluster.url}
         for _ in range(options.rounds):
