@@ -178,7 +178,11 @@ class Handlers:
             try:
                 handled |= await self._small_group(group)
             except Exception as exc:  # noqa: BLE001 - these posts go one by one instead
+                # And so do the groups after it: delivered now, they would overtake these
+                # posts of the same authors (Redis back between two groups), and a client
+                # that saw the newer post resumes after it, past the older one.
                 log.warning("grouped delivery of %d posts failed (%r)", len(group), exc)
+                break
         return handled
 
     async def _small_group(self, group: list[events.PostCreated]) -> set[int]:

@@ -19,6 +19,7 @@ from core.clients import build_consumer, create_producer
 from core.ids import IdGenerator, id_timestamp_ms
 from core.settings import Settings
 from core.topics import Topics
+from fanout import event_handlers
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from fanout.writer import TimelineWriter
@@ -428,3 +429,30 @@ async def test_writer_trims_to_the_cap_and_a_replay_changes_nothing(
     assert [r.written for r in results] == [0, 0]  # the second round was a replay
     assert [r.offline for r in results] == [[missing], []]
     assert await contents() == [[3, 4, 5, 100, 101], [5, 6, 7, 100, 102], [1, 2, 100, 102], []]
+
+
+async def test_a_failed_group_of_small_posts_sends_the_groups_after_it_one_by_one_too(
+    system: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis back between two groups: the second must not be delivered ahead of the
+    first's posts, which go the slower one-by-one way. A client that saw an author's newer
+    post live resumes after it, past the older one it never got."""
+    api, worker = system
+    author, reader = await sign_up(api), await sign_up(api)
+    await follow(api, reader, author)
+    handlers = worker.app[CONSUMER]._handlers
+    posts = [int(await post(api, author, f"in order {i}")) for i in range(3)]
+    created = [events.PostCreated(p, int(author.id), id_timestamp_ms(p)) for p in posts]
+    monkeypatch.setattr(event_handlers, "SMALL_GROUP_WRITES", 1)  # a group per post
+    tried: list[list[int]] = []
+    deliver = handlers._small_group
+
+    async def first_fails(group: list[events.PostCreated]) -> set[int]:
+        tried.append([e.post_id for e in group])
+        if len(tried) == 1:
+            raise ConnectionError("Redis away")
+        return await deliver(group)
+
+    monkeypatch.setattr(handlers, "_small_group", first_fails)
+    assert await handlers.small_posts(created) == set()  # all three go one by one
+    assert tried == [[posts[0]]]
