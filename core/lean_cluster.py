@@ -86,6 +86,10 @@ class LeanCluster:
             slot_of(args[1]), lambda node, asking: node.command(*args, asking=asking)
         )
 
+    async def commands(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Keyed commands of any slots (as `command`), side by side; replies in order."""
+        return list(await asyncio.gather(*(self.command(*c) for c in commands)))
+
     async def mget(self, names: Sequence[Arg]) -> list[Any]:
         """The values of keys of any slots: one pipelined write of GETs per master, the
         masters side by side."""

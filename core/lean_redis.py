@@ -12,7 +12,8 @@ keep one `except REDIS_ERRORS`:
 - ConnectionError when Redis cannot be reached, or the link drops and the call, sent
   once more on a fresh link, fails again. A link closed before the answer (a Redis
   restart, an idle link cut) is retried once at once: the calls made here are reads
-  (page scripts, MGET), safe to send twice;
+  (page scripts, MGET) and writes that change nothing when repeated (a ranked page's
+  snapshot SET and impressions ZADD), safe to send twice;
 - TimeoutError when an answer takes longer than `timeout`: every call in flight fails
   and the link is dropped, since an answer that late means Redis is stuck or the link
   is, and every call behind it would wait as long. Never retried;
@@ -67,6 +68,8 @@ class LeanClient(Protocol):
     async def command(self, *args: Arg) -> Any: ...
 
     async def mget(self, names: Sequence[Arg]) -> list[Any]: ...
+
+    async def commands(self, commands: Sequence[Sequence[Arg]]) -> list[Any]: ...
 
     async def close(self) -> None: ...
 
@@ -224,6 +227,15 @@ class LeanRedis:
     async def mget(self, names: Sequence[Arg]) -> list[Any]:
         values: list[Any] = await self.command("MGET", *names)
         return values
+
+    async def commands(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Several commands in one write, their replies in order; an error reply raises
+        (the first one)."""
+        replies = await self.pipeline(commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Several commands in one write, their replies in order; an error reply is

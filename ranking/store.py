@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from core import keys
+from core.lean_redis import Arg, LeanClient
 from ranking.features import AFFINITY_HALF_LIFE_DAYS, ENGAGEMENT_WEIGHT
 
 Redis = aioredis.Redis | RedisCluster
@@ -119,19 +121,48 @@ class FeatureStore:
         }
         return ReaderFeatures(affinity, engagers, seen, followed)
 
+    @staticmethod
+    async def engagers(lean: LeanClient, posts: list[int]) -> dict[int, list[int]]:
+        """read()'s `engagers` alone, over the feed's lean client (a ranked first page's
+        read): one pipelined write per node, not a redis-py pipeline's CPU."""
+        if not posts:
+            return {}
+        replies = await lean.commands([("ZRANGE", keys.ranking_engagers(p), 0, -1) for p in posts])
+        found = zip(posts, replies, strict=True)
+        return {p: [int(u) for u in users] for p, users in found if users}
+
+    @staticmethod
+    async def store_page(
+        lean: LeanClient,
+        reader: int,
+        snapshot: tuple[str, bytes, int],
+        shown: list[int],
+        at: float | None = None,
+    ) -> None:
+        """A ranked first page's writes over the lean client, in one round trip: its
+        snapshot (key, value, TTL) and the impressions of the posts it shows. Each is safe
+        to send twice (the lean client resends a call once when its link drops)."""
+        key, value, ttl = snapshot
+        calls: list[Sequence[Arg]] = [("SET", key, value, "EX", ttl)]
+        if shown:
+            seen = keys.ranking_seen(reader)
+            stamp = int((time.time() if at is None else at) * 1000)
+            scored: list[Arg] = []
+            for post_id in shown:
+                scored += [stamp, keys.timeline_member(post_id)]
+            calls += [
+                ("ZADD", seen, *scored),
+                ("ZREMRANGEBYRANK", seen, 0, -SEEN_CAP - 1),
+                ("EXPIRE", seen, SEEN_TTL),
+            ]
+        await lean.commands(calls)
+
     async def log_impressions(self, reader: int, posts: list[int], at: float | None = None) -> None:
         if not posts:
             return
         pipe = self.pipeline()
-        self.queue_impressions(pipe, reader, posts, at)
+        self._seen(pipe, reader, posts, int((time.time() if at is None else at) * 1000))
         await pipe.execute()
-
-    def queue_impressions(
-        self, pipe: Pipeline, reader: int, posts: list[int], at: float | None = None
-    ) -> None:
-        """log_impressions()'s commands, added to a pipeline that may carry others."""
-        if posts:
-            self._seen(pipe, reader, posts, int((time.time() if at is None else at) * 1000))
 
     @staticmethod
     def _seen(pipe: Pipeline, reader: int, posts: list[int], stamp: int) -> None:

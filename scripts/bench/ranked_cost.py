@@ -229,7 +229,6 @@ async def profile_stages(readers: int, seed: int, passes: int, cprofile: bool) -
 
     from ranking import scorer
     from server.app import create_app
-    from server.feed import candidates as candidates_module
     from server.feed.home import FEED, page_body
     from server.feed.ranked import RANKED
 
@@ -264,23 +263,15 @@ async def profile_stages(readers: int, seed: int, passes: int, cprofile: bool) -
         stages = Stages()
         candidates, store = ranked.candidates, ranked.store
         candidates.read = stages.timed("candidates", candidates.read)  # type: ignore[method-assign]
-        candidates._script = stages.timed("reader script", candidates._script)
+        candidates._own_keys = stages.timed("reader script", candidates._own_keys)  # type: ignore[method-assign]
         candidates._from_postgres = stages.timed("postgres", candidates._from_postgres)  # type: ignore[method-assign]
-        counters = stages.timed("counters", getattr(candidates_module, "mget_any"))  # noqa: B009
-        setattr(candidates_module, "mget_any", counters)  # noqa: B010 - the module's own name
-        store.read = stages.timed("features", store.read)  # type: ignore[method-assign]
+        candidates._counters = stages.timed("counters", candidates._counters)  # type: ignore[method-assign]
+        store.engagers = stages.timed("features", store.engagers)  # type: ignore[method-assign]
+        store.store_page = stages.timed("snapshot", store.store_page)  # type: ignore[method-assign]
         real_visible = feed.visible
         feed.visible = stages.timed("hydration", feed.visible)  # type: ignore[method-assign]
         rank_columns = scorer.rank_columns
         scorer.rank_columns = stages.timed_sync("scoring", rank_columns)
-        real_pipeline = store.pipeline
-
-        def pipeline() -> Any:
-            pipe = real_pipeline()
-            pipe.execute = stages.timed("snapshot", pipe.execute)  # type: ignore[method-assign]
-            return pipe
-
-        store.pipeline = pipeline  # type: ignore[method-assign]
         collecting: list[float] = [0.0, 0.0]  # when the running collection began, total
 
         def collected(phase: str, _info: dict[str, int]) -> None:

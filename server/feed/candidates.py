@@ -15,7 +15,9 @@ the chronological feed's general path then (HomeFeed.page rebuilds it).
 Redis reads work on a single Redis and on a cluster alike: one script over the reader's
 own keys (one hash tag: ranking/lua/candidates.lua) reads the timeline, the following
 set and the reader's features (affinity to followees, posts shown lately), then one MGET
-reads the candidates' counters (split by slot on a cluster).
+reads the candidates' counters (split by slot on a cluster). Both go over the feed's
+lean client (core/lean_redis.py, core/lean_cluster.py), as the chronological page's
+script does: through redis-py each cost about as much CPU as scoring a hundred posts.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import Any, NamedTuple
 
 import ranking
 from core import keys
-from core.clients import AnyRedis, mget_any
+from core.clients import AnyRedis
 from core.ids import id_timestamp_ms
+from core.lean_redis import LeanScript
 from core.lua_files import read_lua
 from core.post_cache import TOMBSTONE
 from core.recent import Recent
@@ -94,7 +97,7 @@ class CandidateReader:
         self.facts: Recent[int, Facts] = Recent(held)
         # Counts read from Postgres when Redis had none: (when, likes, reposts, replies).
         self.counted: Recent[int, tuple[float, int, int, int]] = Recent(held)
-        self._script = c.redis.register_script(read_lua(LUA_DIR, "candidates"))
+        self._script = LeanScript(read_lua(LUA_DIR, "candidates"))
 
     async def read(self, user: int, n: int, oldest: int) -> Pool | None:
         """Up to `n` candidates with ids from `oldest` up; None when the reader's timeline
@@ -108,7 +111,7 @@ class CandidateReader:
             keys.ranking_seen(user),
         ]
         since = id_timestamp_ms(oldest) - CLOCK_SKEW_MS if oldest else 0
-        members, following, scores, shown = await self._script(keys=names, args=[depth, since])
+        members, following, scores, shown = await self._own_keys(names, [depth, since])
         if not members:  # a timeline that exists holds at least its sentinel or a post
             return None
         followees = {int(m) for m in following}
@@ -140,6 +143,14 @@ class CandidateReader:
                 break
         return _pool(kept, found, Reader(followees, affinity, {int(m) for m in shown}))
 
+    async def _own_keys(self, names: list[str], args: list[int]) -> Any:
+        """ranking/lua/candidates.lua's answer: the reader's keys, one call."""
+        return await self._feed.lean.run(self._script, names, args)
+
+    async def _counters(self, ids: list[int]) -> list[Any]:
+        """The candidates' cached counters (None: not cached), one MGET (per node)."""
+        return await self._feed.lean.mget([keys.post_counters(i) for i in ids]) if ids else []
+
     async def _affinity(self, user: int, authors: list[int]) -> dict[int, float]:
         if not authors:
             return {}
@@ -162,8 +173,7 @@ class CandidateReader:
 
     async def _known(self, user: int, ids: list[int], followees: set[int]) -> dict[int, Known]:
         """The facts and counts of the posts among `ids` still shown to `user`."""
-        names = [keys.post_counters(i) for i in ids]
-        values = await mget_any(self._redis, names) if names else []
+        values = await self._counters(ids)
         facts, counted = self.facts, self.counted
         fresh = time.monotonic() - COUNTED_SECONDS
         found: dict[int, Known] = {}

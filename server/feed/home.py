@@ -278,6 +278,11 @@ class HomeFeed:
     def following(self) -> FollowingCache:
         return self._following
 
+    @property
+    def lean(self) -> LeanClient:
+        """The pages' wire client (core/lean_redis.py), for the ranked feed's calls too."""
+        return self._lean
+
     async def page(self, user_id: int, before: int | None, limit: int) -> FeedPage:
         # All pull-tier authors, followed or not: excluding the ones this user does not
         # follow changes nothing in a query over followed authors, and it saves asking.

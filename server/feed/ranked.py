@@ -24,7 +24,6 @@ import orjson
 from aiohttp import web
 
 from core import keys
-from core.clients import mget_any
 from core.ids import min_id_for_ms
 from core.post_cache import TOMBSTONE, encode_counters
 from core.settings import Settings
@@ -127,10 +126,8 @@ class RankedFeed:
         answered = {post_id for post_id, _ in bodies}
         shown = [r for r in ranked[:limit] if r.id in answered]
         try:  # the snapshot and the impressions: one round trip
-            pipe = self.store.pipeline()
-            pipe.set(keys.ranking_snapshot(user, token), snapshot, ex=self._ttl)
-            self.store.queue_impressions(pipe, user, [r.id for r in shown])
-            await pipe.execute()
+            stored = (keys.ranking_snapshot(user, token), snapshot, self._ttl)
+            await self.store.store_page(self._feed.lean, user, stored, [r.id for r in shown])
         except Exception as exc:  # noqa: BLE001 - ranking never fails a feed page
             log.warning("ranked snapshot of %d not stored: %r", user, exc)
             self._fallback("error")
@@ -155,7 +152,7 @@ class RankedFeed:
         from the general path) as the chronological feed hydrates them."""
         if known is None:
             return await self._feed.visible(user, ids)
-        values = await mget_any(self._c.redis, [keys.post_cache(i) for i in ids])
+        values = await self._feed.lean.mget([keys.post_cache(i) for i in ids])
         found: dict[int, bytes] = {}
         missing: list[int] = []
         for post_id, body in zip(ids, values, strict=True):
@@ -184,9 +181,9 @@ class RankedFeed:
             features = await self.store.read(user, authors, columns.ids, pool.engaged, now)
         else:  # the reader's own features came with the candidates; who engaged: here
             columns, reader = pool.columns, pool.reader
-            engaged = await self.store.read(user, [], [], pool.engaged, now)
+            engagers = await self.store.engagers(self._feed.lean, pool.engaged)
             affinity = decayed(reader.affinity, now)
-            features = ReaderFeatures(affinity, engaged.engagers, reader.seen)
+            features = ReaderFeatures(affinity, engagers, reader.seen)
         if not columns.ids:
             return [], None
         followees = pool.reader.followees

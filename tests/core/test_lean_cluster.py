@@ -98,6 +98,17 @@ async def test_scripts_and_commands_go_to_the_master_of_their_slot(
         assert await lean.run(TWO_KEYS, [a, b + "x"], []) == [f"a{user}".encode(), b"bx"]
 
 
+async def test_commands_of_any_slots_answer_in_order(
+    cluster: RedisCluster, lean: LeanCluster
+) -> None:
+    names = [f"lc:cmds:{i}" for i in range(30)]
+    assert len({node_of(cluster, n).name for n in names}) == 3
+    assert await lean.commands([("SET", n, n, "EX", 60) for n in names]) == [b"OK"] * 30
+    assert await lean.commands([("GET", n) for n in reversed(names)]) == [
+        n.encode() for n in reversed(names)
+    ]
+
+
 async def test_a_moved_slot_is_followed_and_the_map_reloaded(
     cluster: RedisCluster, lean: LeanCluster
 ) -> None:

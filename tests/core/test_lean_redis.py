@@ -57,6 +57,23 @@ async def test_an_error_reply_is_a_response_error_and_the_link_stays_usable(
         await lean.close()
 
 
+async def test_commands_go_in_one_write_answer_in_order_and_an_error_raises(
+    redis_client: aioredis.Redis,
+) -> None:
+    await redis_client.set("lean:text", "not a number")
+    lean = LeanRedis(RedisAddress.of(redis_client))
+    try:
+        assert await lean.commands(
+            [("SET", "lean:c", "1", "EX", 60), ("ZADD", "lean:z", 5, "m"), ("GET", "lean:c")]
+        ) == [b"OK", 1, b"1"]
+        with pytest.raises(redis.exceptions.ResponseError):
+            await lean.commands([("INCR", "lean:c"), ("INCR", "lean:text")])
+        assert await redis_client.get("lean:c") == b"2"  # the commands before it ran
+        assert await lean.commands([]) == []
+    finally:
+        await lean.close()
+
+
 async def test_unreachable_redis_is_a_connection_error(redis_client: aioredis.Redis) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -17,12 +17,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import keys
+from core.lean_redis import LeanClient
 from core.service import OPS
 from core.settings import Settings
 from fanout.app import CONSUMER
 from fanout.app import create_app as create_fanout
 from ranking.model import SHIPPED_MODEL, Model, load
-from ranking.store import FeatureStore, ReaderFeatures
+from ranking.store import FeatureStore
 from server.feed.ranked import RANKED
 from tests.support.api import MakeClient, User, error_of, follow, post, sign_up
 from tests.support.api_server import serve_api
@@ -162,9 +163,10 @@ class SlowStore(FeatureStore):
     """Far over the test's budget, which is itself far over a healthy page's cost on a
     busy machine: the order of the two never depends on the machine's speed."""
 
-    async def read(self, *args: Any, **kwargs: Any) -> ReaderFeatures:
-        await asyncio.sleep(10)
-        return await super().read(*args, **kwargs)
+    @staticmethod
+    async def engagers(lean: LeanClient, posts: list[int]) -> dict[int, list[int]]:
+        await asyncio.sleep(10)  # the features a ranked first page reads from the store
+        return await FeatureStore.engagers(lean, posts)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
