@@ -115,6 +115,10 @@ def test_every_panel_uses_the_provisioned_datasource() -> None:
 
 
 def test_prometheus_scrapes_every_service_on_its_port() -> None:
+    """Single node or clustered profile: every compose service running one of the four
+    modules answers to the DNS name its module's job scrapes (its own name, or a network
+    alias), and Prometheus waits for none of them (with the cluster profile it runs beside
+    the clustered nodes, not the single-node ones)."""
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     scraped = {
@@ -128,5 +132,13 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
         "fanout": (["fanout"], 8082),
         "push": (["push"], 8083),
     }
-    assert set(scraped) <= set(compose["services"])
+    running: dict[str, list[str]] = {}
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        if command[:2] == ["python", "-m"] and command[2] in scraped:
+            aliases = service.get("networks", {}).get("default", {}).get("aliases", [])
+            running.setdefault(command[2], []).append(name)
+            assert scraped[command[2]][0][0] in [name, *aliases], name
+    assert {m: len(n) for m, n in running.items()} == dict.fromkeys(scraped, 3), running
+    assert "depends_on" not in compose["services"]["prometheus"]
     assert {"prometheus", "grafana"} <= set(compose["services"])
