@@ -61,12 +61,13 @@ class RedisAddress:
     def of_cluster(cls, client: RedisCluster) -> RedisAddress:
         """Where a cluster client's first startup node is, with its credentials and TLS
         (core/lean_cluster.py finds the other nodes from there)."""
-        kwargs: dict[str, Any] = dict(client.connection_kwargs)
         node = next(iter(client.nodes_manager.startup_nodes.values()))
-        connection_class = kwargs.pop("connection_class", None)
+        # The node's own arguments, as it builds its connections: the client's also hold
+        # pool settings (max_connections) that no connection class accepts.
+        kwargs: dict[str, Any] = node.connection_kwargs
         context = None
-        if isinstance(connection_class, type) and issubclass(connection_class, SSLConnection):
-            context = connection_class(**kwargs).ssl_context.get()
+        if issubclass(node.connection_class, SSLConnection):
+            context = node.connection_class(**kwargs).ssl_context.get()
         return cls(
             host=node.host,
             port=int(node.port),

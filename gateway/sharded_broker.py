@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 
@@ -49,6 +50,8 @@ class ShardedBroker:
         subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
     ) -> None:
         self._cluster = cluster
+        # Credentials and TLS as the cluster client has them; each link its master's address.
+        self._seed = RedisAddress.of_cluster(cluster)
         self._on_message = on_message
         self._on_gap = on_gap
         self.subscribe_timeout = subscribe_timeout
@@ -222,13 +225,7 @@ class ShardedBroker:
         node = self._cluster.get_node(node_name=name)
         if node is None:
             raise OSError(f"{name} is not in the slot map")
-        kwargs = self._cluster.connection_kwargs
-        address = RedisAddress(
-            host=node.host,
-            port=int(node.port),
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-        )
+        address = self.address_of(node.host, int(node.port))
         link = ShardLink(name, self._on_message, self._moved, self._lost)
         async with asyncio.timeout(CONNECT_TIMEOUT):
             try:
@@ -239,6 +236,10 @@ class ShardedBroker:
         self._links[name] = link
         log.info("sharded pub/sub link to master %s open", name)
         return link
+
+    def address_of(self, host: str, port: int) -> RedisAddress:
+        """A master's address, with the cluster client's credentials and TLS."""
+        return dataclasses.replace(self._seed, host=host, port=port)
 
     async def _refresh_map(self) -> None:
         try:

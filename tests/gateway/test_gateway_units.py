@@ -5,10 +5,12 @@ paths run end to end in test_gateway*.py.)"""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 
 import orjson
 from prometheus_client import Histogram
+from redis.asyncio.cluster import RedisCluster
 
 from core import keys
 from core.ids import id_timestamp_ms
@@ -19,6 +21,7 @@ from gateway.hub import Hub
 from gateway.latency import DeliveryLatency
 from gateway.limiter import RateLimiter
 from gateway.outgoing import Outgoing, ws_frame
+from gateway.sharded_broker import ShardedBroker
 
 POST_ID = 7_300_000_000_000_000_000
 ROOMY = QueueLimits(messages=100, bytes=1 << 20)
@@ -308,3 +311,18 @@ def test_connect_limiter_keeps_a_limited_address_limited_under_an_address_flood(
     for n in range(5):
         limiter.allow(f"198.51.100.{n}")
     assert len(limiter) == 1_000
+
+
+def test_sharded_links_connect_with_the_cluster_clients_credentials_and_tls() -> None:
+    """A managed cluster wants TLS and a password on every connection, the sharded
+    pub/sub links included (they used to get the credentials only)."""
+    url = "rediss://feed:s3cret@127.0.0.1:7000/0?ssl_cert_reqs=none"
+    cluster = RedisCluster.from_url(url)
+    broker = ShardedBroker(cluster, lambda channel, payload: None, lambda channels: None)
+    address = broker.address_of("10.0.0.2", 7001)
+    assert (address.host, address.port) == ("10.0.0.2", 7001)
+    assert (address.username, address.password) == ("feed", "s3cret")
+    assert address.ssl_context is not None
+    assert address.ssl_context.verify_mode is ssl.CERT_NONE  # as the URL asked
+    plain = ShardedBroker(RedisCluster.from_url("redis://127.0.0.1:7000/0"), print, print)
+    assert plain.address_of("10.0.0.2", 7001).ssl_context is None
