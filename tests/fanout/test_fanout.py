@@ -440,7 +440,9 @@ async def test_a_failed_group_of_small_posts_sends_the_groups_after_it_one_by_on
     api, worker = system
     author, reader = await sign_up(api), await sign_up(api)
     await follow(api, reader, author)
-    handlers = worker.app[CONSUMER]._handlers
+    # Handlers of the worker's dependencies, not its consumer's own: the consumer is
+    # delivering these posts meanwhile, through its instance.
+    handlers = event_handlers.Handlers(worker.app[CONSUMER]._handlers.d)
     posts = [int(await post(api, author, f"in order {i}")) for i in range(3)]
     created = [events.PostCreated(p, int(author.id), id_timestamp_ms(p)) for p in posts]
     monkeypatch.setattr(event_handlers, "SMALL_GROUP_WRITES", 1)  # a group per post
