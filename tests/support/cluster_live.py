@@ -5,6 +5,9 @@ reader that resumes after a close as a client does, recording what it was sent."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import aiohttp
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -23,6 +26,13 @@ RESUMED_AFTER = {Close.RESUME: 0.0, Close.TRY_AGAIN: 0.5}
 
 def master_of(cluster: RedisCluster, channel: str) -> ClusterNode:
     return cluster.nodes_manager.get_node_from_slot(key_slot(channel.encode()))
+
+
+def on_other_masters(cluster: RedisCluster, readers: list[User], node: ClusterNode) -> list[User]:
+    """The readers whose own channel is on another master than `node`."""
+    return [
+        r for r in readers if master_of(cluster, keys.user_channel(int(r.id))).name != node.name
+    ]
 
 
 async def readers_on_every_master(api: Client, cluster: RedisCluster, author: User) -> list[User]:
@@ -87,3 +97,36 @@ async def posting(api: Client, author: User, count: int, pause: float) -> list[s
         made.append(await post(api, author, f"flowing {i}"))
         await asyncio.sleep(pause)
     return made
+
+
+@dataclass(frozen=True, slots=True)
+class Following:
+    views: dict[str, Reader]  # by user id
+    tasks: list[asyncio.Task[None]]
+
+    async def all_saw(self, ids: list[str]) -> None:
+        """Until every reader has seen exactly `ids` (bounded)."""
+        async with asyncio.timeout(30):
+            while not all(v.seen == ids for v in self.views.values()):
+                await asyncio.sleep(0.02)
+
+    async def done(self, seconds: float) -> None:
+        """Until every reader has seen the posts it follows until (bounded)."""
+        await asyncio.wait_for(asyncio.gather(*self.tasks), seconds)
+
+
+@contextlib.asynccontextmanager
+async def following(gw: Client, users: Sequence[User], count: int) -> AsyncIterator[Following]:
+    """Each of `users` on a WebSocket of their own, read (resuming after a close) until
+    `count` posts were seen; the readers stopped and the sockets closed on the way out."""
+    views = {u.id: Reader(gw, u) for u in users}
+    sockets = [(views[u.id], await connect(gw, u)) for u in users]
+    tasks = [asyncio.create_task(view.follow_until(count, ws)) for view, ws in sockets]
+    try:
+        yield Following(views, tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _, ws in sockets:
+            await ws.close()

@@ -25,7 +25,13 @@ from fanout.writer import TimelineWriter
 from gateway.codes import Close
 from scripts.redis_cluster import LocalCluster, redis_cluster
 from tests.support.api import Client, MakeClient, User, post, sign_up
-from tests.support.cluster_live import Reader, connect, master_of, posting, readers_on_every_master
+from tests.support.cluster_live import (
+    following,
+    master_of,
+    on_other_masters,
+    posting,
+    readers_on_every_master,
+)
 from tests.support.in_process import InProcess, in_process_system
 from tests.support.wait import eventually
 
@@ -108,36 +114,25 @@ async def test_a_killed_master_is_replaced_and_nothing_is_lost_or_repeated(
     )
     victim = master_of(cluster, keys.user_channel(int(victim_user.id)))
     replica = next(p for p, m in replicated.replica_of.items() if m == int(victim.port))
-    others = [
-        r for r in readers if master_of(cluster, keys.user_channel(int(r.id))).name != victim.name
-    ]
-    views = {r.id: Reader(gw, r) for r in (victim_user, *others)}
-    sockets = {r.id: await connect(gw, r) for r in (victim_user, *others)}
-    first = await post(api, author, "before the failover")
+    others = on_other_masters(cluster, readers, victim)
     count = 12
-    watchers = [
-        asyncio.create_task(views[uid].follow_until(count, ws)) for uid, ws in sockets.items()
-    ]
-    flow: asyncio.Task[list[str]] | None = None
-    try:
-        async with asyncio.timeout(30):
-            while not all(v.seen == [first] for v in views.values()):
-                await asyncio.sleep(0.02)
+    async with following(gw, (victim_user, *others), count) as live:
+        first = await post(api, author, "before the failover")
+        await live.all_saw([first])
         replicated.kill(int(victim.port))
         flow = asyncio.create_task(posting(api, author, count - 1, 0.4))
-        # The feed answers while the slot has no master (Postgres), and after.
-        while not flow.done():
-            assert first in await feed_ids(api, victim_user)
-            await asyncio.sleep(0.2)
-        made = [first, *(await flow)]
-        await asyncio.wait_for(asyncio.gather(*watchers), 90)
-    finally:
-        for task in (*watchers, *([flow] if flow else [])):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*watchers, *([flow] if flow else []), return_exceptions=True)
-        for ws in sockets.values():
-            await ws.close()
+        try:
+            # The feed answers while the slot has no master (Postgres), and after.
+            while not flow.done():
+                assert first in await feed_ids(api, victim_user)
+                await asyncio.sleep(0.2)
+            made = [first, *(await flow)]
+            await live.done(90)
+        finally:
+            flow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(flow, return_exceptions=True)
+    views = live.views
 
     # The replica took the slots over.
     await cluster.nodes_manager.initialize()

@@ -21,7 +21,14 @@ from core import keys
 from core.settings import Settings
 from gateway.codes import Close
 from tests.support.api import MakeClient, post, sign_up
-from tests.support.cluster_live import Reader, connect, master_of, posting, readers_on_every_master
+from tests.support.cluster_live import (
+    connect,
+    following,
+    master_of,
+    on_other_masters,
+    posting,
+    readers_on_every_master,
+)
 from tests.support.cluster_ops import move_slot
 from tests.support.in_process import InProcess, in_process_system
 from tests.support.live import ws_json
@@ -130,30 +137,24 @@ async def test_a_slot_moved_while_posts_flow_loses_and_repeats_nothing(
     mover = readers[0]
     channel = keys.user_channel(int(mover.id))
     source = master_of(cluster, channel)
-    bystander = next(
-        r for r in readers if master_of(cluster, keys.user_channel(int(r.id))) != source
-    )
+    bystander = on_other_masters(cluster, readers, source)[0]
     target = master_of(cluster, keys.user_channel(int(bystander.id)))
-    views = {r.id: Reader(gw, r) for r in (mover, bystander)}
-    sockets = {r.id: await connect(gw, r) for r in (mover, bystander)}
     count = 12
-    flow = asyncio.create_task(posting(api, author, count, 0.15))
-    watchers = [
-        asyncio.create_task(views[uid].follow_until(count, ws)) for uid, ws in sockets.items()
-    ]
-    try:
-        async with asyncio.timeout(30):
-            while len(views[mover.id].seen) < 3:
-                await asyncio.sleep(0.02)
-        await move_slot(cluster, key_slot(channel.encode()), source, target)
-        await cluster.nodes_manager.initialize()
-        made = await flow
-        await asyncio.wait_for(asyncio.gather(*watchers), 60)
-    finally:
-        for task in (flow, *watchers):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(flow, *watchers, return_exceptions=True)
+    async with following(gw, (mover, bystander), count) as live:
+        flow = asyncio.create_task(posting(api, author, count, 0.15))
+        try:
+            async with asyncio.timeout(30):
+                while len(live.views[mover.id].seen) < 3:
+                    await asyncio.sleep(0.02)
+            await move_slot(cluster, key_slot(channel.encode()), source, target)
+            await cluster.nodes_manager.initialize()
+            made = await flow
+            await live.done(60)
+        finally:
+            flow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(flow, return_exceptions=True)
+    views = live.views
 
     assert views[mover.id].seen == made  # nothing missed, nothing twice, in order
     assert views[mover.id].closes == [Close.RESUME]  # told to resume, once
@@ -169,28 +170,16 @@ async def test_a_killed_master_link_resumes_only_that_masters_clients(
     readers = await readers_on_every_master(api, cluster, author)
     victim_user = readers[0]
     victim = master_of(cluster, keys.user_channel(int(victim_user.id)))
-    others = [
-        r for r in readers if master_of(cluster, keys.user_channel(int(r.id))).name != victim.name
-    ]
-    views = {r.id: Reader(gw, r) for r in (victim_user, *others)}
-    sockets = {r.id: await connect(gw, r) for r in (victim_user, *others)}
-    first = await post(api, author, "before the kill")
+    others = on_other_masters(cluster, readers, victim)
     count = 6
-    watchers = [
-        asyncio.create_task(views[uid].follow_until(count, ws)) for uid, ws in sockets.items()
-    ]
-    try:
-        async with asyncio.timeout(30):
-            while not all(v.seen == [first] for v in views.values()):
-                await asyncio.sleep(0.02)
+    async with following(gw, (victim_user, *others), count) as live:
+        first = await post(api, author, "before the kill")
+        await live.all_saw([first])
         killed = await cluster.execute_command("CLIENT KILL", "TYPE", "pubsub", target_nodes=victim)
         assert killed >= 1
         made = [first, *(await posting(api, author, count - 1, 0.05))]
-        await asyncio.wait_for(asyncio.gather(*watchers), 60)
-    finally:
-        for task in watchers:
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        await live.done(60)
+    views = live.views
 
     assert views[victim_user.id].seen == made and views[victim_user.id].closes == [Close.RESUME]
     for other in others:
